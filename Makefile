@@ -1,0 +1,48 @@
+# qlab — make targets are the front door. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 5000
+# Absolute sqlite store at the project root (MLflow's own default is relative to the cwd).
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_TRACKING_URI
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test test-slow lint ui clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU build on this machine; an unpinned torch pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install qlab with its dev tools (idempotent)
+
+train: setup ## Train tabular Q-learning on the 4x4 grid, logged to MLflow (extra Hydra overrides: ARGS="...")
+	$(BIN)/qlab-train $(ARGS)
+
+test: setup ## Run the default (fast) test suite
+	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: setup ## Run only the slow, long-training tests
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+lint: setup ## Lint with ruff
+	$(BIN)/ruff check src tests
+
+ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store
+	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(HOST) --port $(PORT)
+
+clean: ## Remove the venv, caches and Hydra outputs (keeps mlflow.db and mlruns/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

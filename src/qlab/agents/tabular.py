@@ -1,0 +1,108 @@
+"""What the tabular agents share: a Q table on the replica axis, epsilon-greedy action
+selection, and per-replica storage of the current episode for episodic updates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from qlab.rng import AGENT_STREAM, ReplicaUniforms
+
+
+class Transition(NamedTuple):
+    """One lock-step of R replicas; every field has shape (R,)."""
+
+    state: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_state: np.ndarray
+    terminated: np.ndarray
+    done: np.ndarray  # terminated or truncated: the episode ends here
+    active: np.ndarray  # replicas still training; the others must not change
+
+
+class Updates(NamedTuple):
+    """What one learning call changed, per replica: the sum of |ΔQ(s, a)| and how many updates."""
+
+    abs_delta: np.ndarray  # (R,)
+    count: np.ndarray  # (R,)
+
+
+class TabularAgent:
+    """Q of shape (R, S, A); replica k uses lr[k], gamma[k] and its own random stream."""
+
+    def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int],
+                 lr: np.ndarray, gamma: np.ndarray, init: float = 0.0) -> None:
+        R = len(seeds)
+        self.n_states, self.n_actions, self.replicas = n_states, n_actions, R
+        self.lr = np.broadcast_to(np.asarray(lr, dtype=np.float64), (R,)).copy()
+        self.gamma = np.broadcast_to(np.asarray(gamma, dtype=np.float64), (R,)).copy()
+        self.q = np.full((R, n_states, n_actions), float(init))
+        self._rows = np.arange(R)
+        self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
+
+    def act(self, state: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
+        """Epsilon-greedy actions (R,); greedy ties are broken uniformly at random."""
+        u = self._rand.take(2 + self.n_actions)
+        qs = self.q[self._rows, state]
+        ties = qs == qs.max(axis=1, keepdims=True)
+        greedy = np.argmax(np.where(ties, u[:, 2:], -1.0), axis=1)
+        random = (u[:, 1] * self.n_actions).astype(np.int64)
+        return np.where(u[:, 0] < epsilon, random, greedy)
+
+    def greedy_policy(self) -> np.ndarray:
+        """(R, S) the greedy action of every state (lowest index on ties)."""
+        return self.q.argmax(axis=2)
+
+    def q_values(self) -> np.ndarray:
+        """(R, S, A) the current action values."""
+        return self.q
+
+    def learn(self, tr: Transition) -> Updates:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class EpisodeBuffer:
+    """The transitions of each replica's current episode, for updates made at episode end."""
+
+    def __init__(self, replicas: int, capacity: int = 256) -> None:
+        self.length = np.zeros(replicas, dtype=np.int64)
+        self._rows = np.arange(replicas)
+        self._alloc(replicas, capacity)
+
+    def _alloc(self, replicas: int, capacity: int) -> None:
+        old = getattr(self, "fields", None)
+        self.fields = {
+            "state": np.zeros((replicas, capacity), dtype=np.int64),
+            "action": np.zeros((replicas, capacity), dtype=np.int64),
+            "reward": np.zeros((replicas, capacity)),
+            "next_state": np.zeros((replicas, capacity), dtype=np.int64),
+            "terminated": np.zeros((replicas, capacity), dtype=bool),
+        }
+        if old is not None:
+            n = next(iter(old.values())).shape[1]
+            for k, v in old.items():
+                self.fields[k][:, :n] = v
+
+    def push(self, tr: Transition) -> None:
+        """Append the step of every active replica."""
+        rows = self._rows[tr.active]
+        if rows.size == 0:
+            return
+        if self.length.max() >= self.fields["state"].shape[1]:
+            self._alloc(len(self.length), 2 * self.fields["state"].shape[1])
+        t = self.length[rows]
+        for name, arr in self.fields.items():
+            arr[rows, t] = getattr(tr, name)[rows]
+        self.length[rows] += 1
+
+    def take(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The stored episodes of ``rows`` (fields of shape (len(rows), T)) and their lengths;
+        clears them."""
+        lengths = self.length[rows].copy()
+        T = int(lengths.max()) if rows.size else 0
+        episodes = {k: v[rows, :T] for k, v in self.fields.items()}
+        self.length[rows] = 0
+        return episodes, lengths

@@ -1,0 +1,164 @@
+"""Typed schemas for every config group, their registration in Hydra's ConfigStore, and the
+checks that refuse bad input — in one line naming the key — before any run exists."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and what is allowed."""
+
+
+@dataclass
+class EnvConfig:
+    """An environment: the grid world or a gymnasium id."""
+
+    name: str = MISSING  # short name, logged as the ``env`` tag
+    id: str = "qlab/Griddy-v0"  # gymnasium id
+    height: int = 4  # grid rows (grid world only)
+    width: int = 4  # grid columns (grid world only)
+    random_goal: bool = False  # goal in a random cell, part of the state (grid world only)
+    max_steps: int | None = 1000  # truncate episodes after this many steps (null: the env's own)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra gymnasium.make kwargs
+
+
+@dataclass
+class AgentConfig:
+    """Keys every agent has."""
+
+    name: str = MISSING  # tabular_q | ...
+    lr: float = 0.1  # step size / learning rate, > 0
+    gamma: float = 0.95  # discount, in [0, 1]
+
+
+@dataclass
+class TabularQConfig(AgentConfig):
+    """Tabular Q-learning."""
+
+    name: str = "tabular_q"
+    update: str = "step"  # step: online Watkins Q-learning; episode: the notebook's backward sweep
+    init: float = 0.0  # initial Q value
+
+
+@dataclass
+class ExplorationConfig:
+    """Epsilon-greedy schedule."""
+
+    name: str = "exponential"  # exponential | linear | constant
+    start: float = 1.0  # epsilon at t = 0, in [0, 1]
+    decay: float = 0.995  # exponential: epsilon *= decay per unit, in (0, 1]
+    min: float = 0.01  # floor, in [0, start]
+    duration: int = 500  # linear: units to anneal from start to min, >= 1
+    unit: str = "episode"  # episode | step: what t counts
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are recorded."""
+
+    enabled: bool = True  # false: train without MLflow
+    uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI or sqlite at the root
+    flush_seconds: float = 2.0  # how often buffered metrics are written while training
+
+
+@dataclass
+class QlabConfig:
+    """One training job: R replicas (seeds seed .. seed + replicas - 1) of one experiment."""
+
+    env: EnvConfig = MISSING
+    agent: Any = MISSING
+    exploration: ExplorationConfig = MISSING
+    seed: int = 0  # seed of replica 0; replica k uses seed + k
+    replicas: int = 1  # independent replicas trained in lock-step, one MLflow run each
+    episodes: int = 500  # training episodes per replica
+    eval_every: int = 50  # greedy evaluation every this many episodes (and after the last)
+    experiment_name: str = "qlab"  # MLflow experiment
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+AGENT_SCHEMAS: dict[str, type] = {"tabular_q": TabularQConfig}
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (group configs extend them by ``base_*`` names)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=QlabConfig)
+    cs.store(group="env", name="base_env", node=EnvConfig)
+    cs.store(group="exploration", name="base_exploration", node=ExplorationConfig)
+    for name, schema in AGENT_SCHEMAS.items():
+        cs.store(group="agent", name=f"base_{name}", node=schema)
+
+
+def options(group: str) -> list[str]:
+    """The choices of a config group (its yaml files, without the ``base_*`` schemas)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {allowed}")
+
+
+def _check_in(key: str, value: Any, allowed: tuple | list) -> None:
+    if value not in allowed:
+        _fail(key, value, "must be one of " + ", ".join(map(str, allowed)))
+
+
+def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False) -> None:
+    bad = not math.isfinite(value)
+    if lo is not None:
+        bad |= value <= lo if lo_open else value < lo
+    if hi is not None:
+        bad |= value >= hi if hi_open else value > hi
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        _fail(key, value, f"must be in {left}{lo_s}, {hi_s}{right}")
+
+
+def validate(cfg: DictConfig) -> QlabConfig:
+    """The typed config, or :class:`ConfigError` naming the first bad key."""
+    from qlab import agents, exploration
+
+    c: QlabConfig = OmegaConf.to_object(cfg)
+    e, a, x = c.env, c.agent, c.exploration
+    _check_range("seed", c.seed, 0, 2**32 - 1)
+    _check_range("replicas", c.replicas, 1)
+    _check_range("episodes", c.episodes, 1)
+    _check_range("eval_every", c.eval_every, 1)
+    if not c.experiment_name.strip():
+        _fail("experiment_name", c.experiment_name, "must not be empty")
+    if e.id == "qlab/Griddy-v0":
+        _check_range("env.height", e.height, 1)
+        _check_range("env.width", e.width, 1)
+        if e.height * e.width < 2:
+            _fail("env.height", e.height, f"a {e.height}x{e.width} grid has fewer than 2 cells; "
+                  "height * width must be >= 2")
+    if e.max_steps is not None:
+        _check_range("env.max_steps", e.max_steps, 1)
+    _check_in("agent.name", a.name, agents.NAMES)
+    _check_range("agent.lr", a.lr, 0, lo_open=True)
+    _check_range("agent.gamma", a.gamma, 0, 1)
+    agents.validate(a, _fail, _check_in, _check_range)
+    _check_in("exploration.name", x.name, exploration.KINDS)
+    _check_in("exploration.unit", x.unit, exploration.UNITS)
+    _check_range("exploration.start", x.start, 0, 1)
+    _check_range("exploration.decay", x.decay, 0, 1, lo_open=True)
+    _check_range("exploration.min", x.min, 0, x.start)
+    _check_range("exploration.duration", x.duration, 1)
+    _check_range("tracking.flush_seconds", c.tracking.flush_seconds, 0, lo_open=True)
+    return c

@@ -1,0 +1,92 @@
+"""Exact finite MDPs as numpy arrays: what value iteration and the batched env both run on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class TabularModel:
+    """A finite MDP: taking action ``a`` in state ``s`` leads to outcome ``k`` with ``prob[s, a, k]``.
+
+    Every outcome array has shape (S, A, K); K is the largest number of outcomes of any
+    (state, action). Unused outcome slots have probability 0.
+    """
+
+    prob: np.ndarray  # (S, A, K) float64, each (s, a) row sums to 1
+    next_state: np.ndarray  # (S, A, K) int64
+    reward: np.ndarray  # (S, A, K) float64
+    terminal: np.ndarray  # (S, A, K) bool: this transition ends the episode
+    initial: np.ndarray  # (S,) float64 start-state distribution
+    max_steps: int | None = None  # episodes are truncated after this many steps
+
+    def __post_init__(self) -> None:
+        S, A, K = self.prob.shape
+        for name in ("next_state", "reward", "terminal"):
+            if getattr(self, name).shape != (S, A, K):
+                raise ValueError(f"TabularModel.{name} has shape {getattr(self, name).shape}, "
+                                 f"expected {(S, A, K)}")
+        if not np.allclose(self.prob.sum(-1), 1.0):
+            raise ValueError("TabularModel.prob rows must sum to 1")
+        if self.initial.shape != (S,) or not np.isclose(self.initial.sum(), 1.0):
+            raise ValueError("TabularModel.initial must be a distribution over the S states")
+
+    @property
+    def n_states(self) -> int:
+        return self.prob.shape[0]
+
+    @property
+    def n_actions(self) -> int:
+        return self.prob.shape[1]
+
+    @property
+    def deterministic(self) -> bool:
+        return self.prob.shape[2] == 1
+
+    @cached_property
+    def acting_states(self) -> np.ndarray:
+        """(S,) bool: states where the agent acts — reachable from a start state without the
+        episode having ended. Q* is only meaningful there; errors are measured there only."""
+        reach = self.initial > 0
+        frontier = reach.copy()
+        live = (self.prob > 0) & ~self.terminal
+        while frontier.any():
+            nxt = np.zeros_like(reach)
+            nxt[self.next_state[frontier][live[frontier]]] = True
+            frontier = nxt & ~reach
+            reach |= nxt
+        return reach
+
+    @classmethod
+    def from_gym_P(cls, P: dict, initial: np.ndarray, max_steps: int | None) -> TabularModel:
+        """Build from gymnasium toy-text's ``env.unwrapped.P[s][a] = [(p, s', r, done), ...]``.
+
+        Outcomes with the same (s', r, done) are merged, so slippery FrozenLake's duplicate
+        entries count once with their summed probability.
+        """
+        S, A = len(P), len(P[0])
+        merged = []
+        for s in range(S):
+            row = []
+            for a in range(A):
+                acc: dict[tuple[int, float, bool], float] = {}
+                for p, s2, r, done in P[s][a]:
+                    if p > 0:
+                        key = (int(s2), float(r), bool(done))
+                        acc[key] = acc.get(key, 0.0) + float(p)
+                row.append(acc)
+            merged.append(row)
+        K = max(len(acc) for row in merged for acc in row)
+        prob = np.zeros((S, A, K))
+        nxt = np.zeros((S, A, K), dtype=np.int64)
+        rew = np.zeros((S, A, K))
+        term = np.zeros((S, A, K), dtype=bool)
+        for s, row in enumerate(merged):
+            for a, acc in enumerate(row):
+                for k, ((s2, r, done), p) in enumerate(acc.items()):
+                    prob[s, a, k], nxt[s, a, k], rew[s, a, k], term[s, a, k] = p, s2, r, done
+                nxt[s, a, len(acc):] = nxt[s, a, 0]
+        return cls(prob, nxt, rew, term, np.asarray(initial, dtype=np.float64), max_steps)

@@ -1,0 +1,86 @@
+"""A batched env over R replicas of one finite MDP, stepped with numpy in lock-step.
+
+It samples transitions from a :class:`TabularModel`, so any env with a known model (the
+grid world, FrozenLake, CliffWalking, Taxi) steps R copies at numpy speed, each replica on
+its own random stream. It does not auto-reset: the runner resets finished replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from qlab.envs.model import TabularModel
+from qlab.rng import ENV_STREAM, ReplicaUniforms
+
+
+class Step(NamedTuple):
+    state: np.ndarray  # (R,) int64
+    reward: np.ndarray  # (R,) float64
+    terminated: np.ndarray  # (R,) bool
+    truncated: np.ndarray  # (R,) bool
+
+
+class TabularVecEnv:
+    """R replicas of ``model``; replica k is seeded with ``seeds[k]``."""
+
+    def __init__(self, model: TabularModel, seeds: Sequence[int],
+                 observations: np.ndarray | None = None) -> None:
+        self.model = model
+        self.num_envs = len(seeds)
+        self.n_states = model.n_states
+        self.n_actions = model.n_actions
+        # (S, D) float32 features per state, for function approximators (DQN).
+        self.observations = observations
+        self._rand = ReplicaUniforms(seeds, ENV_STREAM)
+        self._cum = np.cumsum(model.prob, axis=-1)
+        self._cum[..., -1] = 1.0  # guard against float round-off
+        self._init_cum = np.cumsum(model.initial)
+        self._init_cum[-1] = 1.0
+        self._rows = np.arange(self.num_envs)
+        self.state = np.zeros(self.num_envs, dtype=np.int64)
+        self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
+
+    def _starts(self, u: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._init_cum, u, side="right")
+
+    def reset(self) -> np.ndarray:
+        """Start every replica afresh; returns the start states (R,)."""
+        u = self._rand.take(2)
+        self.state = self._starts(u[:, 0])
+        self.elapsed[:] = 0
+        return self.state.copy()
+
+    def step(self, actions: np.ndarray) -> Step:
+        """Act in every replica (no auto-reset; see :meth:`restart`).
+
+        Each call takes two numbers per replica from its stream (outcome, restart), used or
+        not, which keeps every replica's stream independent of the others' episodes.
+        """
+        u = self._rand.take(2)
+        m = self.model
+        s = self.state
+        if m.deterministic:
+            k = np.zeros(self.num_envs, dtype=np.int64)
+        else:
+            k = (u[:, :1] >= self._cum[s, actions]).sum(axis=1)
+        s2 = m.next_state[s, actions, k]
+        reward = m.reward[s, actions, k]
+        terminated = m.terminal[s, actions, k]
+        self.elapsed += 1
+        if m.max_steps is not None:
+            truncated = (self.elapsed >= m.max_steps) & ~terminated
+        else:
+            truncated = np.zeros(self.num_envs, dtype=bool)
+        self.state = s2
+        self._restart_u = u[:, 1]
+        return Step(s2, reward, terminated, truncated)
+
+    def restart(self, mask: np.ndarray) -> np.ndarray:
+        """Restart the replicas in ``mask`` (after :meth:`step`); returns all states (R,)."""
+        if mask.any():
+            self.state = np.where(mask, self._starts(self._restart_u), self.state)
+            self.elapsed[mask] = 0
+        return self.state.copy()

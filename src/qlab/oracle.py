@@ -1,0 +1,85 @@
+"""Ground truth for finite MDPs: value iteration (Q*, V*, optimal actions) and exact policy evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qlab.envs.model import TabularModel
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The optimal action values of a model under one discount."""
+
+    q: np.ndarray  # (S, A) Q*
+    v: np.ndarray  # (S,) V* = max_a Q*
+    optimal: np.ndarray  # (S, A) bool: actions within ``atol`` of the best
+
+    def is_optimal(self, policy: np.ndarray) -> np.ndarray:
+        """(..., S) bool: whether the action ``policy[..., s]`` is optimal in state s."""
+        opt = np.broadcast_to(self.optimal, policy.shape + self.optimal.shape[-1:])
+        return np.take_along_axis(opt, policy[..., None], axis=-1)[..., 0]
+
+
+def _backup(model: TabularModel, v: np.ndarray, gamma: float) -> np.ndarray:
+    """Q(s, a) = E[r + gamma * V(s') * (not terminal)]."""
+    cont = np.where(model.terminal, 0.0, v[model.next_state])
+    return (model.prob * (model.reward + gamma * cont)).sum(-1)
+
+
+def value_iteration(model: TabularModel, gamma: float, horizon: int | None = None,
+                    tol: float = 1e-12, max_iter: int = 1_000_000,
+                    atol: float = 1e-9) -> Solution:
+    """Q* by value iteration.
+
+    With ``horizon`` None the infinite-horizon fixed point (to ``tol``); with ``horizon = H``
+    the optimal values of the first step of an H-step episode (finite-horizon backups).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma={gamma}: must be in [0, 1]")
+    v = np.zeros(model.n_states)
+    steps = horizon if horizon is not None else max_iter
+    q = _backup(model, v, gamma)
+    for _ in range(steps):
+        q = _backup(model, v, gamma)
+        v_new = q.max(1)
+        delta = np.abs(v_new - v).max()
+        v = v_new
+        if horizon is None and delta < tol:
+            break
+    else:
+        if horizon is None:
+            raise RuntimeError(f"value iteration did not converge in {max_iter} iterations")
+    optimal = np.isclose(q, q.max(1, keepdims=True), rtol=0.0, atol=atol)
+    return Solution(q=q, v=v, optimal=optimal)
+
+
+def policy_value(model: TabularModel, policy: np.ndarray, gamma: float = 1.0,
+                 horizon: int | None = None, tol: float = 1e-12,
+                 max_iter: int = 100_000) -> np.ndarray:
+    """Exact value V^pi(s) of a deterministic policy (S,) from every state.
+
+    ``horizon`` defaults to the model's ``max_steps``: the expected return of an episode the
+    env would actually run. Without either, iterates to the fixed point.
+    """
+    horizon = model.max_steps if horizon is None else horizon
+    rows = np.arange(model.n_states)
+    p = model.prob[rows, policy]
+    r = (p * model.reward[rows, policy]).sum(-1)
+    nxt = model.next_state[rows, policy]
+    live = p * ~model.terminal[rows, policy]
+    v = np.zeros(model.n_states)
+    for _ in range(horizon if horizon is not None else max_iter):
+        v_new = r + gamma * (live * v[nxt]).sum(-1)
+        if np.array_equal(v_new, v) or (horizon is None and np.abs(v_new - v).max() < tol):
+            v = v_new
+            break
+        v = v_new
+    return v
+
+
+def expected_return(model: TabularModel, policy: np.ndarray, gamma: float = 1.0) -> float:
+    """The policy's expected return from the start distribution, within the model's horizon."""
+    return float(model.initial @ policy_value(model, policy, gamma))

@@ -1,0 +1,65 @@
+"""Check every job of a command line before anything runs: compose each job's config the
+way Hydra will, validate it, and turn any failure into one line naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from qlab.config import CONF_DIR, ConfigError, options, register, validate
+
+
+def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """Expand sweep syntax (``seed=0,1,2``) into one override list per job, as Hydra's basic
+    sweeper does; ``hydra.*`` overrides are Hydra's own business and are left out."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    parsed = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    if not parsed:
+        return [[]]
+    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a composition or validation error."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, choice = str(exc.missing_cfg_file).rpartition("/")
+        if group:
+            return (f"{group}={choice}: no such {group}; choose one of: "
+                    + ", ".join(options(group)))
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or "config"
+        msg = str(cause).splitlines()[0]
+        if isinstance(cause, ConfigKeyError):
+            return f"{key}: no such key ({msg}); see `qlab-train --cfg job` for the keys"
+        if isinstance(cause, ValidationError):
+            return f"{key}: {msg}"
+        return f"{key}: {msg}"
+    return " ".join(str(exc).split())
+
+
+def check(overrides: Sequence[str]) -> list[str]:
+    """Compose and validate every job; returns one error line per failing job (deduplicated)."""
+    register()
+    errors: list[str] = []
+    try:
+        jobs = job_overrides(overrides)
+    except HydraException as exc:
+        return [explain(exc)]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            try:
+                validate(compose(config_name="config", overrides=job))
+            except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+                line = explain(exc)
+                if line not in errors:
+                    errors.append(line)
+    return errors

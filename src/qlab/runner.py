@@ -1,0 +1,173 @@
+"""The training loop: R replicas in lock-step, episodes -> agent updates -> per-episode metrics.
+
+It knows nothing of MLflow: it fills a :class:`History` and hands it to listeners (the
+tracker, the progress bar) now and then and once at the end, even when training fails.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qlab.agents.tabular import Transition
+from qlab.envs.model import TabularModel
+from qlab.exploration import Schedule
+from qlab.oracle import Solution, expected_return, value_iteration
+
+TRAIN_KEYS = ("train/episode_length", "train/episode_return", "train/q_delta", "train/epsilon")
+EVAL_KEYS = ("eval/return", "eval/q_error", "eval/optimal_fraction")
+
+
+@dataclass
+class History:
+    """Per-replica metric tables. ``train[key]`` is (R, episodes) indexed by episode;
+    ``evals[key]`` is (R, n_evals), taken after the episodes in ``eval_steps``. NaN = not yet."""
+
+    replicas: int
+    episodes: int
+    eval_steps: np.ndarray  # (n_evals,) episode index each evaluation follows
+    train: dict[str, np.ndarray] = field(default_factory=dict)
+    evals: dict[str, np.ndarray] = field(default_factory=dict)
+    done: np.ndarray = None  # (R,) episodes finished per replica
+    evals_done: np.ndarray = None  # (R,) evaluations finished per replica
+
+    @classmethod
+    def empty(cls, replicas: int, episodes: int, eval_every: int,
+              eval_keys: Sequence[str]) -> History:
+        steps = np.arange(eval_every - 1, episodes, eval_every)
+        if steps.size == 0 or steps[-1] != episodes - 1:
+            steps = np.append(steps, episodes - 1)  # always evaluate the final policy
+        h = cls(replicas, episodes, steps)
+        h.train = {k: np.full((replicas, episodes), np.nan) for k in TRAIN_KEYS}
+        h.evals = {k: np.full((replicas, len(steps)), np.nan) for k in eval_keys}
+        h.done = np.zeros(replicas, dtype=np.int64)
+        h.evals_done = np.zeros(replicas, dtype=np.int64)
+        return h
+
+
+class Listener(Protocol):
+    def update(self, history: History) -> None: ...
+
+
+class Evaluator:
+    """Exact greedy evaluation on a known model: expected return of the greedy policy from
+    the start distribution (within the env's horizon), max |Q - Q*| and the share of states
+    whose greedy action is optimal, over the states where the agent acts."""
+
+    keys = EVAL_KEYS
+
+    def __init__(self, model: TabularModel, gamma: np.ndarray) -> None:
+        self.model = model
+        self.gamma = np.asarray(gamma, dtype=np.float64)
+        self._solutions: dict[float, Solution] = {}
+        self._acting = model.acting_states
+
+    def solution(self, gamma: float) -> Solution:
+        if gamma not in self._solutions:
+            self._solutions[gamma] = value_iteration(self.model, gamma)
+        return self._solutions[gamma]
+
+    def __call__(self, replica: int, q: np.ndarray) -> dict[str, float]:
+        sol = self.solution(float(self.gamma[replica]))
+        policy = q.argmax(axis=1)
+        acting = self._acting
+        return {
+            "eval/return": expected_return(self.model, policy),
+            "eval/q_error": float(np.abs(q - sol.q)[acting].max()),
+            "eval/optimal_fraction": float(sol.is_optimal(policy)[acting].mean()),
+        }
+
+
+class ProgressBar:
+    """One bar per run over all replicas' episodes; silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self._bar = tqdm(total=total, desc=desc, unit="ep", disable=None, leave=False)
+
+    def update(self, history: History) -> None:
+        self._bar.update(int(history.done.sum()) - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
+          evaluator: Callable[[int, np.ndarray], dict[str, float]] | None = None,
+          listeners: Sequence[Listener] = (), flush_seconds: float = 2.0) -> History:
+    """Train every replica for ``episodes`` episodes; returns the full metric history."""
+    R = env.num_envs
+    hist = History.empty(R, episodes, eval_every, evaluator.keys if evaluator else ())
+    eval_at = np.zeros(episodes, dtype=bool)
+    eval_at[hist.eval_steps] = True
+    rows = np.arange(R)
+    ep = np.zeros(R, dtype=np.int64)
+    steps = np.zeros(R, dtype=np.int64)
+    length = np.zeros(R, dtype=np.int64)
+    ret, qd_sum, qd_cnt = np.zeros(R), np.zeros(R), np.zeros(R)
+    active = np.ones(R, dtype=bool)
+    per_step = schedule.unit == "step"
+    tr = hist.train
+    state = env.reset()
+    last_flush = time.monotonic()
+    try:
+        while active.any():
+            eps = schedule(steps if per_step else ep)
+            action = agent.act(state, eps)
+            st = env.step(action)
+            done = st.terminated | st.truncated
+            upd = agent.learn(Transition(state, action, st.reward, st.state, st.terminated,
+                                         done, active))
+            length += active
+            steps += active
+            ret += np.where(active, st.reward, 0.0)
+            qd_sum += upd.abs_delta
+            qd_cnt += upd.count
+            finished = done & active
+            if finished.any():
+                for k in rows[finished]:
+                    e = ep[k]
+                    tr["train/episode_length"][k, e] = length[k]
+                    tr["train/episode_return"][k, e] = ret[k]
+                    tr["train/q_delta"][k, e] = qd_sum[k] / qd_cnt[k] if qd_cnt[k] else 0.0
+                    tr["train/epsilon"][k, e] = eps[k]
+                    if evaluator is not None and eval_at[e]:
+                        j = hist.evals_done[k]
+                        for key, value in evaluator(k, agent.q_values()[k]).items():
+                            hist.evals[key][k, j] = value
+                        hist.evals_done[k] += 1
+                length[finished] = 0
+                ret[finished] = qd_sum[finished] = qd_cnt[finished] = 0.0
+                ep[finished] += 1
+                hist.done[:] = ep
+                active &= ep < episodes
+            state = env.restart(done)
+            now = time.monotonic()
+            if now - last_flush >= flush_seconds:
+                last_flush = now
+                for listener in listeners:
+                    listener.update(hist)
+    finally:
+        for listener in listeners:
+            listener.update(hist)
+    return hist
+
+
+def episodes_to_optimal(history: History) -> np.ndarray:
+    """(R,) the first evaluated episode after which the greedy policy stays optimal (NaN if never)."""
+    opt = history.evals.get("eval/optimal_fraction")
+    out = np.full(history.replicas, math.nan)
+    if opt is None:
+        return out
+    for k in range(history.replicas):
+        ok = opt[k] == 1.0
+        if ok[-1]:
+            bad = np.flatnonzero(~ok)
+            first = 0 if bad.size == 0 else bad[-1] + 1
+            out[k] = history.eval_steps[first]
+    return out

@@ -1,0 +1,148 @@
+"""MLflow tracking: one run per replica, params from the resolved config, metrics buffered
+and written with ``log_batch``, artifacts at the end, and a terminal status on every exit.
+
+It knows nothing of agents: it is handed a :class:`~qlab.runner.History` and arrays to save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from qlab.config import ROOT
+
+PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def default_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else an absolute sqlite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> dotted keys (``agent.lr``) with string values, as MLflow stores them."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if missing. For a sqlite store its artifacts
+    go to ``mlruns/`` beside the database, wherever the process runs."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        location = (db.parent / "mlruns").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    """The MLflow runs of one job's replicas; ``update(history)`` logs what is new."""
+
+    def __init__(self, client: MlflowClient, run_ids: Sequence[str]) -> None:
+        self.client = client
+        self.run_ids = list(run_ids)
+        self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
+        self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
+
+    def update(self, history) -> None:
+        """Write every metric point recorded since the last call (one log_batch per run)."""
+        now = int(time.time() * 1000)
+        for k, run_id in enumerate(self.run_ids):
+            lo, hi = self._train_sent[k], history.done[k]
+            elo, ehi = self._eval_sent[k], history.evals_done[k]
+            metrics = [Metric(key, float(v), now, int(step))
+                       for key, table in history.train.items()
+                       for step, v in zip(range(lo, hi), table[k, lo:hi], strict=True)]
+            metrics += [Metric(key, float(v), now, int(step))
+                        for key, table in history.evals.items()
+                        for step, v in zip(history.eval_steps[elo:ehi], table[k, elo:ehi],
+                                           strict=True)]
+            if metrics:
+                self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+            self._train_sent[k], self._eval_sent[k] = hi, ehi
+
+    def log_arrays(self, name: str, arrays: Sequence[np.ndarray]) -> None:
+        """Save ``arrays[k]`` as artifact ``name`` (.npy) of replica k's run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            for run_id, arr in zip(self.run_ids, arrays, strict=True):
+                np.save(path, arr)
+                self.client.log_artifact(run_id, str(path))
+
+    def log_text(self, name: str, text: str) -> None:
+        """The same text file as an artifact of every run."""
+        for run_id in self.run_ids:
+            self.client.log_text(run_id, text, name)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        for run_id in self.run_ids:
+            if error is not None:
+                self.client.set_tag(run_id, "error", error[:4000])
+            self.client.set_terminated(run_id, status)
+
+
+class NullTracker:
+    """Stands in when tracking is disabled."""
+
+    run_ids: list[str] = []
+
+    def update(self, history) -> None: ...
+    def log_arrays(self, name: str, arrays: Sequence[np.ndarray]) -> None: ...
+    def log_text(self, name: str, text: str) -> None: ...
+
+
+@contextlib.contextmanager
+def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
+              replicas: Sequence[Mapping[str, str]], run_names: Sequence[str]) -> Iterator[Tracker]:
+    """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
+    (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C."""
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = get_or_create_experiment(client, experiment_name, uri)
+    run_ids = []
+    for own, name in zip(replicas, run_names, strict=True):
+        run = client.create_run(exp_id, run_name=name,
+                                tags={k: str(v) for k, v in own["tags"].items()})
+        run_ids.append(run.info.run_id)
+        merged = {**params, **own["params"]}
+        items = [Param(k, v) for k, v in merged.items()]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
+    tracker = Tracker(client, run_ids)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", error="KeyboardInterrupt")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        tracker.finish("FINISHED")
+
+
+__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten"]

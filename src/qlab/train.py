@@ -1,0 +1,99 @@
+"""``qlab-train``: compose a config with Hydra, then wire env, agent, schedule, tracker and
+runner together. It wires; the modules compute.
+
+    qlab-train env.height=8 env.width=8 seed=3 replicas=5 episodes=300 exploration.decay=0.99
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from qlab import agents, envs, exploration, runner, tracking
+from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
+
+register()
+
+
+def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
+    """Train one job (R replicas) and record it; returns its history and MLflow run ids."""
+    c: QlabConfig = validate(cfg)
+    seeds = [c.seed + k for k in range(c.replicas)]
+    if c.agent.name in agents.TABULAR and c.env.id != envs.GRIDDY_ID and envs.make_model(c.env) is None:
+        raise ConfigError(f"env={c.env.name}: {c.agent.name} needs a discrete state")
+    env = envs.make(c.env, seeds)
+    agent = agents.make(c.agent, env, seeds)
+    schedule = exploration.make(c.exploration, c.replicas)
+    evaluator = runner.Evaluator(env.model, agent.gamma) if env.model is not None else None
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    replicas = [{"params": {"seed": str(s)},
+                 "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s}} for s in seeds]
+    names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
+    bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
+    if not c.tracking.enabled:
+        ctx = _null()
+    else:
+        uri = c.tracking.uri or tracking.default_uri()
+        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names)
+    try:
+        with ctx as tracker:
+            hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
+                                listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds)
+            tracker.log_text("config.yaml", OmegaConf.to_yaml(resolved))
+            tracker.log_arrays("q_table.npy", list(agent.q_values()))
+    finally:
+        bar.close()
+    print(summary(c, hist), file=sys.stderr)
+    return hist, tracker.run_ids
+
+
+def summary(c: QlabConfig, hist: runner.History) -> str:
+    """One line: what was trained and how it ended (medians over replicas)."""
+    parts = [f"{c.agent.name} on {c.env.name}: {c.replicas} replica(s) x {c.episodes} episodes"]
+    ret = hist.train["train/episode_return"][:, -1]
+    parts.append(f"final train return {np.median(ret):.3g}")
+    if "eval/optimal_fraction" in hist.evals:
+        opt = hist.evals["eval/optimal_fraction"][:, -1]
+        err = hist.evals["eval/q_error"][:, -1]
+        parts.append(f"optimal policy in {int((opt == 1).sum())}/{c.replicas}")
+        parts.append(f"median q_error {np.median(err):.3g}")
+    return ", ".join(parts)
+
+
+class _null:
+    def __enter__(self):
+        return tracking.NullTracker()
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as exc:
+        print(f"qlab-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: check every job's config first, then hand over to Hydra."""
+    from qlab.preflight import check
+
+    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+    flags = [a for a in sys.argv[1:] if a.startswith("-")]
+    if not any(f in ("--help", "-h", "--hydra-help", "--info", "-i") for f in flags):
+        errors = check(overrides)
+        if errors:
+            for line in errors:
+                print(f"qlab-train: error: {line}", file=sys.stderr)
+            sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
