@@ -20,7 +20,8 @@ from qlab.envs.model import TabularModel
 from qlab.exploration import Schedule
 from qlab.oracle import Solution, expected_return, value_iteration
 
-TRAIN_KEYS = ("train/episode_length", "train/episode_return", "train/q_delta", "train/epsilon")
+TRAIN_KEYS = ("train/episode_length", "train/episode_return", "train/q_delta", "train/epsilon",
+              "train/sps")
 EVAL_KEYS = ("eval/return", "eval/q_error", "eval/optimal_fraction")
 
 
@@ -39,12 +40,13 @@ class History:
 
     @classmethod
     def empty(cls, replicas: int, episodes: int, eval_every: int,
-              eval_keys: Sequence[str]) -> History:
+              eval_keys: Sequence[str], stat_keys: Sequence[str] = ()) -> History:
         steps = np.arange(eval_every - 1, episodes, eval_every)
         if steps.size == 0 or steps[-1] != episodes - 1:
             steps = np.append(steps, episodes - 1)  # always evaluate the final policy
         h = cls(replicas, episodes, steps)
-        h.train = {k: np.full((replicas, episodes), np.nan) for k in TRAIN_KEYS}
+        h.train = {k: np.full((replicas, episodes), np.nan)
+                   for k in (*TRAIN_KEYS, *(f"train/{s}" for s in stat_keys))}
         h.evals = {k: np.full((replicas, len(steps)), np.nan) for k in eval_keys}
         h.done = np.zeros(replicas, dtype=np.int64)
         h.evals_done = np.zeros(replicas, dtype=np.int64)
@@ -102,7 +104,10 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
           listeners: Sequence[Listener] = (), flush_seconds: float = 2.0) -> History:
     """Train every replica for ``episodes`` episodes; returns the full metric history."""
     R = env.num_envs
-    hist = History.empty(R, episodes, eval_every, evaluator.keys if evaluator else ())
+    stat_keys = tuple(getattr(agent, "stat_keys", ()))
+    hist = History.empty(R, episodes, eval_every, evaluator.keys if evaluator else (), stat_keys)
+    stat_sum = {s: np.zeros(R) for s in stat_keys}
+    stat_cnt = np.zeros(R)
     eval_at = np.zeros(episodes, dtype=bool)
     eval_at[hist.eval_steps] = True
     rows = np.arange(R)
@@ -115,6 +120,7 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
     tr = hist.train
     state = env.reset()
     last_flush = time.monotonic()
+    ep_start = np.full(R, last_flush)
     try:
         while active.any():
             eps = schedule(steps if per_step else ep)
@@ -128,14 +134,23 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
             ret += np.where(active, st.reward, 0.0)
             qd_sum += upd.abs_delta
             qd_cnt += upd.count
+            if upd.stats:
+                for s, v in upd.stats.items():
+                    stat_sum[s] += v
+                stat_cnt += upd.stats_count
             finished = done & active
             if finished.any():
+                now = time.monotonic()
                 for k in rows[finished]:
                     e = ep[k]
                     tr["train/episode_length"][k, e] = length[k]
                     tr["train/episode_return"][k, e] = ret[k]
                     tr["train/q_delta"][k, e] = qd_sum[k] / qd_cnt[k] if qd_cnt[k] else 0.0
                     tr["train/epsilon"][k, e] = eps[k]
+                    tr["train/sps"][k, e] = length[k] / max(now - ep_start[k], 1e-9)
+                    for s in stat_keys:
+                        tr[f"train/{s}"][k, e] = (stat_sum[s][k] / stat_cnt[k] if stat_cnt[k]
+                                                  else np.nan)
                     if evaluator is not None and eval_at[e]:
                         j = hist.evals_done[k]
                         for key, value in evaluator(k, agent.q_values()[k]).items():
@@ -143,6 +158,10 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                         hist.evals_done[k] += 1
                 length[finished] = 0
                 ret[finished] = qd_sum[finished] = qd_cnt[finished] = 0.0
+                stat_cnt[finished] = 0.0
+                for v in stat_sum.values():
+                    v[finished] = 0.0
+                ep_start[finished] = now
                 ep[finished] += 1
                 hist.done[:] = ep
                 active &= ep < episodes

@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +86,13 @@ class Tracker:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
             self._train_sent[k], self._eval_sent[k] = hi, ehi
 
-    def log_arrays(self, name: str, arrays: Sequence[np.ndarray]) -> None:
-        """Save ``arrays[k]`` as artifact ``name`` (.npy) of replica k's run."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            for run_id, arr in zip(self.run_ids, arrays, strict=True):
-                np.save(path, arr)
-                self.client.log_artifact(run_id, str(path))
+    def log_replica_files(self, write: Callable[[int, Path], None]) -> None:
+        """``write(k, directory)`` fills a fresh directory per replica; its files become
+        artifacts of replica k's run."""
+        for k, run_id in enumerate(self.run_ids):
+            with tempfile.TemporaryDirectory() as tmp:
+                write(k, Path(tmp))
+                self.client.log_artifacts(run_id, tmp)
 
     def log_text(self, name: str, text: str) -> None:
         """The same text file as an artifact of every run."""
@@ -112,7 +112,7 @@ class NullTracker:
     run_ids: list[str] = []
 
     def update(self, history) -> None: ...
-    def log_arrays(self, name: str, arrays: Sequence[np.ndarray]) -> None: ...
+    def log_replica_files(self, write: Callable[[int, Path], None]) -> None: ...
     def log_text(self, name: str, text: str) -> None: ...
 
 

@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
                                 listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds)
             tracker.log_text("config.yaml", OmegaConf.to_yaml(resolved))
-            tracker.log_arrays("q_table.npy", list(agent.q_values()))
+            tracker.log_replica_files(agent.save)
     finally:
         bar.close()
     print(summary(c, hist), file=sys.stderr)

@@ -4,6 +4,7 @@ selection, and per-replica storage of the current episode for episodic updates."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -24,10 +25,14 @@ class Transition(NamedTuple):
 
 
 class Updates(NamedTuple):
-    """What one learning call changed, per replica: the sum of |ΔQ(s, a)| and how many updates."""
+    """What one learning call changed, per replica: the sum of |ΔQ(s, a)| over the updates it
+    made and their count. ``stats`` holds other per-replica sums (e.g. ``td_loss``) over
+    ``stats_count`` learning steps; the runner logs their per-episode mean as ``train/<name>``."""
 
     abs_delta: np.ndarray  # (R,)
     count: np.ndarray  # (R,)
+    stats: dict[str, np.ndarray] | None = None  # name -> (R,) sums
+    stats_count: np.ndarray | None = None  # (R,)
 
 
 class TabularAgent:
@@ -59,6 +64,10 @@ class TabularAgent:
     def q_values(self) -> np.ndarray:
         """(R, S, A) the current action values."""
         return self.q
+
+    def save(self, replica: int, directory: Path) -> None:
+        """Write replica ``replica``'s learned state into ``directory`` (its run's artifacts)."""
+        np.save(directory / "q_table.npy", self.q[replica])
 
     def learn(self, tr: Transition) -> Updates:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -11,7 +11,9 @@ State index (what tabular agents use): ``agent`` = row * width + col with a fixe
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 from qlab.envs.model import TabularModel
 
@@ -86,9 +88,6 @@ def state_index(obs: np.ndarray, random_goal: bool = False) -> int:
 # --------------------------------------------------------------------------------------------
 # The gymnasium env, stepping through the exact model above.
 # --------------------------------------------------------------------------------------------
-
-import gymnasium as gym  # noqa: E402
-from gymnasium import spaces  # noqa: E402
 
 CELL_PX = 32  # rgb_array pixels per cell
 _WHITE = np.array([255, 255, 255], dtype=np.float64)
@@ -246,6 +245,7 @@ class GriddyEnv(gym.Env):
         return self._render_rgb()
 
     def _render_ansi(self) -> str:
+        """'A' agent, 'G' goal, '.' other cells; with values, each cell is its value + marker."""
         agent, goal = self.agent_cell, self.goal_cell
         vals = self._cell_values()
         lines = []
@@ -253,8 +253,11 @@ class GriddyEnv(gym.Env):
             cells = []
             for c in range(self.width):
                 i = r * self.width + c
-                mark = "A" if i == agent else "G" if i == goal else "."
-                cells.append(mark if vals is None else f"{vals[r, c]:6.2f}{mark}")
+                mark = "A" if i == agent else "G" if i == goal else None
+                if vals is None:
+                    cells.append(mark or ".")
+                else:  # value, then the marker (blank for a plain cell)
+                    cells.append(f"{vals[r, c]:6.2f}{mark or ' '}")
             lines.append(" ".join(cells))
         return "\n".join(lines) + "\n"
 
