@@ -88,5 +88,9 @@ class TabularModel:
             for a, acc in enumerate(row):
                 for k, ((s2, r, done), p) in enumerate(acc.items()):
                     prob[s, a, k], nxt[s, a, k], rew[s, a, k], term[s, a, k] = p, s2, r, done
-                nxt[s, a, len(acc):] = nxt[s, a, 0]
+                # Pad with copies of the last outcome (probability 0), so float round-off
+                # in a cumulative sum can only ever select a real outcome.
+                n = len(acc)
+                nxt[s, a, n:], rew[s, a, n:], term[s, a, n:] = (
+                    nxt[s, a, n - 1], rew[s, a, n - 1], term[s, a, n - 1])
         return cls(prob, nxt, rew, term, np.asarray(initial, dtype=np.float64), max_steps)

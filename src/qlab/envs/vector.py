@@ -51,6 +51,7 @@ class TabularVecEnv:
         u = self._rand.take(2)
         self.state = self._starts(u[:, 0])
         self.elapsed[:] = 0
+        self._restart_u = u[:, 1]
         return self.state.copy()
 
     def step(self, actions: np.ndarray) -> Step:
