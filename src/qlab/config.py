@@ -51,6 +51,15 @@ class TabularQConfig(AgentConfig):
 
 
 @dataclass
+class TabularMCConfig(AgentConfig):
+    """Tabular Monte-Carlo control (constant step toward the episode's returns)."""
+
+    name: str = "tabular_mc"
+    first_visit: bool = False  # true: update only the first visit of each (s, a) per episode
+    init: float = 0.0  # initial Q value
+
+
+@dataclass
 class ExplorationConfig:
     """Epsilon-greedy schedule."""
 
@@ -87,6 +96,7 @@ class QlabConfig:
 
 
 AGENT_SCHEMAS: dict[str, type] = {"tabular_q": TabularQConfig}
+AGENT_SCHEMAS["tabular_mc"] = TabularMCConfig
 
 
 def register() -> None:
@@ -123,11 +133,14 @@ def _check_range(key: str, value: float, lo: float | None = None, hi: float | No
     if hi is not None:
         bad |= value >= hi if hi_open else value > hi
     if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        _fail(key, value, f"must be in {left}{lo_s}, {hi_s}{right}")
+        if hi is None and lo is not None:
+            _fail(key, value, f"must be {'>' if lo_open else '>='} {lo:g}")
+        if lo is None and hi is not None:
+            _fail(key, value, f"must be {'<' if hi_open else '<='} {hi:g}")
+        if lo is None and hi is None:
+            _fail(key, value, "must be a finite number")
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        _fail(key, value, f"must be in {left}{lo:g}, {hi:g}{right}")
 
 
 def validate(cfg: DictConfig) -> QlabConfig:

@@ -46,15 +46,26 @@ def explain(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def sweeper_params(overrides: Sequence[str]) -> list[str]:
+    """Sweeps a config itself declares (``hydra.sweeper.params`` of a named experiment) for
+    keys the command line does not set; the command line wins, as in Hydra's basic sweeper."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    given = {o.get_key_element().lstrip("+~") for o in parsed}
+    cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    params = cfg.hydra.sweeper.get("params") or {}
+    return [f"{k}={v}" for k, v in params.items() if k not in given]
+
+
 def check(overrides: Sequence[str]) -> list[str]:
     """Compose and validate every job; returns one error line per failing job (deduplicated)."""
     register()
     errors: list[str] = []
-    try:
-        jobs = job_overrides(overrides)
-    except HydraException as exc:
-        return [explain(exc)]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            jobs = job_overrides([*overrides, *sweeper_params(overrides)])
+        except (HydraException, OmegaConfBaseException) as exc:
+            return [explain(exc)]
         for job in jobs:
             try:
                 validate(compose(config_name="config", overrides=job))

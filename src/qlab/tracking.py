@@ -94,6 +94,12 @@ class Tracker:
                 write(k, Path(tmp))
                 self.client.log_artifacts(run_id, tmp)
 
+    def log_values(self, key: str, values: np.ndarray, step: int) -> None:
+        """One value per replica (e.g. a summary number) as metric ``key`` at ``step``."""
+        now = int(time.time() * 1000)
+        for run_id, v in zip(self.run_ids, values, strict=True):
+            self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step))])
+
     def log_text(self, name: str, text: str) -> None:
         """The same text file as an artifact of every run."""
         for run_id in self.run_ids:
@@ -113,6 +119,7 @@ class NullTracker:
 
     def update(self, history) -> None: ...
     def log_replica_files(self, write: Callable[[int, Path], None]) -> None: ...
+    def log_values(self, key: str, values: np.ndarray, step: int) -> None: ...
     def log_text(self, name: str, text: str) -> None: ...
 
 

@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from qlab import agents, envs, exploration, runner, tracking
+from qlab import agents, envs, exploration, runner, sweep, tracking
 from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
 
 register()
@@ -30,7 +30,8 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     evaluator = runner.Evaluator(env.model, agent.gamma) if env.model is not None else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     replicas = [{"params": {"seed": str(s)},
-                 "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s}} for s in seeds]
+                 "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
+                          **sweep.job_tags()}} for s in seeds]
     names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
     bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
     if not c.tracking.enabled:
@@ -42,6 +43,9 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         with ctx as tracker:
             hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
                                 listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds)
+            if evaluator is not None and "eval/optimal_fraction" in hist.evals:
+                tracker.log_values("eval/episodes_to_optimal",
+                                   runner.episodes_to_optimal(hist), step=c.episodes - 1)
             tracker.log_text("config.yaml", OmegaConf.to_yaml(resolved))
             tracker.log_replica_files(agent.save)
     finally:
@@ -92,7 +96,12 @@ def main() -> None:
             for line in errors:
                 print(f"qlab-train: error: {line}", file=sys.stderr)
             sys.exit(2)
-    _hydra_main()
+    try:
+        _hydra_main()
+    except BaseException:
+        sweep.finish(failed=True)
+        raise
+    sweep.finish()  # a sweep whose on_multirun_end Hydra skipped
 
 
 if __name__ == "__main__":

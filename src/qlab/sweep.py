@@ -1,0 +1,149 @@
+"""Sweeps in MLflow: one parent run per Hydra multirun with every job's runs nested under it.
+
+``SweepCallback`` (registered in conf/config.yaml) creates the store, the experiment and the
+parent run once, before any job starts, and hands jobs the parent's id through the
+environment (inherited by joblib workers, submitit and SLURM jobs). The parent ends FINISHED,
+or FAILED when a job failed — also when Hydra skips ``on_multirun_end`` after a failing job,
+because ``qlab-train`` calls :func:`finish` on its way out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from qlab import tracking
+
+PARENT_ENV = "QLAB_PARENT_RUN_ID"
+SWEEP_ENV = "QLAB_SWEEP_ID"
+# Swept keys that make replicas of one group rather than groups of their own.
+SEED_KEYS = ("seed", "replicas")
+
+_active: dict[str, Any] = {}
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra multirun that has a parent run."""
+    try:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        multirun = False
+    return multirun and bool(os.environ.get(PARENT_ENV))
+
+
+def job_tags() -> dict[str, str]:
+    """Tags nesting a job's runs under the sweep's parent run (empty outside a sweep)."""
+    if not in_sweep():
+        return {}
+    return {"mlflow.parentRunId": os.environ[PARENT_ENV], "sweep_id": os.environ[SWEEP_ENV]}
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """Keys a multirun sweeps over (``key=a,b`` or sweep functions), seeds excluded."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element().lstrip("+~")
+        if o.is_sweep_override() and key not in SEED_KEYS:
+            keys.append(key)
+    return keys
+
+
+class SweepCallback(Callback):
+    """Creates the parent run before jobs start and closes it when they are done."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.enabled:
+            return
+        uri = config.tracking.uri or tracking.default_uri()
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
+        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        overrides = list(config.hydra.overrides.task)
+        sweeper_params = config.hydra.sweeper.get("params") or {}
+        overrides += [f"{k}={v}" for k, v in sweeper_params.items()]
+        parent = client.create_run(exp_id, run_name=f"sweep-{config.experiment_name}-{sweep_id}",
+                                   tags={"sweep_id": sweep_id, "qlab.role": "sweep"})
+        run_id = parent.info.run_id
+        client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
+        _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,
+                       group_by=swept_keys(overrides))
+        os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = run_id, sweep_id
+        print(f"qlab: sweep {sweep_id} -> MLflow experiment {config.experiment_name!r}, "
+              f"parent run {run_id}", file=sys.stderr)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        finish()
+
+
+def children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
+    """Every run nested under ``parent_id``."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def summary_table(runs: list, group_by: list[str]) -> pd.DataFrame:
+    """Per group of the swept keys, over its runs (seeds): episodes to an optimal policy,
+    final return and final Q-delta (medians), and how many runs finished."""
+    rows = []
+    for r in runs:
+        row = {k: r.data.params.get(k, "") for k in group_by}
+        m = r.data.metrics
+        row.update(status=r.info.status,
+                   episodes_to_optimal=m.get("eval/episodes_to_optimal", np.nan),
+                   final_return=m.get("eval/return", m.get("train/episode_return", np.nan)),
+                   final_q_delta=m.get("train/q_delta", np.nan))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    keys = group_by or ["status"]
+    out = df.groupby(keys, dropna=False).agg(
+        runs=("status", "size"),
+        finished=("status", lambda s: int((s == "FINISHED").sum())),
+        episodes_to_optimal=("episodes_to_optimal", "median"),
+        final_return=("final_return", "median"),
+        final_q_delta=("final_q_delta", "median"),
+    )
+    return out.reset_index()
+
+
+def finish(failed: bool = False) -> None:
+    """Close the parent run of this process's sweep (no-op when there is none)."""
+    if not _active:
+        return
+    client, run_id = _active["client"], _active["run_id"]
+    try:
+        runs = children(client, _active["exp_id"], run_id)
+        failed = failed or any(r.info.status != "FINISHED" for r in runs)
+        table = summary_table(runs, _active["group_by"])
+        if not table.empty:
+            text = table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+            print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs\n{text}",
+                  file=sys.stderr)
+            client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
+            client.log_text(run_id, text + "\n", "sweep_summary.txt")
+        client.log_metric(run_id, "sweep/runs", len(runs))
+    finally:
+        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        for var in (PARENT_ENV, SWEEP_ENV):
+            os.environ.pop(var, None)
+        _active.clear()
