@@ -13,7 +13,12 @@ export MLFLOW_TRACKING_URI
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-slow lint ui clean
+EXP ?= epsilon_decay
+# The server's own store (MLFLOW_TRACKING_URI may point at the server itself).
+BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow.db
+ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
+
+.PHONY: help setup train sweep test test-slow lint ui server clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +36,9 @@ setup: $(STAMP) ## Create .venv and install qlab with its dev tools (idempotent)
 train: setup ## Train tabular Q-learning on the 4x4 grid, logged to MLflow (extra Hydra overrides: ARGS="...")
 	$(BIN)/qlab-train $(ARGS)
 
+sweep: setup ## Run a named sweep from experiments/ (EXP=epsilon_decay by default; extra overrides: ARGS="...")
+	$(BIN)/qlab-train +experiment=$(EXP) $(ARGS)
+
 test: setup ## Run the default (fast) test suite
 	$(BIN)/python -m pytest $(ARGS)
 
@@ -42,6 +50,11 @@ lint: setup ## Lint with ruff
 
 ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(HOST) --port $(PORT)
+
+server: setup ## MLflow tracking server on http://$(HOST):$(PORT): sqlite backend, proxied artifacts
+	$(BIN)/mlflow server --backend-store-uri "$(BACKEND_STORE_URI)" \
+		--artifacts-destination "$(ARTIFACTS_DESTINATION)" --serve-artifacts \
+		--host $(HOST) --port $(PORT)
 
 clean: ## Remove the venv, caches and Hydra outputs (keeps mlflow.db and mlruns/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun build src/*.egg-info
