@@ -88,9 +88,11 @@ def main() -> None:
     """Console entry point: check every job's config first, then hand over to Hydra."""
     from qlab.preflight import check
 
-    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
-    flags = [a for a in sys.argv[1:] if a.startswith("-")]
-    if not any(f in ("--help", "-h", "--hydra-help", "--info", "-i") for f in flags):
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(sys.argv[1:])
+    if not (args.help or args.hydra_help or args.info or args.shell_completion):
+        overrides = args.overrides
         errors = check(overrides)
         if errors:
             for line in errors:
