@@ -18,7 +18,7 @@ EXP ?= epsilon_decay
 BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow.db
 ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
 
-.PHONY: help setup train sweep test test-slow lint ui server clean
+.PHONY: help setup train sweep test test-slow lint ui server clean cartpole report play
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,16 @@ train: setup ## Train tabular Q-learning on the 4x4 grid, logged to MLflow (extr
 
 sweep: setup ## Run a named sweep from experiments/ (EXP=epsilon_decay by default; extra overrides: ARGS="...")
 	$(BIN)/qlab-train +experiment=$(EXP) $(ARGS)
+
+report: setup ## HTML report of experiment EXP's latest sweep in reports/EXP/, logged to its parent run (EXP=epsilon_decay; flags: ARGS="...")
+	$(BIN)/qlab-report $(EXP) $(ARGS)
+
+play: setup ## Replay a trained agent greedily in the terminal: make play RUN=<run id> (ARGS="--gif agent.gif")
+	@test -n "$(RUN)" || { echo "make play: set RUN=<MLflow run id> (see make ui or reports/)"; exit 2; }
+	$(BIN)/qlab-play $(RUN) $(ARGS)
+
+cartpole: setup ## DQN on CartPole-v1, 5 seeds x 50k env steps (rl-zoo settings), logged to MLflow (slow)
+	$(BIN)/qlab-train +experiment=dqn_cartpole $(ARGS)
 
 test: setup ## Run the default (fast) test suite
 	$(BIN)/python -m pytest $(ARGS)

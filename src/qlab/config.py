@@ -3,6 +3,7 @@ checks that refuse bad input — in one line naming the key — before any run e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,25 @@ class TabularMCConfig(AgentConfig):
 
 
 @dataclass
+class DQNConfig(AgentConfig):
+    """Deep Q-network: an MLP over the flattened observation, replay, target network."""
+
+    name: str = "dqn"
+    lr: float = 1e-3  # Adam learning rate, > 0
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # hidden layer widths ([]: linear)
+    buffer_size: int = 10_000  # replay capacity per replica, in transitions, >= 1
+    batch_size: int = 64  # minibatch per gradient step, >= 1
+    learning_starts: int = 500  # env steps before the first gradient step, >= 0
+    train_freq: int = 1  # take gradient steps every this many env steps, >= 1
+    gradient_steps: int = 1  # gradient steps each time, >= 1
+    target_update: int = 100  # refresh the target network every this many env steps, >= 1
+    tau: float = 1.0  # target refresh: 1 = hard copy, < 1 = Polyak weight of the online net
+    double: bool = False  # double DQN: the online net picks the bootstrap action
+    max_grad_norm: float = 10.0  # clip each replica's gradient to this L2 norm, > 0
+    threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small nets
+
+
+@dataclass
 class ExplorationConfig:
     """Epsilon-greedy schedule."""
 
@@ -91,12 +111,15 @@ class QlabConfig:
     replicas: int = 1  # independent replicas trained in lock-step, one MLflow run each
     episodes: int = 500  # training episodes per replica
     eval_every: int = 50  # greedy evaluation every this many episodes (and after the last)
+    total_steps: int | None = None  # env-step budget per replica, ends training early (null: none)
+    eval_episodes: int = 10  # greedy rollouts per evaluation on envs without a model
     experiment_name: str = "qlab"  # MLflow experiment
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 AGENT_SCHEMAS: dict[str, type] = {"tabular_q": TabularQConfig}
 AGENT_SCHEMAS["tabular_mc"] = TabularMCConfig
+AGENT_SCHEMAS["dqn"] = DQNConfig
 
 
 def register() -> None:
@@ -143,16 +166,37 @@ def _check_range(key: str, value: float, lo: float | None = None, hi: float | No
         _fail(key, value, f"must be in {left}{lo:g}, {hi:g}{right}")
 
 
+def _check_keys(node: DictConfig, prefix: str = "") -> None:
+    """Refuse keys a schema does not have: Hydra's ``+agent.lrr=0.1`` adds them unchecked,
+    and training would silently ignore them."""
+    schema = OmegaConf.get_type(node)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return
+    allowed = sorted(f.name for f in dataclasses.fields(schema))
+    for key in node.keys():
+        if key not in allowed:
+            where = f"{prefix[:-1]} " if prefix else ""
+            raise ConfigError(f"{prefix}{key}: no such key; allowed {where}keys: "
+                              + ", ".join(allowed))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _check_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> QlabConfig:
     """The typed config, or :class:`ConfigError` naming the first bad key."""
     from qlab import agents, exploration
 
+    _check_keys(cfg)
     c: QlabConfig = OmegaConf.to_object(cfg)
     e, a, x = c.env, c.agent, c.exploration
     _check_range("seed", c.seed, 0, 2**32 - 1)
     _check_range("replicas", c.replicas, 1)
     _check_range("episodes", c.episodes, 1)
     _check_range("eval_every", c.eval_every, 1)
+    if c.total_steps is not None:
+        _check_range("total_steps", c.total_steps, 1)
+    _check_range("eval_episodes", c.eval_episodes, 1)
     if not c.experiment_name.strip():
         _fail("experiment_name", c.experiment_name, "must not be empty")
     if e.id == "qlab/Griddy-v0":

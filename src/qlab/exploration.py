@@ -30,7 +30,9 @@ class Schedule:
     def __call__(self, t: np.ndarray) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
         if self.kind == "exponential":
-            eps = self.start * self.decay ** t
+            # float_power is libm's pow: 0.995**2 == 0.990025 as in the notebook (numpy's ``**``
+            # takes a SIMD path on AVX-512 machines that can be an ulp off, machine-dependent).
+            eps = self.start * np.float_power(self.decay, t)
         elif self.kind == "linear":
             frac = np.minimum(t / self.duration, 1.0)
             eps = self.start + frac * (self.minimum - self.start)

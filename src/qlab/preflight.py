@@ -3,12 +3,19 @@ way Hydra will, validate it, and turn any failure into one line naming the key."
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from qlab.config import CONF_DIR, ConfigError, options, register, validate
 
@@ -38,12 +45,25 @@ def explain(exc: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or "config"
         msg = str(cause).splitlines()[0]
-        if isinstance(cause, ConfigKeyError):
-            return f"{key}: no such key ({msg}); see `qlab-train --cfg job` for the keys"
+        if isinstance(cause, ConfigKeyError | ConfigAttributeError):
+            return _no_such_key(key, cause)
         if isinstance(cause, ValidationError):
             return f"{key}: {msg}"
         return f"{key}: {msg}"
     return " ".join(str(exc).split())
+
+
+def _no_such_key(key: str, cause: OmegaConfBaseException) -> str:
+    """'agent.lrr: no such key; did you mean agent.lr? allowed agent keys: gamma, ...'"""
+    schema = getattr(cause, "object_type", None)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return f"{key}: no such key; see `qlab-train --cfg job` for the keys"
+    allowed = sorted(f.name for f in dataclasses.fields(schema))
+    parent, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, allowed, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    where = f"{parent} " if parent else ""
+    return f"{key}: no such key; {hint}allowed {where}keys: {', '.join(allowed)}"
 
 
 def sweeper_params(overrides: Sequence[str]) -> list[str]:

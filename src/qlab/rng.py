@@ -14,6 +14,15 @@ import numpy as np
 # Stream ids keep the consumers of one replica independent of each other.
 ENV_STREAM = 0
 AGENT_STREAM = 1
+NETWORK_STREAM = 2  # DQN weight initialisation
+REPLAY_STREAM = 3  # replay-buffer sampling
+EVAL_STREAM = 4  # evaluation env copies
+
+
+def derive_seed(seed: int, stream: int, *more: int) -> int:
+    """A 32-bit seed for another library's generator (torch, gymnasium), derived from a
+    replica's seed and a stream id (plus any further ints, e.g. an env copy's index)."""
+    return int(np.random.SeedSequence([int(seed), stream, *map(int, more)]).generate_state(1)[0])
 
 
 class ReplicaUniforms:

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,11 +28,13 @@ EVAL_KEYS = ("eval/return", "eval/q_error", "eval/optimal_fraction")
 @dataclass
 class History:
     """Per-replica metric tables. ``train[key]`` is (R, episodes) indexed by episode;
-    ``evals[key]`` is (R, n_evals), taken after the episodes in ``eval_steps``. NaN = not yet."""
+    ``evals[key]`` is (R, n_evals), taken after the episodes in ``eval_steps``. NaN = not yet.
+    ``eval_steps`` is per replica: a replica stopped by a step budget is evaluated after its
+    last episode, whatever the schedule (``evals_done[k]`` says how many slots are real)."""
 
     replicas: int
     episodes: int
-    eval_steps: np.ndarray  # (n_evals,) episode index each evaluation follows
+    eval_steps: np.ndarray  # (R, n_evals) episode index each evaluation follows
     train: dict[str, np.ndarray] = field(default_factory=dict)
     evals: dict[str, np.ndarray] = field(default_factory=dict)
     done: np.ndarray = None  # (R,) episodes finished per replica
@@ -44,7 +46,7 @@ class History:
         steps = np.arange(eval_every - 1, episodes, eval_every)
         if steps.size == 0 or steps[-1] != episodes - 1:
             steps = np.append(steps, episodes - 1)  # always evaluate the final policy
-        h = cls(replicas, episodes, steps)
+        h = cls(replicas, episodes, np.tile(steps, (replicas, 1)))
         h.train = {k: np.full((replicas, episodes), np.nan)
                    for k in (*TRAIN_KEYS, *(f"train/{s}" for s in stat_keys))}
         h.evals = {k: np.full((replicas, len(steps)), np.nan) for k in eval_keys}
@@ -75,7 +77,11 @@ class Evaluator:
             self._solutions[gamma] = value_iteration(self.model, gamma)
         return self._solutions[gamma]
 
-    def __call__(self, replica: int, q: np.ndarray) -> dict[str, float]:
+    def __call__(self, replica: int, q: np.ndarray | Any) -> dict[str, float]:
+        """Evaluate replica ``replica``'s Q (S, A), given directly or as an agent's
+        ``q_values()[replica]`` (the runner passes the agent)."""
+        if not isinstance(q, np.ndarray):
+            q = q.q_values()[replica]
         sol = self.solution(float(self.gamma[replica]))
         policy = q.argmax(axis=1)
         acting = self._acting
@@ -84,6 +90,43 @@ class Evaluator:
             "eval/q_error": float(np.abs(q - sol.q)[acting].max()),
             "eval/optimal_fraction": float(sol.is_optimal(policy)[acting].mean()),
         }
+
+
+class RolloutEvaluator:
+    """Greedy evaluation by rollouts, for envs without a model: ``eval/return`` is the mean
+    undiscounted return of ``episodes`` greedy episodes on replica k's own eval env copies
+    (copy i seeded from (seed k, EVAL_STREAM, i) on its first reset, running on after that).
+    Needs ``agent.greedy_actions(replica, obs (N, D)) -> (N,)``."""
+
+    keys = ("eval/return",)
+
+    def __init__(self, make_env: Callable[[], Any], seeds: Sequence[int],
+                 episodes: int = 10) -> None:
+        self.make_env, self.seeds, self.episodes = make_env, [int(s) for s in seeds], episodes
+        self._envs: dict[int, list] = {}
+
+    def __call__(self, replica: int, agent: Any) -> dict[str, float]:
+        from qlab.rng import EVAL_STREAM, derive_seed
+
+        envs = self._envs.get(replica)
+        seeds: list[int | None] = [None] * self.episodes
+        if envs is None:
+            envs = self._envs[replica] = [self.make_env() for _ in range(self.episodes)]
+            seeds = [derive_seed(self.seeds[replica], EVAL_STREAM, i)
+                     for i in range(self.episodes)]
+        obs = np.stack([np.asarray(env.reset(seed=s)[0], dtype=np.float32).reshape(-1)
+                        for env, s in zip(envs, seeds, strict=True)])
+        returns = np.zeros(self.episodes)
+        running = np.ones(self.episodes, dtype=bool)
+        while running.any():
+            idx = np.flatnonzero(running)
+            actions = agent.greedy_actions(replica, obs[idx])
+            for i, a in zip(idx, actions, strict=True):
+                o, r, term, trunc, _ = envs[i].step(int(a))
+                obs[i] = np.asarray(o, dtype=np.float32).reshape(-1)
+                returns[i] += r
+                running[i] = not (term or trunc)
+        return {"eval/return": float(returns.mean())}
 
 
 class ProgressBar:
@@ -100,16 +143,20 @@ class ProgressBar:
 
 
 def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
-          evaluator: Callable[[int, np.ndarray], dict[str, float]] | None = None,
-          listeners: Sequence[Listener] = (), flush_seconds: float = 2.0) -> History:
-    """Train every replica for ``episodes`` episodes; returns the full metric history."""
+          evaluator: Callable[[int, Any], dict[str, float]] | None = None,
+          listeners: Sequence[Listener] = (), flush_seconds: float = 2.0,
+          total_steps: int | None = None) -> History:
+    """Train every replica for ``episodes`` episodes, or until it has taken ``total_steps``
+    env steps (the episode running then is cut and recorded); returns the metric history.
+    ``evaluator(k, agent)`` scores replica k every ``eval_every`` episodes and at its end."""
     R = env.num_envs
     stat_keys = tuple(getattr(agent, "stat_keys", ()))
     hist = History.empty(R, episodes, eval_every, evaluator.keys if evaluator else (), stat_keys)
     stat_sum = {s: np.zeros(R) for s in stat_keys}
     stat_cnt = np.zeros(R)
     eval_at = np.zeros(episodes, dtype=bool)
-    eval_at[hist.eval_steps] = True
+    eval_at[hist.eval_steps[0]] = True
+    budget = total_steps if total_steps is not None else np.iinfo(np.int64).max
     rows = np.arange(R)
     ep = np.zeros(R, dtype=np.int64)
     steps = np.zeros(R, dtype=np.int64)
@@ -138,7 +185,7 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                 for s, v in upd.stats.items():
                     stat_sum[s] += v
                 stat_cnt += upd.stats_count
-            finished = done & active
+            finished = (done | (steps >= budget)) & active
             if finished.any():
                 now = time.monotonic()
                 for k in rows[finished]:
@@ -151,10 +198,12 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                     for s in stat_keys:
                         tr[f"train/{s}"][k, e] = (stat_sum[s][k] / stat_cnt[k] if stat_cnt[k]
                                                   else np.nan)
-                    if evaluator is not None and eval_at[e]:
+                    last = e + 1 >= episodes or steps[k] >= budget
+                    if evaluator is not None and (eval_at[e] or last):
                         j = hist.evals_done[k]
-                        for key, value in evaluator(k, agent.q_values()[k]).items():
+                        for key, value in evaluator(k, agent).items():
                             hist.evals[key][k, j] = value
+                        hist.eval_steps[k, j] = e
                         hist.evals_done[k] += 1
                 length[finished] = 0
                 ret[finished] = qd_sum[finished] = qd_cnt[finished] = 0.0
@@ -164,7 +213,7 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                 ep_start[finished] = now
                 ep[finished] += 1
                 hist.done[:] = ep
-                active &= ep < episodes
+                active &= (ep < episodes) & (steps < budget)
             state = env.restart(done)
             now = time.monotonic()
             if now - last_flush >= flush_seconds:
@@ -184,9 +233,9 @@ def episodes_to_optimal(history: History) -> np.ndarray:
     if opt is None:
         return out
     for k in range(history.replicas):
-        ok = opt[k] == 1.0
-        if ok[-1]:
+        ok = opt[k, :history.evals_done[k]] == 1.0
+        if ok.size and ok[-1]:
             bad = np.flatnonzero(~ok)
             first = 0 if bad.size == 0 else bad[-1] + 1
-            out[k] = history.eval_steps[first]
+            out[k] = history.eval_steps[k, first]
     return out

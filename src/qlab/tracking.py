@@ -80,7 +80,7 @@ class Tracker:
                        for step, v in zip(range(lo, hi), table[k, lo:hi], strict=True)]
             metrics += [Metric(key, float(v), now, int(step))
                         for key, table in history.evals.items()
-                        for step, v in zip(history.eval_steps[elo:ehi], table[k, elo:ehi],
+                        for step, v in zip(history.eval_steps[k, elo:ehi], table[k, elo:ehi],
                                            strict=True)]
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)

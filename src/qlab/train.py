@@ -27,7 +27,12 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     env = envs.make(c.env, seeds)
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
-    evaluator = runner.Evaluator(env.model, agent.gamma) if env.model is not None else None
+    if env.model is not None:
+        evaluator = runner.Evaluator(env.model, agent.gamma)
+    else:  # no model (CartPole): greedy rollouts on separate eval env copies
+        evaluator = runner.RolloutEvaluator(
+            lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
+            c.eval_episodes)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     replicas = [{"params": {"seed": str(s)},
                  "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
@@ -42,12 +47,20 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     try:
         with ctx as tracker:
             hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
-                                listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds)
+                                listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
+                                total_steps=c.total_steps)
             if evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal",
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
             tracker.log_text("config.yaml", OmegaConf.to_yaml(resolved))
             tracker.log_replica_files(agent.save)
+            if c.tracking.enabled and c.agent.name in agents.TABULAR:  # V(s) beside Q*, grids
+                from qlab.analysis.plots import value_heatmap_writer
+
+                heatmap = value_heatmap_writer(c.env, env.model, agent.q_values(), agent.gamma,
+                                               names)
+                if heatmap is not None:
+                    tracker.log_replica_files(heatmap)
     finally:
         bar.close()
     print(summary(c, hist), file=sys.stderr)
@@ -56,9 +69,15 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
 
 def summary(c: QlabConfig, hist: runner.History) -> str:
     """One line: what was trained and how it ended (medians over replicas)."""
-    parts = [f"{c.agent.name} on {c.env.name}: {c.replicas} replica(s) x {c.episodes} episodes"]
-    ret = hist.train["train/episode_return"][:, -1]
+    budget = f"{c.episodes} episodes" if c.total_steps is None else f"{c.total_steps} steps"
+    parts = [f"{c.agent.name} on {c.env.name}: {c.replicas} replica(s) x {budget}"]
+    last = np.maximum(hist.done - 1, 0)  # each replica's last episode (a step budget ends early)
+    rows = np.arange(c.replicas)
+    ret = hist.train["train/episode_return"][rows, last]
     parts.append(f"final train return {np.median(ret):.3g}")
+    if "eval/optimal_fraction" not in hist.evals and "eval/return" in hist.evals:
+        final = hist.evals["eval/return"][rows, np.maximum(hist.evals_done - 1, 0)]
+        parts.append("final eval return " + " ".join(f"{v:.4g}" for v in final))
     if "eval/optimal_fraction" in hist.evals:
         opt = hist.evals["eval/optimal_fraction"][:, -1]
         err = hist.evals["eval/q_error"][:, -1]

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import gymnasium
+import numpy as np
 
 from qlab.envs.griddy import griddy_model, griddy_observations
+from qlab.envs.gym_vector import GymVecEnv
 from qlab.envs.model import TabularModel
+from qlab.envs.toytext import toy_text_model
 from qlab.envs.vector import TabularVecEnv
 
 GRIDDY_ID = "qlab/Griddy-v0"
@@ -21,16 +24,20 @@ def make_model(cfg) -> TabularModel | None:
     """The exact model of the env ``cfg`` names, or None when it has none."""
     if cfg.id == GRIDDY_ID:
         return griddy_model(cfg.height, cfg.width, cfg.random_goal, cfg.max_steps)
-    return None
+    # Gymnasium toy-text envs (FrozenLake, CliffWalking, Taxi) publish their model as P.
+    return toy_text_model(cfg.id, cfg.kwargs, cfg.max_steps)
 
 
-def make(cfg, seeds: Sequence[int]) -> TabularVecEnv:
-    """R = len(seeds) replicas of the env ``cfg`` names; replica k seeded with seeds[k]."""
+def make(cfg, seeds: Sequence[int]) -> TabularVecEnv | GymVecEnv:
+    """R = len(seeds) replicas of the env ``cfg`` names; replica k seeded with seeds[k].
+    Envs without a model (CartPole) step R gymnasium copies (:class:`GymVecEnv`)."""
     model = make_model(cfg)
     if model is None:
-        raise ValueError(f"env.id={cfg.id!r}: no batched env for it yet; use {GRIDDY_ID}")
+        return GymVecEnv(cfg.id, seeds, max_steps=cfg.max_steps, kwargs=cfg.kwargs)
     obs = None
     if cfg.id == GRIDDY_ID:
         obs = griddy_observations(cfg.height, cfg.width, cfg.random_goal)
         obs = obs.reshape(obs.shape[0], -1).astype("float32")
+    else:
+        obs = np.eye(model.n_states, dtype=np.float32)  # toy-text: one-hot states
     return TabularVecEnv(model, seeds, observations=obs)

@@ -1,0 +1,307 @@
+"""Deep Q-network on the replica axis: R independent MLPs trained in lock-step.
+
+The algorithm (Mnih et al. 2015, as in CleanRL / Stable-Baselines3), per replica:
+  - act epsilon-greedily on the online network Q(x; theta), x the flattened observation
+    (``observations[state]`` on envs with a state table, the env's float vector otherwise);
+  - store every transition in the replica's own replay buffer (:mod:`qlab.agents.replay`);
+  - after ``learning_starts`` env steps, every ``train_freq`` steps take ``gradient_steps``
+    Adam steps, each on a fresh minibatch of ``batch_size``, on the Huber (smooth-L1) loss
+    between Q(x, a; theta) and y = r + gamma * (1 - terminated) * max_a' Q(x', a'; theta⁻)
+    (double DQN: Q(x', argmax_a' Q(x', a'; theta); theta⁻)), with the gradient's norm clipped
+    to ``max_grad_norm`` per replica;
+  - every ``target_update`` env steps refresh the target theta⁻: a hard copy (``tau = 1``)
+    or Polyak averaging theta⁻ <- tau * theta + (1 - tau) * theta⁻.
+Truncated episodes bootstrap (only ``terminated`` stops it).
+
+The replica axis: all R networks' parameters live in one flat float32 tensor of shape
+(R, P); layer l's weight is a (R, in, out) view of it, and one forward is a chain of
+``torch.baddbmm`` over the replica axis, so one batched forward/backward serves all replicas
+(measured faster on CPU than ``torch.func.vmap`` over stacked modules, whose per-call
+batching overhead dominates for nets this small, and than a Python loop of R modules).
+Loss terms are summed over replicas, so replica k's gradient is its own loss's gradient;
+clipping uses replica k's own gradient norm; Adam is elementwise with per-replica step
+counts, and rows of inactive replicas are left untouched. Replica k's weights are
+initialised from a torch.Generator seeded from seed k, its epsilon-greedy numbers come from
+its agent stream and its minibatches from its replay stream: replica k of a batch
+reproduces a run of R = 1 with seed k up to float rounding of the batched kernels.
+
+Metrics (``Updates.stats``, logged per episode as ``train/<name>``): ``td_loss`` (the Huber
+loss of each gradient step) and ``q_mean`` (mean Q(s, a) of the sampled pairs before the step).
+
+Q-delta, defined to compare with the tabular agents' curves. Tabular: the mean |ΔQ(s, a)|
+over the updates made in an episode, an update changing one entry Q(s, a). DQN: one
+gradient step changes Q everywhere; we measure it where the step was aimed — for each
+sampled (s, a) of the minibatch, |Q(x, a; theta_after) - Q(x, a; theta_before)| on the
+same input x — and ``train/q_delta`` is the mean over all sampled pairs of all gradient
+steps in the episode (0 in an episode without gradient steps).
+
+Artifact: ``q_network.pt``, replica k's weights as plain tensors in ``torch.nn.Linear``
+layout (``{"state_dict": {"0.weight": (out, in), "0.bias": ..., "2.weight": ...},
+"hidden_sizes": [...], "obs_dim": D, "n_actions": A}``), loadable with
+``torch.load(path, weights_only=True)``; :func:`load_q_network` rebuilds it as an
+``nn.Sequential``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qlab.agents.replay import ReplayBuffer
+from qlab.agents.tabular import Transition, Updates
+from qlab.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+
+
+def clip_grad_norm_per_replica(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale each replica's row of ``grad`` (R, P) in place so its L2 norm is at most
+    ``max_norm`` (``torch.nn.utils.clip_grad_norm_`` applied to each replica alone); returns
+    the norms before clipping (R,)."""
+    norm = grad.norm(dim=1, keepdim=True)
+    grad.mul_((max_norm / (norm + CLIP_EPS)).clamp(max=1.0))
+    return norm[:, 0]
+
+
+class BatchedMLP:
+    """The layout of R MLPs ``sizes[0] -> ... -> sizes[-1]`` (ReLU between layers) in one flat
+    parameter row of length P per replica; functions of (R, P) parameters, no state."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = [int(s) for s in sizes]
+        self.layers: list[tuple[int, int, int, int]] = []  # (weight offset, bias offset, in, out)
+        off = 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            self.layers.append((off, off + n_in * n_out, n_in, n_out))
+            off += n_in * n_out + n_out
+        self.n_params = off
+
+    def views(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight (R, in, out), bias (R, 1, out)) views of ``flat`` (R, P), per layer."""
+        R = flat.shape[0]
+        return [(flat[:, w:b].view(R, n_in, n_out), flat[:, b:b + n_out].view(R, 1, n_out))
+                for w, b, n_in, n_out in self.layers]
+
+    def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x (R, B, in) -> (R, B, out): replica k's inputs through replica k's network."""
+        views = self.views(flat)
+        for i, (w, b) in enumerate(views):
+            x = torch.baddbmm(b, x, w)
+            if i < len(views) - 1:
+                x = torch.relu(x)
+        return x
+
+    def init(self, generator: torch.Generator) -> torch.Tensor:
+        """One replica's parameters (P,), each layer as ``torch.nn.Linear`` initialises it:
+        U(-1/sqrt(in), 1/sqrt(in)) for weights and biases."""
+        row = torch.empty(self.n_params)
+        for w, b, n_in, n_out in self.layers:
+            bound = 1.0 / np.sqrt(n_in)
+            end = b + n_out
+            row[w:end] = (torch.rand(end - w, generator=generator) * 2.0 - 1.0) * bound
+        return row
+
+    def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One replica's (P,) parameters in ``nn.Sequential(Linear, ReLU, ...)`` layout."""
+        out = {}
+        for i, (w, b, n_in, n_out) in enumerate(self.layers):
+            out[f"{2 * i}.weight"] = row[w:b].view(n_in, n_out).T.contiguous().clone()
+            out[f"{2 * i}.bias"] = row[b:b + n_out].clone()
+        return out
+
+
+def mlp(sizes: Sequence[int]) -> torch.nn.Sequential:
+    """A plain single-replica MLP with the same layout as :class:`BatchedMLP`."""
+    mods: list[torch.nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        mods.append(torch.nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*mods)
+
+
+def load_q_network(path: str | Path) -> torch.nn.Sequential:
+    """Rebuild a saved replica's Q-network (``q_network.pt``) as a single-replica MLP."""
+    blob = torch.load(path, weights_only=True)
+    net = mlp([blob["obs_dim"], *blob["hidden_sizes"], blob["n_actions"]])
+    net.load_state_dict(blob["state_dict"])
+    return net
+
+
+class DQN:
+    """R independent DQN learners (see the module docstring)."""
+
+    stat_keys = ("td_loss", "q_mean")
+
+    def __init__(self, obs_dim: int, n_actions: int, seeds: Sequence[int], *,
+                 observations: np.ndarray | None = None, lr: float = 1e-3, gamma: float = 0.99,
+                 hidden: Sequence[int] = (64, 64), buffer_size: int = 10_000,
+                 batch_size: int = 64, learning_starts: int = 500, train_freq: int = 1,
+                 gradient_steps: int = 1, target_update: int = 100, tau: float = 1.0,
+                 double: bool = False, max_grad_norm: float = 10.0) -> None:
+        R = len(seeds)
+        self.replicas, self.n_actions, self.obs_dim = R, int(n_actions), int(obs_dim)
+        self.hidden = [int(h) for h in hidden]
+        self.observations = (None if observations is None
+                             else np.ascontiguousarray(observations, dtype=np.float32))
+        if self.observations is not None and self.observations.shape[1] != self.obs_dim:
+            raise ValueError(f"observations of shape {self.observations.shape}: expected "
+                             f"(S, {self.obs_dim})")
+        self.lr = np.full(R, float(lr))
+        self.gamma = np.full(R, float(gamma))
+        self.batch_size, self.learning_starts = int(batch_size), int(learning_starts)
+        self.train_freq, self.gradient_steps = int(train_freq), int(gradient_steps)
+        self.target_update, self.tau = int(target_update), float(tau)
+        self.double, self.max_grad_norm = bool(double), float(max_grad_norm)
+        self.net = BatchedMLP([self.obs_dim, *self.hidden, self.n_actions])
+        rows = [self.net.init(torch.Generator().manual_seed(derive_seed(s, NETWORK_STREAM)))
+                for s in seeds]
+        self.params = torch.stack(rows)  # (R, P) online network
+        self.target = self.params.clone()  # (R, P) target network
+        self._m = torch.zeros_like(self.params)  # Adam first moments
+        self._v = torch.zeros_like(self.params)  # Adam second moments
+        self._t = torch.zeros(R, dtype=torch.int64)  # Adam steps, per replica
+        self._lr_t = torch.tensor(self.lr, dtype=torch.float32)
+        self._gamma_t = torch.tensor(self.gamma, dtype=torch.float32)[:, None]
+        self.steps = np.zeros(R, dtype=np.int64)  # env steps learned from, per replica
+        self._rows = np.arange(R)
+        self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
+        self.buffer = ReplayBuffer(R, int(buffer_size), (self.obs_dim,),
+                                   ReplicaUniforms(seeds, REPLAY_STREAM))
+
+    # ---- acting ----
+    def features(self, state: np.ndarray) -> np.ndarray:
+        """(R, D) network inputs: the state table's rows, or the env's observation vectors."""
+        if self.observations is not None:
+            return self.observations[state]
+        return np.asarray(state, dtype=np.float32).reshape(self.replicas, self.obs_dim)
+
+    @torch.no_grad()
+    def act(self, state: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
+        """Epsilon-greedy actions (R,) on the online network (greedy ties: lowest index)."""
+        u = self._rand.take(2)
+        x = torch.from_numpy(self.features(state))[:, None, :]
+        greedy = self.net.forward(self.params, x)[:, 0].argmax(dim=1).numpy()
+        random = (u[:, 1] * self.n_actions).astype(np.int64)
+        return np.where(u[:, 0] < epsilon, random, greedy)
+
+    @torch.no_grad()
+    def greedy_actions(self, replica: int, obs: np.ndarray) -> np.ndarray:
+        """(N,) greedy actions of replica ``replica`` for observation vectors ``obs`` (N, D)."""
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1, self.obs_dim))
+        return self.net.forward(self.params[replica:replica + 1], x)[0].argmax(dim=1).numpy()
+
+    @torch.no_grad()
+    def q_values(self) -> np.ndarray:
+        """(R, S, A) Q of every state of the env's table (envs with a model)."""
+        if self.observations is None:
+            raise ValueError("DQN.q_values: this env has no state table (observations=None); "
+                             "evaluate it with greedy rollouts instead")
+        x = torch.from_numpy(self.observations).expand(self.replicas, *self.observations.shape)
+        return self.net.forward(self.params, x).double().numpy()
+
+    # ---- learning ----
+    def learn(self, tr: Transition) -> Updates:
+        R = self.replicas
+        active = np.asarray(tr.active, dtype=bool)
+        self.buffer.add(self.features(tr.state), tr.action, tr.reward,
+                        self.features(tr.next_state), tr.terminated, active)
+        self.steps += active
+        due = active & (self.steps > self.learning_starts) & (self.steps % self.train_freq == 0)
+        upd = Updates(np.zeros(R), np.zeros(R))
+        if due.any():
+            upd = self._train(due)
+        sync = active & (self.steps % self.target_update == 0)
+        if sync.any():
+            self._update_target(torch.from_numpy(sync))
+        return upd
+
+    def _train(self, due: np.ndarray) -> Updates:
+        """``gradient_steps`` steps for the replicas in ``due``; sums of the metrics."""
+        mask = torch.from_numpy(due)
+        abs_delta = torch.zeros(self.replicas, dtype=torch.float64)
+        loss_sum = torch.zeros(self.replicas, dtype=torch.float64)
+        q_sum = torch.zeros(self.replicas, dtype=torch.float64)
+        for _ in range(self.gradient_steps):
+            d, loss, q_mean = self._gradient_step(mask)
+            abs_delta += d
+            loss_sum += loss
+            q_sum += q_mean
+        maskf = mask.double()
+        n = float(self.gradient_steps)
+        return Updates((abs_delta * maskf).numpy(), (maskf * n * self.batch_size).numpy(),
+                       {"td_loss": (loss_sum * maskf).numpy(), "q_mean": (q_sum * maskf).numpy()},
+                       (maskf * n).numpy())
+
+    def _gradient_step(self, mask: torch.Tensor):
+        """One Adam step on a fresh minibatch per replica (rows outside ``mask`` unchanged).
+        Returns per-replica (sum |ΔQ(s, a)| over the batch, Huber loss, mean Q(s, a))."""
+        b = self.buffer.sample(self.batch_size, used=mask.numpy())
+        obs, next_obs = torch.from_numpy(b.obs), torch.from_numpy(b.next_obs)
+        action = torch.from_numpy(b.action)[..., None]
+        with torch.no_grad():
+            q_next = self.net.forward(self.target, next_obs)
+            if self.double:
+                a_next = self.net.forward(self.params, next_obs).argmax(dim=2, keepdim=True)
+                v_next = q_next.gather(2, a_next)[..., 0]
+            else:
+                v_next = q_next.max(dim=2).values
+            cont = 1.0 - torch.from_numpy(b.terminated).float()
+            y = torch.from_numpy(b.reward) + self._gamma_t * cont * v_next
+        params = self.params.requires_grad_(True)
+        q = self.net.forward(params, obs).gather(2, action)[..., 0]  # (R, B)
+        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)  # (R,)
+        (grad,) = torch.autograd.grad(loss.sum(), params)
+        self.params.requires_grad_(False)
+        with torch.no_grad():
+            clip_grad_norm_per_replica(grad, self.max_grad_norm)
+            self._adam(grad, mask)
+            q_after = self.net.forward(self.params, obs).gather(2, action)[..., 0]
+            delta = (q_after - q).abs().sum(dim=1)
+        return delta.double(), loss.detach().double(), q.detach().mean(dim=1).double()
+
+    def _adam(self, grad: torch.Tensor, mask: torch.Tensor) -> None:
+        """Adam (as torch.optim.Adam computes it), per replica, on the rows in ``mask``."""
+        b1, b2 = ADAM_BETAS
+        if bool(mask.all()):
+            rows = slice(None)
+            p, m, v = self.params, self._m, self._v
+        else:
+            rows = mask.nonzero()[:, 0]
+            p, m, v, grad = self.params[rows], self._m[rows], self._v[rows], grad[rows]
+        self._t[rows] += 1
+        t = self._t[rows].double()
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        bc1 = (1 - b1 ** t).float()[:, None]
+        bc2_sqrt = (1 - b2 ** t).sqrt().float()[:, None]
+        denom = (v.sqrt() / bc2_sqrt).add_(ADAM_EPS)
+        step_size = self._lr_t[rows][:, None] / bc1  # (R', 1): lr / (1 - b1^t)
+        p.addcdiv_(m * step_size, denom, value=-1.0)
+        if not isinstance(rows, slice):
+            self.params[rows], self._m[rows], self._v[rows] = p, m, v
+
+    @torch.no_grad()
+    def _update_target(self, mask: torch.Tensor) -> None:
+        if self.tau >= 1.0:
+            new = self.params
+        else:
+            new = self.tau * self.params + (1.0 - self.tau) * self.target
+        self.target = torch.where(mask[:, None], new, self.target)
+
+    # ---- artifacts ----
+    def save(self, replica: int, directory: Path) -> None:
+        """Write replica ``replica``'s online network as ``q_network.pt`` (see module docstring)."""
+        torch.save(self.weights(replica), Path(directory) / "q_network.pt")
+
+    def weights(self, replica: int) -> dict:
+        """Replica ``replica``'s network as plain tensors and sizes (what ``save`` writes)."""
+        return {"state_dict": self.net.state_dict(self.params[replica].detach()),
+                "hidden_sizes": list(self.hidden), "obs_dim": self.obs_dim,
+                "n_actions": self.n_actions}

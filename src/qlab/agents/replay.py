@@ -1,0 +1,81 @@
+"""Replay storage on the replica axis: one preallocated circular buffer per replica.
+
+Every field is a numpy array of shape (R, capacity, ...). Replica k has its own write
+pointer and fill count, is written only while it is active, and samples only its own
+filled slots with its own uniform stream — so replica k's buffer, and every batch it draws,
+is exactly what a run of R = 1 with seed k sees. Replicas never mix.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from qlab.rng import ReplicaUniforms
+
+
+class ReplaySample(NamedTuple):
+    """A minibatch per replica; every field has leading shape (R, B)."""
+
+    obs: np.ndarray  # (R, B, D) float32
+    action: np.ndarray  # (R, B) int64
+    reward: np.ndarray  # (R, B) float32
+    next_obs: np.ndarray  # (R, B, D) float32
+    terminated: np.ndarray  # (R, B) bool: no bootstrap from next_obs
+
+
+class ReplayBuffer:
+    """R circular buffers of ``capacity`` transitions with observations of shape ``obs_shape``.
+
+    ``rand`` supplies each replica's uniforms; :meth:`sample` takes ``batch_size`` numbers per
+    replica per call, whatever the others do, which keeps the streams in lock-step.
+    """
+
+    def __init__(self, replicas: int, capacity: int, obs_shape: tuple[int, ...],
+                 rand: ReplicaUniforms, obs_dtype: np.dtype = np.float32) -> None:
+        if capacity < 1:
+            raise ValueError(f"replay capacity={capacity}: must be >= 1")
+        R = replicas
+        self.replicas, self.capacity = R, capacity
+        self.obs = np.zeros((R, capacity, *obs_shape), dtype=obs_dtype)
+        self.next_obs = np.zeros((R, capacity, *obs_shape), dtype=obs_dtype)
+        self.action = np.zeros((R, capacity), dtype=np.int64)
+        self.reward = np.zeros((R, capacity), dtype=np.float32)
+        self.terminated = np.zeros((R, capacity), dtype=bool)
+        self.pos = np.zeros(R, dtype=np.int64)  # next slot to write, per replica
+        self.size = np.zeros(R, dtype=np.int64)  # filled slots, per replica
+        self._rows = np.arange(R)
+        self._rand = rand
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+            next_obs: np.ndarray, terminated: np.ndarray, active: np.ndarray) -> None:
+        """Store one transition (fields with leading shape (R,)) for each active replica."""
+        rows = self._rows[active]
+        if rows.size == 0:
+            return
+        slot = self.pos[rows]
+        self.obs[rows, slot] = obs[rows]
+        self.next_obs[rows, slot] = next_obs[rows]
+        self.action[rows, slot] = action[rows]
+        self.reward[rows, slot] = reward[rows]
+        self.terminated[rows, slot] = terminated[rows]
+        self.pos[rows] = (slot + 1) % self.capacity
+        self.size[rows] = np.minimum(self.size[rows] + 1, self.capacity)
+
+    def sample(self, batch_size: int, used: np.ndarray | None = None) -> ReplaySample:
+        """``batch_size`` transitions per replica, drawn uniformly (with replacement) from that
+        replica's filled slots. The replicas in ``used`` (default: all) must hold at least one
+        transition; rows of an empty replica outside it are meaningless zeros."""
+        empty = self.size == 0
+        if used is not None:
+            empty &= used
+        if empty.any():
+            raise ValueError(f"replay: replica(s) {self._rows[empty].tolist()} hold no "
+                             "transitions yet; sample after learning_starts")
+        u = self._rand.take(batch_size)
+        size = np.maximum(self.size, 1)[:, None]
+        idx = np.minimum((u * size).astype(np.int64), size - 1)
+        r = self._rows[:, None]
+        return ReplaySample(self.obs[r, idx], self.action[r, idx], self.reward[r, idx],
+                            self.next_obs[r, idx], self.terminated[r, idx])

@@ -1,0 +1,229 @@
+"""``qlab-play``: watch a trained agent — the notebook's ``visualise_agent``, from MLflow.
+
+It loads a run's config and learned agent (``q_table.npy``, or ``q_network.pt`` for DQN),
+then plays greedy episodes: rendered as text in the terminal (the grid world's and
+toy-text envs' ``ansi`` mode; with the agent's V(s) in every cell), or saved as an animated
+GIF (``rgb_array`` frames; the grid world's cells shaded by V(s)).
+
+    qlab-play 8c2aa17bfdde46338fb4f4a1ee468f56                   # 3 episodes in the terminal
+    qlab-play 8c2aa17bfdde46338fb4f4a1ee468f56 --gif agent.gif --episodes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROG = "qlab-play"
+GIF_MIN_SIDE = 256  # frames are scaled up (nearest) to at least this many pixels
+
+
+class PlayError(RuntimeError):
+    """A one-line reason the agent cannot be played."""
+
+
+def make_env(env_cfg: Any, render_mode: str | None) -> Any:
+    """The gymnasium env a run trained on, with ``render_mode``."""
+    import gymnasium
+
+    import qlab.envs  # noqa: F401  (registers qlab/Griddy-v0)
+    from qlab.analysis.plots import _kwargs
+
+    env_id = str(env_cfg.id)
+    max_steps = env_cfg.get("max_steps") if hasattr(env_cfg, "get") else None
+    if env_id == "qlab/Griddy-v0":
+        return gymnasium.make(env_id, height=int(env_cfg.height), width=int(env_cfg.width),
+                              random_goal=bool(env_cfg.random_goal),
+                              max_steps=None if max_steps is None else int(max_steps),
+                              render_mode=render_mode, disable_env_checker=True)
+    extra = _kwargs(env_cfg.get("kwargs") if hasattr(env_cfg, "get") else None)
+    if max_steps is not None:
+        extra["max_episode_steps"] = int(max_steps)
+    return gymnasium.make(env_id, render_mode=render_mode, **extra)
+
+
+def load_policy(client: Any, run_id: str, directory: Path
+                ) -> tuple[Any, Callable[[Any, dict], int], np.ndarray | None]:
+    """(env config, greedy policy(obs, info) -> action, Q of every state or None)."""
+    from qlab.analysis.runs import agent_file, q_on_states, run_config, state_observations
+
+    cfg = run_config(client, run_id, directory)
+    if "env" not in cfg or "id" not in cfg.env:
+        raise PlayError(f"run {run_id} has no env config (not a qlab training run)")
+    path = agent_file(client, run_id, directory)
+    table = state_observations(cfg.env)
+
+    def state_of(obs: Any, info: dict) -> int:
+        if "state" in info:  # the grid world reports its tabular state
+            return int(info["state"])
+        return int(np.asarray(obs).reshape(-1)[0])
+
+    if path.suffix == ".npy" or table is not None:
+        q = q_on_states(path, cfg.env)
+        return cfg, lambda obs, info: int(np.argmax(q[state_of(obs, info)])), q
+    # A Q-network on an env without a state table (CartPole): act on the observation.
+    import torch
+
+    from qlab.agents.dqn import load_q_network
+
+    net = load_q_network(path)
+
+    @torch.no_grad()
+    def policy(obs: Any, info: dict) -> int:
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1))
+        return int(net(x).argmax(dim=1).item())
+
+    return cfg, policy, None
+
+
+def _action_name(env: Any, a: int) -> str:
+    from qlab.envs.griddy import ACTION_NAMES, GriddyEnv
+
+    return ACTION_NAMES[a] if isinstance(env.unwrapped, GriddyEnv) else str(a)
+
+
+def _gif_frame(frame: np.ndarray, caption: str) -> np.ndarray:
+    """The rgb frame scaled up (nearest) to at least :data:`GIF_MIN_SIDE` pixels, under a
+    white caption bar."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    k = max(1, int(np.ceil(GIF_MIN_SIDE / min(frame.shape[:2]))))
+    big = np.repeat(np.repeat(np.asarray(frame, dtype=np.uint8), k, axis=0), k, axis=1)
+    bar = 22
+    img = Image.new("RGB", (big.shape[1], big.shape[0] + bar), "white")
+    img.paste(Image.fromarray(big), (0, bar))
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        font = ImageFont.load_default()
+    ImageDraw.Draw(img).text((6, 4), caption, fill=(30, 30, 30), font=font)
+    return np.asarray(img)
+
+
+def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, seed: int = 0,
+         fps: float = 4.0, max_steps: int = 100, values: bool = True,
+         out=None) -> list[tuple[int, float]]:
+    """Play ``episodes`` greedy episodes of run ``run_id``; returns (steps, return) of each.
+    Text frames go to ``out`` (default stdout; none with ``gif``); the GIF to ``gif``."""
+    out = sys.stdout if out is None else out
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, policy, q = load_policy(client, run_id, Path(tmp))
+    mode = "rgb_array" if gif is not None else "ansi"
+    try:
+        env = make_env(cfg.env, mode)
+    except Exception as exc:  # unknown id, missing extra (pygame), bad kwargs
+        raise PlayError(f"cannot make env {cfg.env.id} with render_mode={mode}: "
+                        f"{str(exc).splitlines()[0]}") from exc
+    if mode not in (env.metadata.get("render_modes") or []):
+        env.close()
+        raise PlayError(f"env {cfg.env.id} cannot render {mode!r}"
+                        + ("; try --gif" if mode == "ansi" else ""))
+    inner = env.unwrapped
+    if values and q is not None and hasattr(inner, "set_values"):
+        inner.set_values(q.max(axis=1))
+    live = gif is None and out.isatty() and fps > 0
+    frames: list[np.ndarray] = []
+    results = []
+
+    def show(text: str, frame: Any) -> None:
+        if gif is not None:
+            frames.append(_gif_frame(frame, text))
+            return
+        if live:
+            out.write("\x1b[H\x1b[2J")
+        out.write(f"{text}\n{frame}\n")
+        out.flush()
+        if live:
+            time.sleep(1.0 / fps)
+
+    try:
+        for i in range(episodes):
+            obs, info = env.reset(seed=seed + i)
+            show(f"episode {i + 1}/{episodes}: start", _render(env))
+            total, t, done = 0.0, 0, False
+            while not done and t < max_steps:
+                a = policy(obs, info)
+                obs, r, term, trunc, info = env.step(a)
+                total += float(r)
+                t += 1
+                done = term or trunc
+                show(f"episode {i + 1}/{episodes}, step {t}: {_action_name(env, a)}, "
+                     f"reward {float(r):g}", _render(env))
+            if gif is not None:  # hold the last frame of each episode for a moment
+                frames.extend([frames[-1]] * max(1, int(fps)))
+            end = "" if done else f" (stopped at --max-steps {max_steps})"
+            print(f"Episode {i} finished after {t} timesteps, return {total:g}{end}",
+                  file=out if gif is None else sys.stderr)
+            results.append((t, total))
+    finally:
+        env.close()
+    if gif is not None:
+        from PIL import Image
+
+        gif.parent.mkdir(parents=True, exist_ok=True)
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(gif, save_all=True, append_images=images[1:],
+                       duration=max(20, int(1000 / max(fps, 0.1))), loop=0)
+    return results
+
+
+def _render(env: Any) -> Any:
+    frame = env.render()
+    return frame.rstrip("\n") if isinstance(frame, str) else frame
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; errors are one line on stderr and exit code 1."""
+    p = argparse.ArgumentParser(prog=PROG, description="Replay a trained agent greedily from "
+                                "its MLflow run, in the terminal or as a GIF.")
+    p.add_argument("run_id", metavar="RUN_ID", help="an MLflow run of one trained replica")
+    p.add_argument("--episodes", type=int, default=3, help="episodes to play (default: 3)")
+    p.add_argument("--gif", type=Path, help="save the episodes as an animated GIF here")
+    p.add_argument("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "the project's sqlite store)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode's start")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second (default: 4)")
+    p.add_argument("--max-steps", type=int, default=100,
+                   help="stop an episode after this many steps (default: 100)")
+    p.add_argument("--no-values", action="store_true", help="do not show the agent's V(s)")
+    args = p.parse_args(argv)
+    if args.episodes < 1:
+        p.error(f"--episodes {args.episodes}: must be >= 1")
+    if args.max_steps < 1:
+        p.error(f"--max-steps {args.max_steps}: must be >= 1")
+    if args.fps <= 0:
+        p.error(f"--fps {args.fps}: must be > 0")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from qlab import tracking
+    from qlab.analysis.runs import AnalysisError, redact
+
+    uri = args.uri or tracking.default_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        try:
+            client.get_run(args.run_id)
+        except MlflowException as exc:
+            raise PlayError(f"no run {args.run_id!r} in {redact(uri)}") from exc
+        play(client, args.run_id, episodes=args.episodes, gif=args.gif, seed=args.seed,
+             fps=args.fps, max_steps=args.max_steps, values=not args.no_values)
+    except (PlayError, AnalysisError, MlflowException, OSError) as exc:
+        msg = exc.message if isinstance(exc, MlflowException) else str(exc)
+        print(f"{PROG}: error: {msg.splitlines()[0] if msg else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    if args.gif is not None:
+        print(f"{PROG}: wrote {args.gif}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Statistics over seeds: IQM, bootstrap CIs, probability of improvement, episodes to solve —
+on hand-made numbers, then on the small real sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlab.analysis import stats
+from qlab.analysis.runs import load_sweep
+
+
+def test_iqm_is_the_mean_of_the_middle_half() -> None:
+    x = np.array([100.0, 1, 2, 3, 4, 5, 6, -50])  # 8 values: drop 2 at each end
+    assert stats.iqm(x) == pytest.approx(np.mean([2, 3, 4, 5]))
+    assert stats.iqm(np.array([1.0, 2.0, 9.0])) == pytest.approx(4.0)  # n=3: nothing trimmed
+
+
+def test_bootstrap_ci_contains_the_estimate_and_handles_degenerate_samples() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=10)
+    for name, f in stats.STATISTICS.items():
+        est, lo, hi = stats.bootstrap_ci([x], f, n_resamples=500)
+        assert lo <= est <= hi, name
+        assert est == pytest.approx(float(f(x, axis=-1)))
+    assert stats.bootstrap_ci([np.full(4, 2.5)], stats.iqm) == (2.5, 2.5, 2.5)
+    est, lo, hi = stats.bootstrap_ci([np.array([3.0])], stats.iqm)
+    assert est == 3.0 and np.isnan(lo) and np.isnan(hi)  # one seed: no interval
+
+
+def test_stratified_bootstrap_keeps_each_stratum() -> None:
+    """Two strata far apart: a plain bootstrap could draw all runs from one of them; the
+    stratified one always draws 3 from each, so the mean's CI stays narrow around 50."""
+    a, b = np.array([0.0, 0.1, 0.2]), np.array([100.0, 100.1, 100.2])
+    est, lo, hi = stats.bootstrap_ci([a, b], stats.STATISTICS["mean"], n_resamples=1000)
+    assert est == pytest.approx(50.1)
+    assert 49.9 < lo <= est <= hi < 50.3
+
+
+def test_probability_of_improvement() -> None:
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 5.0])
+    # pairs x>y: (1,0),(2,0),(3,0),(3,2) = 4; ties: (2,2) = 1; of 9
+    assert stats.probability_of_improvement(x, y) == pytest.approx((4 + 0.5) / 9)
+    assert (stats.probability_of_improvement(x, y) + stats.probability_of_improvement(y, x)
+            == pytest.approx(1.0))
+    for v in (x, y, np.array([7.0, 7.0, 1.0, 3.0])):
+        assert stats.probability_of_improvement(v, v) == 0.5
+    p, lo, hi = stats.poi_ci([x], [x], n_resamples=500)
+    assert p == 0.5 and lo <= 0.5 <= hi
+    p, lo, hi = stats.poi_ci([np.array([5.0, 6.0])], [np.array([1.0, 2.0])])
+    assert (p, lo, hi) == (1.0, 1.0, 1.0)
+
+
+def test_solved_after() -> None:
+    steps = np.array([9, 19, 29, 39])
+    assert stats.solved_after(steps, [True, True, True, True]) == 9
+    assert stats.solved_after(steps, [True, False, True, True]) == 29
+    assert np.isnan(stats.solved_after(steps, [True, True, True, False]))
+
+
+def test_episodes_to_solve_matches_the_logged_metric(small_sweep) -> None:
+    s = load_sweep(small_sweep.experiment, uri=small_sweep.uri)
+    scores = stats.run_scores(s)
+    logged = scores["metrics.eval/episodes_to_optimal"]
+    solved = scores["solved"]
+    np.testing.assert_array_equal(scores.loc[solved, "episodes_to_solve"], logged[solved])
+    assert logged[~solved].isna().all()
+    assert (scores.loc[~solved, "episodes_to_solve"] == 30).all()  # censored at the budget
+
+
+def test_aggregates_cis_and_poi_on_the_sweep(small_sweep) -> None:
+    s = load_sweep(small_sweep.experiment, uri=small_sweep.uri)
+    scores = stats.run_scores(s)
+    gb = stats.default_group_by(scores)
+    assert gb == ["agent", "params.exploration.decay"]
+    agg = stats.aggregate(scores, gb, n_resamples=500)
+    assert set(agg["group"]) == {f"{a}  decay={d}" for a in ("tabular_q", "tabular_mc")
+                                 for d in (0.99, 0.995)}
+    assert (agg["n"] == 3).all()
+    ok = agg.dropna(subset=["ci_low", "ci_high"])
+    assert len(ok) == len(agg)
+    assert ((ok["ci_low"] <= ok["estimate"] + 1e-12)
+            & (ok["estimate"] <= ok["ci_high"] + 1e-12)).all()
+    poi = stats.poi_matrix(scores, "final_q_error", gb, n_resamples=500)
+    diag = poi[poi["x"] == poi["y"]]
+    assert (diag["poi"] == 0.5).all()
+    pairs = poi.set_index(["x", "y"])["poi"]
+    for (x, y), p in pairs.items():
+        assert p + pairs[(y, x)] == pytest.approx(1.0)
+
+
+def test_default_group_by_adds_keys_that_split_groups() -> None:
+    runs = pd.DataFrame({"agent": ["a", "a", "a", "a"],
+                         "params.exploration.decay": [0.9, 0.9, 0.9, 0.9],
+                         "params.agent.lr": [0.1, 0.1, 0.5, 0.5],
+                         "params.seed": [0, 1, 0, 1]})
+    assert stats.default_group_by(runs) == ["agent", "params.exploration.decay",
+                                            "params.agent.lr"]
+    labels = stats.group_labels(runs, stats.default_group_by(runs))
+    assert labels.iloc[0] == "a  decay=0.9  lr=0.1"

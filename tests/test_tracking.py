@@ -1,0 +1,182 @@
+"""MLflow tracking through ``qlab.train.run`` against a real sqlite store in a temp dir: one
+FINISHED run per replica with dotted params, tags, one metric point per episode, eval points
+at the eval steps, config and Q-table artifacts; FAILED / KILLED runs keep their metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+import qlab.agents
+import qlab.train
+from qlab import tracking
+from qlab.config import ROOT
+from qlab.runner import EVAL_KEYS, TRAIN_KEYS
+
+
+def runs_of(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def capture_agent(monkeypatch) -> list:
+    made: list = []
+    make = qlab.agents.make
+
+    def capture(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(qlab.agents, "make", capture)
+    return made
+
+
+def steps_and_values(client: MlflowClient, run_id: str, key: str) -> tuple[list[int], list[float]]:
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+    return [m.step for m in points], [m.value for m in points]
+
+
+def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, experiment,
+                                                monkeypatch, tmp_path: Path) -> None:
+    R, episodes = 3, 12
+    made = capture_agent(monkeypatch)
+    cfg = compose_cfg(["seed=7", f"replicas={R}", f"episodes={episodes}", "eval_every=5",
+                       f"tracking.uri={shared_store}", f"experiment_name={experiment}",
+                       "tracking.flush_seconds=1e-9"])  # flush all the time: no duplicates
+    hist, run_ids = qlab.train.run(cfg)
+    agent = made[0]
+    client = MlflowClient(shared_store)
+    runs = {r.info.run_id: r for r in runs_of(shared_store, experiment)}
+    assert set(runs) == set(run_ids) and len(run_ids) == R
+
+    for k, run_id in enumerate(run_ids):
+        run = runs[run_id]
+        seed = 7 + k
+        assert run.info.status == "FINISHED"
+        p = run.data.params
+        # The resolved config flattened to dotted keys, values as strings; seed is the replica's.
+        assert p["agent.lr"] == "0.1" and p["agent.gamma"] == "0.95"
+        assert p["agent.name"] == "tabular_q" and p["agent.update"] == "step"
+        assert p["env.height"] == "4" and p["env.width"] == "4" and p["env.name"] == "griddy"
+        assert p["exploration.decay"] == "0.995" and p["exploration.name"] == "exponential"
+        assert p["episodes"] == str(episodes) and p["replicas"] == str(R)
+        assert p["seed"] == str(seed)
+        assert p["experiment_name"] == experiment
+        tags = run.data.tags
+        assert (tags["agent"], tags["env"], tags["seed"]) == ("tabular_q", "griddy", str(seed))
+        assert tags["mlflow.runName"] == f"tabular_q-griddy-seed{seed}"
+
+        # Exactly one point per episode per train key, step = episode index, the History's value.
+        for key in TRAIN_KEYS:
+            steps, values = steps_and_values(client, run_id, key)
+            assert steps == list(range(episodes)), key
+            np.testing.assert_allclose(values, hist.train[key][k], err_msg=key)
+        for key in EVAL_KEYS:
+            steps, values = steps_and_values(client, run_id, key)
+            assert steps == [4, 9, 11], key
+            np.testing.assert_allclose(values, hist.evals[key][k], err_msg=key)
+        steps, _ = steps_and_values(client, run_id, "eval/episodes_to_optimal")
+        assert steps == [episodes - 1]
+
+        names = {a.path for a in client.list_artifacts(run_id)}
+        assert {"config.yaml", "q_table.npy"} <= names
+        dst = tmp_path / run_id
+        dst.mkdir()
+        q = np.load(client.download_artifacts(run_id, "q_table.npy", str(dst)))
+        assert q.shape == (16, 4)
+        np.testing.assert_array_equal(q, agent.q_values()[k])
+        config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", str(dst)))
+        assert OmegaConf.to_container(config) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_store_from_environment(compose_cfg, shared_store, experiment, monkeypatch) -> None:
+    """Without tracking.uri, runs go to $MLFLOW_TRACKING_URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
+    assert tracking.default_uri() == shared_store
+    _, run_ids = qlab.train.run(compose_cfg(["episodes=3", f"experiment_name={experiment}"]))
+    runs = runs_of(shared_store, experiment)
+    assert [r.info.run_id for r in runs] == run_ids and runs[0].info.status == "FINISHED"
+
+
+def test_default_store_is_absolute_sqlite_at_the_root(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    uri = tracking.default_uri()
+    assert uri.startswith("sqlite:///") and uri.endswith("/mlflow.db")
+    path = Path(uri[len("sqlite:///"):])
+    assert path.is_absolute() and path.parent == ROOT
+
+
+def test_tracking_disabled_writes_nothing(compose_cfg, mlflow_uri: str, tmp_path: Path) -> None:
+    hist, run_ids = qlab.train.run(compose_cfg(["episodes=3", "tracking.enabled=false"]))
+    assert run_ids == [] and hist.done.tolist() == [3]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def fail_after(monkeypatch, episodes: int, exc: BaseException) -> Callable[[], np.ndarray]:
+    """Make the agent's learn raise ``exc`` once replica 0 has finished ``episodes``
+    episodes; returns the live per-replica count of finished episodes."""
+    finished = np.zeros(0, dtype=np.int64)
+    make = qlab.agents.make
+
+    def failing_make(cfg, env, seeds):
+        nonlocal finished
+        agent = make(cfg, env, seeds)
+        finished = np.zeros(len(seeds), dtype=np.int64)
+        learn = agent.learn
+
+        def failing_learn(tr):
+            if finished[0] >= episodes:
+                raise exc
+            upd = learn(tr)
+            finished[:] += tr.done & tr.active
+            return upd
+
+        agent.learn = failing_learn
+        return agent
+
+    monkeypatch.setattr(qlab.agents, "make", failing_make)
+    return lambda: finished
+
+
+@pytest.mark.parametrize(("exc", "status"), [(RuntimeError("agent exploded"), "FAILED"),
+                                             (KeyboardInterrupt(), "KILLED")])
+def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experiment, monkeypatch,
+                                             exc: BaseException, status: str) -> None:
+    R, episodes = 2, 500
+    finished = fail_after(monkeypatch, 8, exc)
+    cfg = compose_cfg([f"replicas={R}", f"episodes={episodes}", "eval_every=3",
+                       f"tracking.uri={shared_store}", f"experiment_name={experiment}",
+                       "tracking.flush_seconds=1e-9"])
+    with pytest.raises(type(exc)):
+        qlab.train.run(cfg)
+    done = finished()
+    assert done[0] == 8
+    client = MlflowClient(shared_store)
+    runs = sorted(runs_of(shared_store, experiment), key=lambda r: int(r.data.tags["seed"]))
+    assert len(runs) == R
+    for k, run in enumerate(runs):
+        assert run.info.status == status
+        error = run.data.tags["error"]
+        assert (error == "KeyboardInterrupt" if status == "KILLED"
+                else error == "RuntimeError: agent exploded")
+        # Every episode finished before the failure is there, once; nothing after it.
+        for key in TRAIN_KEYS:
+            steps, _ = steps_and_values(client, run.info.run_id, key)
+            assert steps == list(range(done[k])), key
+        steps, _ = steps_and_values(client, run.info.run_id, "eval/q_error")
+        assert steps == [s for s in range(2, done[k], 3)]
+        assert "q_table.npy" not in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_flatten() -> None:
+    nested = {"agent": {"lr": 0.1, "hidden": [64, 64]}, "seed": 3, "env": {"kwargs": {}},
+              "tracking": {"uri": None}}
+    assert tracking.flatten(nested) == {"agent.lr": "0.1", "agent.hidden": "[64, 64]",
+                                        "seed": "3", "env.kwargs": "{}", "tracking.uri": "None"}

@@ -1,0 +1,150 @@
+"""``qlab-train`` as a user runs it: bad input is refused before any MLflow run exists, with
+one stderr line naming the key and what is allowed, and a non-zero exit; a good command line
+trains and records one FINISHED run per replica.
+
+Every bad input goes through ``qlab.train.main`` (the console script's function) in-process;
+a representative subset, and the good run, also as real subprocesses, each against its own
+sqlite store. Subprocesses cost ~2 s of imports each (mlflow alone 1.4 s), so they are few
+and started together.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import qlab.train
+
+BIN = Path(sys.executable).parent
+QLAB_TRAIN = [str(BIN / "qlab-train")]
+PYTHON_M = [sys.executable, "-m", "qlab.train"]  # the same entry point, qlab.train.main
+
+# name: (command line, key the message must name, what it must say is allowed)
+BAD = {
+    "unknown-env": (["env=nope"], "env=nope", "choose one of: "),
+    "unknown-agent": (["agent=nope"], "agent=nope", "choose one of: "),
+    "negative-lr": (["agent.lr=-0.1"], "agent.lr", "must be > 0"),
+    "epsilon-above-1": (["exploration.start=1.5"], "exploration.start", "[0, 1]"),
+    "epsilon-below-0": (["exploration.start=-0.2"], "exploration.start", "[0, 1]"),
+    "decay-0": (["exploration.decay=0"], "exploration.decay", "(0, 1]"),
+    "decay-1.5": (["exploration.decay=1.5"], "exploration.decay", "(0, 1]"),
+    "episodes-0": (["episodes=0"], "episodes", ">= 1"),
+    "replicas-0": (["replicas=0"], "replicas", ">= 1"),
+    "grid-1x1": (["env.height=1", "env.width=1"], "env.height", ">= 2"),
+    "misspelt-key": (["agent.lrr=0.1"], "agent.lrr", "did you mean agent.lr?"),
+    "appended-misspelt-key": (["+agent.lrr=0.1"], "agent.lrr", "allowed agent keys: "),
+    "non-numeric": (["agent.lr=fast"], "agent.lr", "could not be converted to Float"),
+    "multirun-one-bad": (["-m", "seed=0,1", "agent.lr=0.1,-1"], "agent.lr", "must be > 0"),
+}
+GOOD = ["episodes=20", "replicas=2"]
+Finished = subprocess.CompletedProcess
+# Bad inputs also run as subprocesses: a group choice (through ``python -m qlab.train``), a
+# value, a misspelt key, and a sweep with one bad job among good ones.
+SUBPROCESS = ("unknown-env", "negative-lr", "misspelt-key", "multirun-one-bad")
+
+
+def launch(args: list[str], workdir: Path) -> subprocess.CompletedProcess:
+    """Run a command in ``workdir`` with its own store ``workdir/mlflow.db``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir}/mlflow.db"
+    return subprocess.run(args, cwd=workdir, env=env, text=True, capture_output=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Finished]]:
+    """name -> (its working dir, its finished process); all started at once."""
+    jobs = {"good": [*QLAB_TRAIN, *GOOD]}
+    for name in SUBPROCESS:
+        jobs[name] = [*(PYTHON_M if name == "unknown-env" else QLAB_TRAIN), *BAD[name][0]]
+    dirs = {name: tmp_path_factory.mktemp(name) for name in jobs}
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {name: pool.submit(launch, args, dirs[name]) for name, args in jobs.items()}
+        return {name: (dirs[name], f.result()) for name, f in futures.items()}
+
+
+def assert_no_runs(workdir: Path) -> None:
+    """The store either was never created or holds no run."""
+    db = workdir / "mlflow.db"
+    if db.exists():
+        client = MlflowClient(f"sqlite:///{db}")
+        exps = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(exps), "a run was created"
+    assert not (workdir / "mlruns").exists() or not any((workdir / "mlruns").iterdir())
+
+
+def assert_one_line(stderr: str, name: str) -> str:
+    _, key, allowed = BAD[name]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    line = lines[0]
+    assert line.startswith("qlab-train: error: "), line
+    assert key in line and allowed in line, line
+    return line
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_is_refused_in_one_line(name: str, monkeypatch, capsys, tmp_path: Path) -> None:
+    """``qlab.train.main`` in-process, as the console script calls it (store: conftest's
+    per-test $MLFLOW_TRACKING_URI in tmp_path)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["qlab-train", *BAD[name][0]])
+    with pytest.raises(SystemExit) as exit_info:
+        qlab.train.main()
+    assert exit_info.value.code not in (0, None)
+    captured = capsys.readouterr()
+    assert_one_line(captured.err, name)
+    assert captured.out == ""
+    assert_no_runs(tmp_path)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("name", SUBPROCESS)
+def test_bad_input_subprocess(results, name: str) -> None:
+    workdir, out = results[name]
+    assert out.returncode != 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert_one_line(out.stderr, name)
+    assert_no_runs(workdir)
+
+
+def test_messages_say_what_is_allowed(capsys, monkeypatch, tmp_path: Path) -> None:
+    """The lists in the messages are the real choices."""
+    monkeypatch.chdir(tmp_path)
+
+    def error(args: list[str]) -> str:
+        monkeypatch.setattr(sys, "argv", ["qlab-train", *args])
+        with pytest.raises(SystemExit):
+            qlab.train.main()
+        return capsys.readouterr().err.strip()
+
+    env_line = error(["env=nope"])
+    assert ", griddy, griddy8, " in env_line and "frozenlake" in env_line
+    assert "tabular_q" in error(["agent=nope"])
+    misspelt = error(["agent.lrr=0.1"])
+    assert misspelt.endswith("allowed agent keys: gamma, init, lr, name, update"), misspelt
+    assert "allowed env keys: height, " in error(["env.heigth=3"])
+
+
+def test_good_command_line_trains_and_tracks(results) -> None:
+    workdir, out = results["good"]
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tabular_q on griddy: 2 replica(s) x 20 episodes" in out.stderr
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    exp = client.get_experiment_by_name("qlab")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta")]
+        assert sorted(steps) == list(range(20))
+    # Artifacts live beside the store, not in the project.
+    assert (workdir / "mlruns").is_dir()
+
