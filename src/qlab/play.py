@@ -83,10 +83,22 @@ def load_policy(client: Any, run_id: str, directory: Path
     return cfg, policy, None
 
 
+# Action names of the toy-text envs (gymnasium's docs), by env id prefix.
+TOY_TEXT_ACTIONS = {"FrozenLake": ("left", "down", "right", "up"),
+                    "CliffWalking": ("up", "right", "down", "left"),
+                    "Taxi": ("south", "north", "east", "west", "pickup", "dropoff")}
+
+
 def _action_name(env: Any, a: int) -> str:
     from qlab.envs.griddy import ACTION_NAMES, GriddyEnv
 
-    return ACTION_NAMES[a] if isinstance(env.unwrapped, GriddyEnv) else str(a)
+    if isinstance(env.unwrapped, GriddyEnv):
+        return ACTION_NAMES[a]
+    env_id = env.spec.id if env.spec is not None else ""
+    for prefix, names in TOY_TEXT_ACTIONS.items():
+        if env_id.startswith(prefix) and 0 <= a < len(names):
+            return names[a]
+    return str(a)
 
 
 def _gif_frame(frame: np.ndarray, caption: str) -> np.ndarray:
@@ -117,14 +129,19 @@ def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, s
         cfg, policy, q = load_policy(client, run_id, Path(tmp))
     mode = "rgb_array" if gif is not None else "ansi"
     try:
+        probe = make_env(cfg.env, None)
+        modes = probe.metadata.get("render_modes") or []
+        probe.close()
+        if mode not in modes and mode == "ansi":
+            mode = None  # no text render (CartPole): print the observations instead
+        elif mode not in modes:
+            raise PlayError(f"env {cfg.env.id} cannot render {mode!r}")
         env = make_env(cfg.env, mode)
-    except Exception as exc:  # unknown id, missing extra (pygame), bad kwargs
+    except PlayError:
+        raise
+    except Exception as exc:  # unknown id, missing extra, bad kwargs
         raise PlayError(f"cannot make env {cfg.env.id} with render_mode={mode}: "
                         f"{str(exc).splitlines()[0]}") from exc
-    if mode not in (env.metadata.get("render_modes") or []):
-        env.close()
-        raise PlayError(f"env {cfg.env.id} cannot render {mode!r}"
-                        + ("; try --gif" if mode == "ansi" else ""))
     inner = env.unwrapped
     if values and q is not None and hasattr(inner, "set_values"):
         inner.set_values(q.max(axis=1))
@@ -146,7 +163,7 @@ def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, s
     try:
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
-            show(f"episode {i + 1}/{episodes}: start", _render(env))
+            show(f"episode {i + 1}/{episodes}: start", _render(env, obs))
             total, t, done = 0.0, 0, False
             while not done and t < max_steps:
                 a = policy(obs, info)
@@ -155,7 +172,7 @@ def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, s
                 t += 1
                 done = term or trunc
                 show(f"episode {i + 1}/{episodes}, step {t}: {_action_name(env, a)}, "
-                     f"reward {float(r):g}", _render(env))
+                     f"reward {float(r):g}", _render(env, obs))
             if gif is not None:  # hold the last frame of each episode for a moment
                 frames.extend([frames[-1]] * max(1, int(fps)))
             end = "" if done else f" (stopped at --max-steps {max_steps})"
@@ -174,9 +191,18 @@ def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, s
     return results
 
 
-def _render(env: Any) -> Any:
-    frame = env.render()
-    return frame.rstrip("\n") if isinstance(frame, str) else frame
+def _render(env: Any, obs: Any = None) -> Any:
+    import gymnasium
+
+    if env.render_mode is None:  # no text render: the observation itself
+        return "  obs " + np.array2string(np.asarray(obs, dtype=float), precision=3,
+                                          suppress_small=True)
+    try:
+        frame = env.render()
+    except gymnasium.error.DependencyNotInstalled as exc:  # pygame, for rgb_array
+        raise PlayError(f"cannot render {env.spec.id if env.spec else 'this env'} as "
+                        f"{env.render_mode}: {str(exc).splitlines()[0]}") from exc
+    return frame.strip("\n") if isinstance(frame, str) else frame
 
 
 def main(argv: Sequence[str] | None = None) -> int:

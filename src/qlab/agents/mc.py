@@ -56,8 +56,53 @@ class TabularMC(TabularAgent):
         return mask.reshape(n, T)
 
     def _learn_episodes(self, ending: np.ndarray) -> Updates:
-        """Backward return sweep over the finished episodes of the replicas in ``ending``."""
+        """Backward return sweep over the finished episodes of the replicas in ``ending``.
+
+        Few replicas end at once in most lock-steps, and a per-step numpy call costs more than
+        the arithmetic, so up to ``SCALAR_ROWS`` episodes are swept one by one with Python
+        floats; more are swept together, vectorised over the replicas. Both paths do the same
+        float64 operations in the same order, so results do not depend on which one ran.
+        """
         ep, lengths = self._episodes.take(ending)
+        if ending.size <= self.SCALAR_ROWS:
+            return self._sweep_rows(ending, ep, lengths)
+        return self._sweep_vectorised(ending, ep, lengths)
+
+    SCALAR_ROWS = 8
+
+    def _sweep_rows(self, ending: np.ndarray, ep: dict[str, np.ndarray],
+                    lengths: np.ndarray) -> Updates:
+        abs_delta = np.zeros(self.replicas)
+        count = np.zeros(self.replicas)
+        for i, row in enumerate(ending.tolist()):
+            n = int(lengths[i])
+            states = ep["state"][i, :n].tolist()
+            actions = ep["action"][i, :n].tolist()
+            rewards = ep["reward"][i, :n].tolist()
+            if self.first_visit:
+                seen: set[tuple[int, int]] = set()
+                update = []
+                for sa in zip(states, actions, strict=True):
+                    update.append(sa not in seen)
+                    seen.add(sa)
+            q = self.q[row]
+            lr, gamma = float(self.lr[row]), float(self.gamma[row])
+            G, total, k = 0.0, 0.0, 0
+            for t in range(n - 1, -1, -1):
+                G = rewards[t] + gamma * G
+                if self.first_visit and not update[t]:
+                    continue
+                s, a = states[t], actions[t]
+                old = float(q[s, a])
+                step = lr * (G - old)
+                q[s, a] = old + step
+                total += abs(step)
+                k += 1
+            abs_delta[row], count[row] = total, k
+        return Updates(abs_delta, count)
+
+    def _sweep_vectorised(self, ending: np.ndarray, ep: dict[str, np.ndarray],
+                          lengths: np.ndarray) -> Updates:
         abs_delta = np.zeros(self.replicas)
         count = np.zeros(self.replicas)
         lr, gamma = self.lr[ending], self.gamma[ending]
@@ -70,8 +115,9 @@ class TabularMC(TabularAgent):
                 m = m & update[:, t]
             rows = ending[m]
             s, a = ep["state"][m, t], ep["action"][m, t]
-            step = lr[m] * (G[m] - self.q[rows, s, a])
-            self.q[rows, s, a] += step
+            old = self.q[rows, s, a]
+            step = lr[m] * (G[m] - old)
+            self.q[rows, s, a] = old + step
             abs_delta[rows] += np.abs(step)
             count[rows] += 1
         return Updates(abs_delta, count)
