@@ -39,6 +39,7 @@ class History:
     evals: dict[str, np.ndarray] = field(default_factory=dict)
     done: np.ndarray = None  # (R,) episodes finished per replica
     evals_done: np.ndarray = None  # (R,) evaluations finished per replica
+    failed: dict[int, str] = field(default_factory=dict)  # replica -> why it was stopped
 
     @classmethod
     def empty(cls, replicas: int, episodes: int, eval_every: int,
@@ -198,6 +199,11 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                     for s in stat_keys:
                         tr[f"train/{s}"][k, e] = (stat_sum[s][k] / stat_cnt[k] if stat_cnt[k]
                                                   else np.nan)
+                    bad = _non_finite(tr, k, e, ("train/q_delta", *(f"train/{s}" for s in
+                                                                    stat_keys if stat_cnt[k])))
+                    if bad:
+                        hist.failed[k] = f"replica {k}, episode {e}: {bad} is not finite"
+                        continue
                     last = e + 1 >= episodes or steps[k] >= budget
                     if evaluator is not None and (eval_at[e] or last):
                         j = hist.evals_done[k]
@@ -214,6 +220,8 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                 ep[finished] += 1
                 hist.done[:] = ep
                 active &= (ep < episodes) & (steps < budget)
+                for k in hist.failed:
+                    active[k] = False
             state = env.restart(done)
             now = time.monotonic()
             if now - last_flush >= flush_seconds:
@@ -224,6 +232,14 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
         for listener in listeners:
             listener.update(hist)
     return hist
+
+
+def _non_finite(train: dict[str, np.ndarray], k: int, e: int, keys: Sequence[str]) -> str | None:
+    """The first of ``keys`` whose episode-``e`` value of replica ``k`` is NaN or infinite."""
+    for key in keys:
+        if not np.isfinite(train[key][k, e]):
+            return f"{key} = {train[key][k, e]}"
+    return None
 
 
 def episodes_to_optimal(history: History) -> np.ndarray:

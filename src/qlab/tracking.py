@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,13 @@ class Tracker:
     def __init__(self, client: MlflowClient, run_ids: Sequence[str]) -> None:
         self.client = client
         self.run_ids = list(run_ids)
+        self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
 
     def update(self, history) -> None:
         """Write every metric point recorded since the last call (one log_batch per run)."""
+        self.failed.update(history.failed)
         now = int(time.time() * 1000)
         for k, run_id in enumerate(self.run_ids):
             lo, hi = self._train_sent[k], history.done[k]
@@ -105,11 +108,19 @@ class Tracker:
         for run_id in self.run_ids:
             self.client.log_text(run_id, text, name)
 
-    def finish(self, status: str, error: str | None = None) -> None:
-        for run_id in self.run_ids:
-            if error is not None:
-                self.client.set_tag(run_id, "error", error[:4000])
-            self.client.set_terminated(run_id, status)
+    def finish(self, status: str, error: str | None = None, traceback: str | None = None,
+               failed: Mapping[int, str] | None = None) -> None:
+        """End every run with ``status``, except replicas in ``failed`` (index -> reason),
+        which end FAILED with their own reason. ``error`` goes to a tag, ``traceback`` to
+        an artifact."""
+        failed = failed or {}
+        for k, run_id in enumerate(self.run_ids):
+            reason = failed.get(k, error)
+            if reason is not None:
+                self.client.set_tag(run_id, "error", reason[:4000])
+            if traceback is not None:
+                self.client.log_text(run_id, traceback, "traceback.txt")
+            self.client.set_terminated(run_id, "FAILED" if k in failed else status)
 
 
 class NullTracker:
@@ -142,14 +153,15 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     tracker = Tracker(client, run_ids)
     try:
         yield tracker
-    except KeyboardInterrupt:
-        tracker.finish("KILLED", error="KeyboardInterrupt")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
+        tracker.finish("KILLED", error=type(exc).__name__, failed=tracker.failed)
         raise
     except BaseException as exc:
-        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc())
         raise
     else:
-        tracker.finish("FINISHED")
+        tracker.finish("FINISHED", failed=tracker.failed)
 
 
 __all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten"]

@@ -6,7 +6,11 @@ runner together. It wires; the modules compute.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import hydra
 import numpy as np
@@ -16,6 +20,30 @@ from qlab import agents, envs, exploration, runner, sweep, tracking
 from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
 
 register()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends at its time limit): handled like Ctrl-C, runs end KILLED."""
+
+
+class ReplicaFailure(RuntimeError):
+    """Some replicas were stopped (non-finite values); the others finished."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
@@ -40,12 +68,12 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
     bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
     if not c.tracking.enabled:
-        ctx = _null()
+        ctx = contextlib.nullcontext(tracking.NullTracker())
     else:
         uri = c.tracking.uri or tracking.default_uri()
         ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names)
     try:
-        with ctx as tracker:
+        with _sigterm_as_interrupt(), ctx as tracker:
             hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
                                 listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
                                 total_steps=c.total_steps)
@@ -64,6 +92,9 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     finally:
         bar.close()
     print(summary(c, hist), file=sys.stderr)
+    if hist.failed:
+        raise ReplicaFailure("; ".join(f"seed {seeds[k]} ({why})"
+                                       for k, why in sorted(hist.failed.items())))
     return hist, tracker.run_ids
 
 
@@ -86,14 +117,6 @@ def summary(c: QlabConfig, hist: runner.History) -> str:
     return ", ".join(parts)
 
 
-class _null:
-    def __enter__(self):
-        return tracking.NullTracker()
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
@@ -101,6 +124,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         print(f"qlab-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except ReplicaFailure as exc:
+        if sweep.in_sweep():
+            raise  # Hydra records the failed job; the sweep goes on
+        print(f"qlab-train: error: stopped {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,101 @@
+"""Failures are recorded, not lost: a non-finite value stops only its replica, SIGTERM ends
+runs KILLED with their metrics, an exception leaves its traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import qlab.train
+from qlab.agents.qlearning import TabularQ
+
+
+def _runs(uri: str, experiment: str) -> dict[str, object]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return {r.data.tags["seed"]: r for r in client.search_runs([exp.experiment_id])}
+
+
+def test_nan_stops_only_its_replica(compose_cfg, shared_store, experiment, monkeypatch) -> None:
+    real = TabularQ._learn_step
+
+    def poisoned(self, tr):
+        out = real(self, tr)
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls == 200:  # replica 1's Q (and so its Q-delta) turns NaN mid-episode
+            self.q[1, tr.state[1], tr.action[1]] = np.nan
+            out.abs_delta[1] = np.nan
+        return out
+
+    monkeypatch.setattr(TabularQ, "_learn_step", poisoned)
+    cfg = compose_cfg(["replicas=3", "episodes=40", f"tracking.uri={shared_store}",
+                       f"experiment_name={experiment}"])
+    with pytest.raises(qlab.train.ReplicaFailure, match=r"seed 1 \(replica 1, episode \d+: "
+                                                        r"train/q_delta = nan"):
+        qlab.train.run(cfg)
+    runs = _runs(shared_store, experiment)
+    assert {s: r.info.status for s, r in runs.items()} == {
+        "0": "FINISHED", "1": "FAILED", "2": "FINISHED"}
+    assert "train/q_delta = nan" in runs["1"].data.tags["error"]
+    client = MlflowClient(shared_store)
+    bad = client.get_metric_history(runs["1"].info.run_id, "train/q_delta")
+    assert 0 < len(bad) < 40 and np.isnan(sorted(bad, key=lambda m: m.step)[-1].value)
+    assert len(client.get_metric_history(runs["0"].info.run_id, "train/q_delta")) == 40
+
+
+def test_exception_leaves_traceback_artifact(compose_cfg, shared_store, experiment,
+                                             monkeypatch) -> None:
+    def boom(self, tr):
+        raise ValueError("injected")
+
+    monkeypatch.setattr(TabularQ, "learn", boom)
+    cfg = compose_cfg(["replicas=2", "episodes=5", f"tracking.uri={shared_store}",
+                       f"experiment_name={experiment}"])
+    with pytest.raises(ValueError, match="injected"):
+        qlab.train.run(cfg)
+    client = MlflowClient(shared_store)
+    for r in _runs(shared_store, experiment).values():
+        assert r.info.status == "FAILED"
+        assert r.data.tags["error"] == "ValueError: injected"
+        text = client.download_artifacts(r.info.run_id, "traceback.txt")
+        assert "ValueError: injected" in Path(text).read_text()
+
+
+def test_sigterm_ends_runs_killed_with_metrics(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "qlab-train"), "env.height=12", "env.width=12",
+         "replicas=2", "episodes=100000", "tracking.flush_seconds=0.2",
+         "experiment_name=sigterm"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # wait until metrics are flowing
+            time.sleep(0.5)
+            exp = client.get_experiment_by_name("sigterm") if Path(tmp_path / "mlflow.db").exists() else None
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if len(runs) == 2 and all(client.get_metric_history(r.info.run_id, "train/q_delta")
+                                      for r in runs):
+                break
+        else:
+            pytest.fail("training never logged metrics")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    for r in runs:
+        assert r.data.tags["error"] == "Terminated"
+        assert len(client.get_metric_history(r.info.run_id, "train/q_delta")) > 0
