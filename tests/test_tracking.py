@@ -47,8 +47,10 @@ def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, exper
                                                 monkeypatch, tmp_path: Path) -> None:
     R, episodes = 3, 12
     made = capture_agent(monkeypatch)
-    cfg = compose_cfg(["seed=7", f"replicas={R}", f"episodes={episodes}", "eval_every=5",
-                       f"tracking.uri={shared_store}", f"experiment_name={experiment}",
+    # ~hparams: the plain defaults below, not conf/hparams/tabular_q_griddy.yaml's tuning.
+    cfg = compose_cfg(["~hparams", "seed=7", f"replicas={R}", f"episodes={episodes}",
+                       "eval_every=5", f"tracking.uri={shared_store}",
+                       f"experiment_name={experiment}",
                        "tracking.flush_seconds=1e-9"])  # flush all the time: no duplicates
     hist, run_ids = qlab.train.run(cfg)
     agent = made[0]

@@ -183,6 +183,21 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
             _check_keys(child, f"{prefix}{key}.")
 
 
+def _check_tabular_env(e: EnvConfig, agent: str) -> None:
+    """Tabular agents index their table by state: refuse an env without a discrete state (no
+    exact model) here, so the preflight check stops a sweep before any job runs."""
+    import gymnasium
+
+    from qlab import envs  # registers qlab/Griddy-v0
+
+    if e.id not in gymnasium.registry:
+        _fail("env.id", e.id, "not a registered gymnasium env id")
+    if envs.make_model(e) is None:
+        raise ConfigError(f"env={e.name} ({e.id}) has no discrete state: agent={agent} needs a "
+                          "grid world or toy-text env (griddy*, frozenlake*, cliffwalking, taxi); "
+                          "use agent=dqn for this env")
+
+
 def validate(cfg: DictConfig) -> QlabConfig:
     """The typed config, or :class:`ConfigError` naming the first bad key."""
     from qlab import agents, exploration
@@ -211,6 +226,8 @@ def validate(cfg: DictConfig) -> QlabConfig:
     _check_range("agent.lr", a.lr, 0, lo_open=True)
     _check_range("agent.gamma", a.gamma, 0, 1)
     agents.validate(a, _fail, _check_in, _check_range)
+    if a.name in agents.TABULAR:
+        _check_tabular_env(e, a.name)
     _check_in("exploration.name", x.name, exploration.KINDS)
     _check_in("exploration.unit", x.unit, exploration.UNITS)
     _check_range("exploration.start", x.start, 0, 1)

@@ -119,3 +119,16 @@ def test_replica_k_of_a_batch_equals_a_single_run_with_seed_k(first_visit: bool)
                 assert np.array_equal(table[k], single.train[key][0], equal_nan=True), key
         for key, table in batch.evals.items():
             assert np.array_equal(table[k], single.evals[key][0], equal_nan=True), key
+
+
+@pytest.mark.parametrize("first_visit", [False, True])
+def test_vectorised_and_per_replica_sweeps_agree_exactly(first_visit: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Episodes ending together are swept one by one (few) or vectorised (many): same floats."""
+    seeds = list(range(12))
+    monkeypatch.setattr(TabularMC, "SCALAR_ROWS", 10**9)
+    rows, rows_agent = train_mc(seeds, first_visit)
+    monkeypatch.setattr(TabularMC, "SCALAR_ROWS", 0)
+    vec, vec_agent = train_mc(seeds, first_visit)
+    np.testing.assert_array_equal(rows_agent.q, vec_agent.q)
+    assert np.array_equal(rows.train["train/q_delta"], vec.train["train/q_delta"], equal_nan=True)

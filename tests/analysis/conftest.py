@@ -65,3 +65,11 @@ def _assert_sensible(path: Path, min_side: int = 250, max_side: int = 3000) -> N
 def assert_png():
     """``assert_png(path, min_side=250, max_side=3000)``: a real PNG of a sensible size."""
     return _assert_sensible
+
+
+@pytest.fixture(scope="session")
+def loaded(small_sweep):
+    """The small sweep loaded once (tests must not modify its frames)."""
+    from qlab.analysis.runs import load_sweep
+
+    return load_sweep(small_sweep.experiment, uri=small_sweep.uri)

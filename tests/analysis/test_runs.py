@@ -25,8 +25,8 @@ def test_load_by_experiment_sweep_id_and_parent_agree(small_sweep) -> None:
     assert "overrides" in by_name.parent["params"]
 
 
-def test_runs_frame_is_tidy(small_sweep) -> None:
-    s = load_sweep(small_sweep.experiment, uri=small_sweep.uri)
+def test_runs_frame_is_tidy(loaded) -> None:
+    s = loaded
     runs = s.runs
     assert runs["run_id"].is_unique
     assert set(runs["agent"]) == {"tabular_q", "tabular_mc"}
@@ -41,8 +41,8 @@ def test_runs_frame_is_tidy(small_sweep) -> None:
         s.column("no.such.key")
 
 
-def test_history_equals_mlflow(small_sweep) -> None:
-    s = load_sweep(small_sweep.experiment, uri=small_sweep.uri)
+def test_history_equals_mlflow(small_sweep, loaded) -> None:
+    s = loaded
     h = s.history
     assert list(h.columns) == ["run_id", "key", "step", "value"]
     assert not h.duplicated(["run_id", "key", "step"]).any()
@@ -94,3 +94,11 @@ def test_a_child_run_is_not_a_parent(small_sweep) -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("postgresql://qlab:s3cret@db/mlflow") == "postgresql://qlab:***@db/mlflow"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_an_experiment_without_runs(small_sweep) -> None:
+    client = MlflowClient(small_sweep.uri)
+    if client.get_experiment_by_name("empty") is None:
+        client.create_experiment("empty")
+    with pytest.raises(AnalysisError, match="experiment 'empty' has no runs"):
+        load_sweep("empty", uri=small_sweep.uri)

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from qlab.analysis import stats
-from qlab.analysis.runs import load_sweep
 
 
 def test_iqm_is_the_mean_of_the_middle_half() -> None:
@@ -59,8 +58,8 @@ def test_solved_after() -> None:
     assert np.isnan(stats.solved_after(steps, [True, True, True, False]))
 
 
-def test_episodes_to_solve_matches_the_logged_metric(small_sweep) -> None:
-    s = load_sweep(small_sweep.experiment, uri=small_sweep.uri)
+def test_episodes_to_solve_matches_the_logged_metric(loaded) -> None:
+    s = loaded
     scores = stats.run_scores(s)
     logged = scores["metrics.eval/episodes_to_optimal"]
     solved = scores["solved"]
@@ -69,8 +68,8 @@ def test_episodes_to_solve_matches_the_logged_metric(small_sweep) -> None:
     assert (scores.loc[~solved, "episodes_to_solve"] == 30).all()  # censored at the budget
 
 
-def test_aggregates_cis_and_poi_on_the_sweep(small_sweep) -> None:
-    s = load_sweep(small_sweep.experiment, uri=small_sweep.uri)
+def test_aggregates_cis_and_poi_on_the_sweep(loaded) -> None:
+    s = loaded
     scores = stats.run_scores(s)
     gb = stats.default_group_by(scores)
     assert gb == ["agent", "params.exploration.decay"]
@@ -99,3 +98,26 @@ def test_default_group_by_adds_keys_that_split_groups() -> None:
                                             "params.agent.lr"]
     labels = stats.group_labels(runs, stats.default_group_by(runs))
     assert labels.iloc[0] == "a  decay=0.9  lr=0.1"
+
+
+def test_episodes_to_solve_by_return_threshold_without_a_model() -> None:
+    """No eval/optimal_fraction (CartPole): solved once eval/return stays >= the threshold;
+    default threshold: the env's registered reward_threshold (CartPole-v1: 475)."""
+    from qlab.analysis.runs import Sweep
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "agent": "dqn", "env": "cartpole",
+                         "params.env.id": "CartPole-v1", "params.episodes": [50, 50]})
+    steps = np.arange(9, 50, 10)
+    returns = {"a": [20, 480, 100, 500, 490], "b": [20, 30, 40, 50, 60]}
+    rows = [(r, "eval/return", s, v) for r, vs in returns.items()
+            for s, v in zip(steps, vs, strict=True)]
+    rows += [(r, "train/episode_length", s, 10.0) for r in "ab" for s in range(50)]
+    hist = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    sweep = Sweep(uri="", experiment="x", experiment_id="0", sweep_id=None, parent_run_id=None,
+                  runs=runs, history=hist)
+    scores = stats.run_scores(sweep).set_index("run_id")
+    assert scores.loc["a", "episodes_to_solve"] == 39 and scores.loc["a", "solved"]
+    assert scores.loc["b", "episodes_to_solve"] == 50 and not scores.loc["b", "solved"]
+    assert scores.loc["a", "solve_criterion"] == "eval/return >= 475"
+    low = stats.run_scores(sweep, threshold=25).set_index("run_id")
+    assert low.loc["b", "episodes_to_solve"] == 19

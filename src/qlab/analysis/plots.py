@@ -121,7 +121,17 @@ def curves_figure(sweep, key: str, group_by: Sequence[str], smooth: int = 1,
     same_n = counts.nunique() == 1
     n = len(panels)
     fig = Figure(figsize=(min(4.2 * n + 0.8, 16), 3.6), layout="constrained")
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
+    # Log scale; symlog (linear up to the smallest positive value) when values reach exactly
+    # 0, e.g. the Q-error of a table that converged exactly.
+    scale, linthresh = "linear", 0.0
+    if log:
+        shown = table[["mean", "ci_low", "ci_high"]].to_numpy(dtype=float)
+        shown = shown[np.isfinite(shown)]
+        pos = shown[shown > 0]
+        if pos.size and (shown >= 0).all():
+            scale = "log" if pos.size == shown.size else "symlog"
+            linthresh = float(pos.min())
     legends = []
     for ax, panel in zip(axes, panels, strict=True):
         for g, f in zip(groups, facets, strict=True):
@@ -132,7 +142,7 @@ def curves_figure(sweep, key: str, group_by: Sequence[str], smooth: int = 1,
                 continue
             x, m, lo, hi = (t[c].to_numpy(dtype=float) for c in ("step", "mean", "ci_low",
                                                                  "ci_high"))
-            if log:
+            if scale == "log":
                 m, lo, hi = (np.where(a > 0, a, np.nan) for a in (m, lo, hi))
             name = line_label[g] if same_n else f"{line_label[g]} (n={counts[g]})"
             ax.plot(x, m, color=colours[g], lw=1.5, label=name,
@@ -140,12 +150,17 @@ def curves_figure(sweep, key: str, group_by: Sequence[str], smooth: int = 1,
             ax.fill_between(x, lo, hi, color=colours[g], alpha=0.2, lw=0)
         if reference is not None:
             ax.axhline(reference[0], color="0.35", ls="--", lw=1, label=reference[1])
-        if log:
+        if scale == "log":
             ax.set_yscale("log")
+        elif scale == "symlog":
+            ax.set_yscale("symlog", linthresh=linthresh, linscale=1.0)
         ax.set_title(panel or None, fontsize=11)
         ax.set_xlabel("episode")
         ax.grid(True, alpha=0.3, which="major")
         legends.append(tuple(ax.get_legend_handles_labels()[1]))
+    if scale == "symlog":  # after every panel is drawn: the y axis is shared
+        top = max(float(shown.max()), reference[0] if reference else 0.0)
+        axes[0].set_ylim(-0.3 * linthresh, top * 1.6)
     # One legend when every panel has the same lines (the usual agent x decay case).
     for i, ax in enumerate(axes):
         if legends[i] and (i == 0 or legends[i] != legends[0]):
@@ -203,7 +218,14 @@ def interval_figure(agg: pd.DataFrame, metrics: Sequence[str], statistic: str = 
         sub = a[a["metric"] == m].set_index("group")
         score = stats.SCORES.get(m)
         values = sub[["estimate", "ci_low", "ci_high"]].to_numpy(dtype=float)
-        log = bool(score and score.log and np.nanmin(values) > 0)
+        values = values[np.isfinite(values)]
+        pos = values[values > 0]
+        scale = "linear"
+        if score and score.log and pos.size and (values >= 0).all():
+            if pos.size == values.size:
+                scale = "log"
+            elif pos.max() / pos.min() > 100:  # exact zeros too (a converged table)
+                scale = "symlog"
         ax.use_sticky_edges = False  # zero-width CIs at the data's edge stay visible
         for yi, g in zip(y, groups, strict=True):
             if g not in sub.index:
@@ -219,8 +241,10 @@ def interval_figure(agg: pd.DataFrame, metrics: Sequence[str], statistic: str = 
                             xycoords=("axes fraction", "data"), xytext=(3, 0),
                             textcoords="offset points", va="center", fontsize=7,
                             color="0.3")
-        if log:
+        if scale == "log":
             ax.set_xscale("log")
+        elif scale == "symlog":  # linear from 0 to the smallest positive value, log beyond
+            ax.set_xscale("symlog", linthresh=float(pos.min()), linscale=1.0)
         ax.set_yticks(y, groups, fontsize=8)
         ax.set_ylim(-0.6, len(groups) - 0.4)
         better = "" if score is None else ("  (higher is better)" if score.higher_is_better
@@ -231,6 +255,8 @@ def interval_figure(agg: pd.DataFrame, metrics: Sequence[str], statistic: str = 
         ax.set_title(title, fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.1)
+        if scale == "symlog":  # no negative decades left of zero
+            ax.set_xlim(left=-0.3 * float(pos.min()))
         ax.tick_params(axis="x", labelsize=8)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
@@ -423,7 +449,8 @@ def value_figure(items: Sequence[tuple[str, np.ndarray, float]], model: TabularM
     panels = [p for row in grid for p in row if p is not None]
     st = layout.states(goal)
     vals = np.concatenate([p[1][st].max(axis=1)[acting[st]] for p in panels])
-    lo, hi = float(vals.min()), float(vals.max())
+    vals = vals[np.isfinite(vals)]  # a diverged replica's NaN/inf values are not shaded
+    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
     norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
     # A fixed layout (inches), much faster than a layout engine for these many texts.
     aspect = layout.width / layout.height

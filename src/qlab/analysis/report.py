@@ -186,13 +186,15 @@ def _value_figures(sweep: Sweep, scores: pd.DataFrame, group_by: list[str], out:
 
 
 def _references(sweep: Sweep) -> dict[str, tuple[float, str]]:
-    """Optimal-policy reference lines when every run shares one env with a model."""
+    """Optimal-policy reference lines when every run shares one env with a model: those on
+    which every discount in the sweep agrees (the optimal episode length on the grid world
+    is the shortest path whatever gamma)."""
     from qlab import envs
 
     if sweep.runs.get("env") is None or sweep.runs["env"].nunique() != 1:
         return {}
     gam = sweep.runs.get("params.agent.gamma")
-    if gam is None or gam.nunique() != 1:
+    if gam is None or gam.isna().any():
         return {}
     client = MlflowClient(tracking_uri=sweep.uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +205,9 @@ def _references(sweep: Sweep) -> dict[str, tuple[float, str]]:
             return {}
     if model is None:
         return {}
-    return plots.optimal_references(model, float(gam.iloc[0]))
+    refs = [plots.optimal_references(model, float(g)) for g in sorted(gam.unique())]
+    return {k: v for k, v in refs[0].items()
+            if all(abs(r[k][0] - v[0]) < 1e-9 for r in refs[1:])}
 
 
 # ------------------------------------------------------------------------------ the report

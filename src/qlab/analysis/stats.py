@@ -249,8 +249,8 @@ def run_scores(sweep: Sweep, threshold: float | None = None,
 
 def default_group_by(runs: pd.DataFrame,
                      base: Sequence[str] = DEFAULT_GROUP_BY) -> list[str]:
-    """agent x exploration.decay (those present), plus every other param that splits these
-    groups further (a swept key such as ``env`` or ``agent.lr``); seeds never do."""
+    """agent x exploration.decay (those present), plus the env and every other param that
+    splits these groups further (a swept key such as ``agent.lr``); seeds never do."""
     keys = []
     for k in base:
         try:
@@ -258,8 +258,12 @@ def default_group_by(runs: pd.DataFrame,
         except LookupError:
             continue
     skip = {f"params.{p}" for p in PER_RUN_PARAMS} | {"params.agent.name"}
-    for c in sorted(runs.columns):
-        if not c.startswith("params.") or c in skip or c in keys:
+    # The env tag first: a sweep over envs then groups by its short name, and the env's own
+    # params (id, kwargs, ...) no longer split anything.
+    candidates = (["env"] if "env" in runs.columns else []) + sorted(
+        c for c in runs.columns if c.startswith("params."))
+    for c in candidates:
+        if c in skip or c in keys:
             continue
         if runs[c].nunique(dropna=False) < 2:
             continue
