@@ -105,7 +105,8 @@ def summary_table(runs: list, group_by: list[str]) -> pd.DataFrame:
     final return and final Q-delta (medians), and how many runs finished."""
     rows = []
     for r in runs:
-        row = {k: r.data.params.get(k, "") for k in group_by}
+        # A swept config group (``agent=a,b``) is recorded as its ``name`` param.
+        row = {k: r.data.params.get(k, r.data.params.get(f"{k}.name", "")) for k in group_by}
         m = r.data.metrics
         row.update(status=r.info.status,
                    episodes_to_optimal=m.get("eval/episodes_to_optimal", np.nan),

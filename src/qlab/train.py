@@ -50,8 +50,6 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     """Train one job (R replicas) and record it; returns its history and MLflow run ids."""
     c: QlabConfig = validate(cfg)
     seeds = [c.seed + k for k in range(c.replicas)]
-    if c.agent.name in agents.TABULAR and c.env.id != envs.GRIDDY_ID and envs.make_model(c.env) is None:
-        raise ConfigError(f"env={c.env.name}: {c.agent.name} needs a discrete state")
     env = envs.make(c.env, seeds)
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
