@@ -18,7 +18,7 @@ EXP ?= epsilon_decay
 BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow.db
 ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
 
-.PHONY: help setup train sweep test test-slow lint ui server clean cartpole report play
+.PHONY: help setup train sweep test test-slow lint ui server clean cartpole report play bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,18 @@ play: setup ## Replay a trained agent greedily in the terminal: make play RUN=<r
 
 cartpole: setup ## DQN on CartPole-v1, 5 seeds x 50k env steps (rl-zoo settings), logged to MLflow (slow)
 	$(BIN)/qlab-train +experiment=dqn_cartpole $(ARGS)
+
+# The bench extra (Stable-Baselines3, the DQN baseline); torch stays the pinned build.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP) ## Benchmark qlab against its baselines (tens of minutes); prints the table, writes BENCHMARKS.md (flags: ARGS="...")
+	$(BIN)/qlab-bench $(ARGS)
+
+bench-quick: setup $(BENCH_STAMP) ## The benchmark suite in under two minutes (fewer repeats and steps); prints only
+	$(BIN)/qlab-bench --quick $(ARGS)
 
 test: setup ## Run the default (fast) test suite
 	$(BIN)/python -m pytest $(ARGS)

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qlab-bench: error: unknown section(s) {', '.join(unknown)}; choose from "
               f"{', '.join(SECTIONS)}", file=sys.stderr)
         return 2
+    import mlflow  # noqa: F401  (it sets its loggers up on import; quiet them after)
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.pop("QLAB_PARENT_RUN_ID", None)
     os.environ.pop("QLAB_SWEEP_ID", None)

@@ -89,7 +89,8 @@ def targets_table(rows: Sequence[Row]) -> str:
     hits = [r for r in rows if r.target is not None]
     if not hits:
         return "No targeted figure was measured in this run.\n"
-    out = ["| target (issue 6) | section | contender | reached | verdict |", "|---|---|---|---|---|"]
+    out = ["| target (issue 6) | section | contender | reached | verdict |",
+           "|---|---|---|---|---|"]
     for r in hits:
         reached = fmt_ratio(r) if r.target.endswith("x") else fmt_value(r)
         out.append(f"| {_md_escape(r.metric)} {r.target} | {r.section} | {_md_escape(r.who)} | "
@@ -100,9 +101,10 @@ def targets_table(rows: Sequence[Row]) -> str:
 METHOD = """\
 - **Ratios.** Every figure is set against a baseline measured in the same run on the same
   machine: rates as contender / baseline, times as baseline / contender (so above 1x is
-  faster either way). Values are medians over repeats (the notes say how many); contenders
-  run interleaved within each repeat, after an uncounted warm-up run (imports, caches, any
-  compilation; a sweep is timed cold, end to end).
+  faster either way). Values are medians over repeats (the notes say how many). Tabular
+  contenders run interleaved within each repeat, and tabular and tracking runs follow an
+  uncounted warm-up run (imports, caches, any compilation); each DQN contender starts in a
+  fresh process and a sweep is timed cold, end to end, as a user runs them.
 - **Tabular.** All four contenders use qlab's tuned settings for the grid
   (`conf/hparams/tabular_q_griddy*.yaml`: lr, gamma, epsilon schedule, episode budget). The
   notebook-style loop (`benchmarks/notebook_baseline.py`: a dict Q table keyed by pickled

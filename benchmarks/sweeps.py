@@ -91,7 +91,7 @@ def measure(launchers: Sequence[str] = LAUNCHERS, repeats: int = 1,
     runs: dict[str, list[dict]] = {launcher: [] for launcher in launchers}
     for rep in range(repeats):
         for launcher in launchers:
-            say(f"sweep: +experiment={experiment} {' '.join(overrides)} "
+            say(f"sweep: +experiment={experiment}{''.join(' ' + o for o in overrides)} "
                 f"({launcher} launcher), repeat {rep + 1}")
             runs[launcher].append(run_sweep(launcher, experiment, overrides))
     shrunk = f" {' '.join(overrides)}" if overrides else ""

@@ -1,0 +1,160 @@
+"""Smoke tests of qlab-bench: each section's measuring function on a tiny budget, the report
+and the command line. They check that the figures exist and make sense, never how fast
+anything is."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import cli, common, dqn, notebook_baseline, report, sweeps, tabular, tracking
+
+
+def by(rows, metric: str) -> dict[str, common.Row]:
+    return {r.who: r for r in rows if r.metric.startswith(metric)}
+
+
+def test_notebook_baseline_learns_the_optimal_policy_and_reports_every_episode() -> None:
+    from qlab import oracle
+    from qlab.envs.griddy import griddy_model
+
+    seen = []
+    q, steps, seconds = notebook_baseline.train(
+        4, 4, episodes=100, seed=0, gamma=0.9, alpha=1.0, decay=0.99, min_eps=0.01,
+        on_episode=lambda ep, q, s: seen.append((ep, s)))
+    assert [ep for ep, _ in seen] == list(range(100))
+    assert all(b >= a for (_, a), (_, b) in zip(seen, seen[1:], strict=False))
+    assert steps > 100 and 0 < seconds
+    model = griddy_model(4, 4)
+    sol = oracle.value_iteration(model, 0.9)
+    policy = notebook_baseline.greedy_policy_table(q, 4, 4)
+    assert sol.is_optimal(policy)[model.acting_states].all()
+
+
+def test_stable_index_and_timed_evaluator() -> None:
+    assert common.stable_index(np.array([True, False, True, True])) == 2
+    assert common.stable_index(np.array([True, True])) == 0
+    assert common.stable_index(np.array([True, False])) is None
+    assert common.stable_index(np.array([], dtype=bool)) is None
+
+    class Inner:
+        keys = ("eval/x",)
+        extra = 5
+
+        def __call__(self, k, agent):
+            return {"eval/x": float(k)}
+
+    ev = common.TimedEvaluator(Inner())
+    ev.start()
+    assert ev(1, None) == {"eval/x": 1.0} and ev(1, None) == {"eval/x": 1.0}
+    assert len(ev.times[1]) == 2 and ev.times[1][0] <= ev.times[1][1] and ev.spent >= 0
+    assert ev.extra == 5 and ev.keys == ("eval/x",)
+
+
+def test_tabular_section_smoke() -> None:
+    rows = tabular.measure(sizes=(4,), repeats=1, batch_repeats=1, replicas=2, episodes=6,
+                           warmup=False)
+    sps = by(rows, "env steps/s")
+    assert set(sps) == {"notebook", "gymnasium FrozenLake", "qlab R=1", "qlab R=2"}
+    for r in sps.values():
+        assert r.value > 0 and r.ratio > 0 and r.baseline == "notebook"
+    assert sps["notebook"].ratio == 1.0
+    assert sps["qlab R=1"].target == ">= 10x" and sps["qlab R=1"].met is not None
+    tto = by(rows, "time to optimal")
+    assert "qlab R=2 per replica" in tto
+    for r in tto.values():
+        assert r.value is None or r.value > 0
+
+
+def test_qlab_tabular_run_counts_every_replicas_steps() -> None:
+    hp = tabular.settings(4, episodes=40)
+    one = tabular.run_qlab(hp, seed=0, replicas=1)
+    two = tabular.run_qlab(hp, seed=0, replicas=2)
+    assert one["steps"] > 40 and two["steps"] > one["steps"]
+    assert two["replicas"] == 2 and 0 <= two["solved"] <= 2
+    if one["time_to_optimal"] is not None:
+        assert 0 < one["time_to_optimal"] <= one["seconds"]
+        assert 0 <= one["episodes_to_optimal"] < 40
+
+
+TINY_DQN = ["agent.learning_starts=100", "agent.train_freq=50", "agent.gradient_steps=2",
+            "agent.hidden=[16]", "agent.buffer_size=1000", "eval_episodes=2"]
+
+
+def test_dqn_section_smoke() -> None:
+    rows = dqn.measure(steps=300, sb3_repeats=1 if dqn.have_sb3() else 0, replicas=2,
+                       overrides=TINY_DQN, in_process=True)
+    sps = by(rows, "env steps/s")
+    assert sps["qlab R=1"].value > 0
+    tput = by(rows, "throughput")
+    assert tput["qlab R=2 in one job"].ratio > 0
+    assert tput["qlab R=2 in one job"].target == ">= 4x"
+    ret = by(rows, "final greedy return")
+    # Replica k of the batch is seed k: the same final returns as the R=1 runs.
+    assert ret["qlab R=2"].samples == pytest.approx(ret["qlab R=1"].samples)
+    if dqn.have_sb3():
+        assert sps["Stable-Baselines3"].value > 0 and sps["qlab R=1"].baseline == \
+            "Stable-Baselines3"
+        assert ret["Stable-Baselines3"].value >= 8  # CartPole lasts at least 8 steps
+
+
+def test_dqn_worker_runs_in_a_fresh_process() -> None:
+    out = common.run_worker("benchmarks.dqn", {"kind": "qlab", "seeds": [3], "replicas": 1,
+                                               "steps": 200, "overrides": TINY_DQN})
+    assert len(out) == 1 and out[0]["steps"] == 200 and out[0]["seconds"] > 0
+
+
+def test_sb3_gets_qlabs_hyperparameters() -> None:
+    from qlab.config import validate
+
+    c = validate(common.compose(dqn.BASE))
+    kw = dqn.sb3_kwargs(c, 50_000)
+    assert kw["learning_rate"] == c.agent.lr and kw["gradient_steps"] == c.agent.gradient_steps
+    assert kw["target_update_interval"] == c.agent.target_update
+    assert kw["policy_kwargs"] == {"net_arch": list(c.agent.hidden)}
+    assert kw["exploration_fraction"] * 50_000 == pytest.approx(c.exploration.duration)
+
+
+def test_tracking_section_smoke() -> None:
+    rows = tracking.measure(episodes=10, repeats=1)
+    over = by(rows, "overhead")["MLflow on vs off"]
+    assert math.isfinite(over.value) and over.target == "<= 10%" and over.met is not None
+    assert by(rows, "wall time")["MLflow on (sqlite)"].value > 0
+
+
+def test_sweep_section_smoke() -> None:
+    # One job of the headline sweep: command-line values win over its sweeper params.
+    rows = sweeps.measure(launchers=("basic",), overrides=(
+        "agent=tabular_q", "exploration.decay=0.99", "episodes=3", "replicas=1"))
+    (row,) = rows
+    assert row.value > 0 and row.note.startswith("1/1 runs FINISHED")
+    assert row.target is None  # a shrunk sweep is not held to the 60 s target
+
+
+def test_report_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [common.Row("s", "env steps/s", "base", 100.0, "steps/s"),
+            common.Row("s", "env steps/s", "fast", 2500.0, "steps/s"),
+            common.Row("s", "time to optimal policy", "base", None, "s"),
+            common.Row("t", "overhead of tracking", "on vs off", 12.5, "%")]
+    common.add_ratios(rows[:2], "base", higher_is_better=True)
+    common.check_target(rows[1], ">=", 10)
+    common.check_target(rows[3], "<=", 10, on="value")
+    assert rows[1].ratio == 25 and rows[1].met and rows[3].met is False
+    text = report.text_table(rows)
+    assert "25x base" in text and ">= 10x: met" in text and "<= 10%: MISSED" in text
+    assert "not reached" in text
+    info = common.machine_info()
+    assert info["cpu"] and info["torch"] and info["python"]
+    md = report.markdown(rows, {**info, "load_after": "0"}, "qlab-bench", "full", 60.0)
+    assert "| fast | 2,500 steps/s | 25x base |" in md and "## Machine" in md
+    assert cli.main(["--sections", "nope"]) == 2
+    out, js = tmp_path / "b.md", tmp_path / "b.json"
+    monkeypatch.setitem(cli.QUICK, "tracking", dict(episodes=10, repeats=1))
+    assert cli.main(["--quick", "--sections", "tracking", "--out", str(out),
+                     "--json", str(js)]) == 0
+    assert "overhead of tracking" in out.read_text()
+    assert json.loads(js.read_text())["mode"] == "quick"
