@@ -98,6 +98,10 @@ class TrackingConfig:
     enabled: bool = True  # false: train without MLflow
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI or sqlite at the root
     flush_seconds: float = 2.0  # how often buffered metrics are written while training
+    # train/* curves: every episode up to this many points per run, then thinned (every 2nd
+    # episode up to 2x, every 4th up to 4x, ...); the full table is the episodes.csv artifact.
+    # null: every episode
+    max_points: int | None = 1000
 
 
 @dataclass
@@ -235,4 +239,6 @@ def validate(cfg: DictConfig) -> QlabConfig:
     _check_range("exploration.min", x.min, 0, x.start)
     _check_range("exploration.duration", x.duration, 1)
     _check_range("tracking.flush_seconds", c.tracking.flush_seconds, 0, lo_open=True)
+    if c.tracking.max_points is not None:
+        _check_range("tracking.max_points", c.tracking.max_points, 1)
     return c

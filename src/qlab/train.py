@@ -69,7 +69,8 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         ctx = contextlib.nullcontext(tracking.NullTracker())
     else:
         uri = c.tracking.uri or tracking.default_uri()
-        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names)
+        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names,
+                                 max_points=c.tracking.max_points)
     try:
         with _sigterm_as_interrupt(), ctx as tracker:
             hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
