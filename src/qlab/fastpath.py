@@ -93,7 +93,8 @@ class _Streams:
     buffered numbers first, then its generators' draws); row k is refilled from replica k's
     own generator, whatever the other replicas have used."""
 
-    def __init__(self, rand: ReplicaUniforms, block: int = UNIFORM_BLOCK) -> None:
+    def __init__(self, rand: ReplicaUniforms, block: int | None = None) -> None:
+        block = UNIFORM_BLOCK if block is None else block
         state = rand.state()
         left = state["buf"]
         self.gens = []
