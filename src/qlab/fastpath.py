@@ -113,7 +113,7 @@ class _Streams:
         row = self.buf[k]
         rest = row.size - pos
         row[:rest] = row[pos:]
-        row[rest:] = self.gens[k].random(pos)
+        self.gens[k].random(out=row[rest:])
 
 
 def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
@@ -171,12 +171,27 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                   u_env.buf, buf_i, buf_r, eval_at, table)
             seconds = max(time.perf_counter() - t0, 1e-9)
             ep1 = istate[:, K.EP]
-            for k in np.flatnonzero(ep1 > ep0).tolist():
-                sps[k, ep0[k]:ep1[k]] = (istate[k, K.STEPS] - steps0[k]) / seconds
+            moved = ep1 - ep0
+            rate = (istate[:, K.STEPS] - steps0) / seconds
+            one = np.flatnonzero(moved == 1)  # the common case, vectorised
+            sps[one, ep0[one]] = rate[one]
+            for k in np.flatnonzero(moved > 1).tolist():
+                sps[k, ep0[k]:ep1[k]] = rate[k]
             hist.done[:] = ep1
-            for k in np.flatnonzero(ran & (status != K.PAUSED)).tolist():
-                _service(k, int(status[k]), istate, u_agent, u_env, hist, table, evaluator,
-                         agent)
+            due = np.flatnonzero(istate[:, K.EVAL_EP] >= 0)
+            if due.size:
+                _evaluate(due, istate, hist, evaluator, agent)
+            for k in np.flatnonzero(ran & (status >= K.NEED_AGENT_U)).tolist():
+                if status[k] == K.FAILED:
+                    e = int(ep1[k]) - 1
+                    hist.failed[k] = (f"replica {k}, episode {e}: train/q_delta = "
+                                      f"{hist.train['train/q_delta'][k, e]} is not finite")
+                elif status[k] == K.NEED_AGENT_U:
+                    u_agent.refill(k, int(istate[k, K.AGENT_POS]))
+                    istate[k, K.AGENT_POS] = 0
+                elif status[k] == K.NEED_ENV_U:
+                    u_env.refill(k, int(istate[k, K.ENV_POS]))
+                    istate[k, K.ENV_POS] = 0
             if (status == K.BUFFER_FULL).any():
                 buf_i, buf_r = _grow(buf_i, buf_r)
             going = status < K.FINISHED
@@ -198,31 +213,20 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
     return hist
 
 
-def _service(k: int, status: int, istate: np.ndarray, u_agent: _Streams, u_env: _Streams,
-             hist: History, table: np.ndarray, evaluator, agent) -> None:
-    """Do what replica k stopped for: evaluate, record a failure, refill a stream."""
+def _evaluate(rows: np.ndarray, istate: np.ndarray, hist: History, evaluator, agent) -> None:
+    """Evaluate the replicas in ``rows`` after the episode each has in ``EVAL_EP``."""
     from qlab.agents import kernels as K
 
-    e = int(istate[k, K.EVAL_EP])
-    if e >= 0:
-        istate[k, K.EVAL_EP] = -1
-        if evaluator is not None:
-            j = hist.evals_done[k]
-            for key, value in evaluator(k, agent).items():
-                hist.evals[key][k, j] = value
-            hist.eval_steps[k, j] = e
-            hist.evals_done[k] += 1
-    if status == K.FAILED:
-        e = int(istate[k, K.EP]) - 1
-        key = "train/q_delta"
-        hist.failed[k] = (f"replica {k}, episode {e}: {key} = "
-                          f"{table[TRAIN_KEYS.index(key), k, e]} is not finite")
-    elif status == K.NEED_AGENT_U:
-        u_agent.refill(k, int(istate[k, K.AGENT_POS]))
-        istate[k, K.AGENT_POS] = 0
-    elif status == K.NEED_ENV_U:
-        u_env.refill(k, int(istate[k, K.ENV_POS]))
-        istate[k, K.ENV_POS] = 0
+    episodes = istate[rows, K.EVAL_EP]
+    istate[rows, K.EVAL_EP] = -1
+    if evaluator is None:
+        return
+    results = [evaluator(k, agent) for k in rows.tolist()]
+    j = hist.evals_done[rows]
+    for key in results[0]:
+        hist.evals[key][rows, j] = [r[key] for r in results]
+    hist.eval_steps[rows, j] = episodes
+    hist.evals_done[rows] += 1
 
 
 def _grow(buf_i: np.ndarray, buf_r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -79,11 +79,11 @@ def epsilon(kind: int, t: float, start: float, decay: float, minimum: float,
 
 
 @numba.njit(cache=True)
-def row_max(q: np.ndarray) -> float:
-    """``numpy.max`` of a row: NaN if any entry is NaN."""
-    m = q[0]
-    for a in range(1, q.shape[0]):
-        v = q[a]
+def row_max(q: np.ndarray, k: int, s: int) -> float:
+    """``numpy.max`` of Q[k, s]: NaN if any entry is NaN."""
+    m = q[k, s, 0]
+    for a in range(1, q.shape[2]):
+        v = q[k, s, a]
         if np.isnan(m):
             break
         if v > m or np.isnan(v):
@@ -92,20 +92,21 @@ def row_max(q: np.ndarray) -> float:
 
 
 @numba.njit(cache=True)
-def act(q: np.ndarray, u: np.ndarray, pos: int, eps: float) -> int:
-    """:meth:`qlab.agents.tabular.TabularAgent.act` for one replica: ``u[pos]`` decides
-    exploring, ``u[pos + 1]`` the random action, ``u[pos + 2 + a]`` breaks greedy ties."""
-    n_actions = q.shape[0]
-    m = row_max(q)
-    best = u[pos + 2] if q[0] == m else -1.0
+def act(q: np.ndarray, k: int, s: int, u: np.ndarray, pos: int, eps: float) -> int:
+    """:meth:`qlab.agents.tabular.TabularAgent.act` for replica k in state s: ``u[k, pos]``
+    decides exploring, ``u[k, pos + 1]`` the random action, ``u[k, pos + 2 + a]`` breaks
+    greedy ties (the largest wins, the first of equals)."""
+    n_actions = q.shape[2]
+    m = row_max(q, k, s)
+    best = u[k, pos + 2] if q[k, s, 0] == m else -1.0
     greedy = 0
     for a in range(1, n_actions):
-        v = u[pos + 2 + a] if q[a] == m else -1.0
+        v = u[k, pos + 2 + a] if q[k, s, a] == m else -1.0
         if v > best:
             best = v
             greedy = a
-    if u[pos] < eps:
-        return np.int64(u[pos + 1] * n_actions)
+    if u[k, pos] < eps:
+        return np.int64(u[k, pos + 1] * n_actions)
     return greedy
 
 
@@ -122,43 +123,43 @@ def outcome(cum: np.ndarray, s: int, a: int, u: float, deterministic: bool) -> i
 
 
 @numba.njit(cache=True)
-def q_episode_sweep(q: np.ndarray, buf_i: np.ndarray, buf_r: np.ndarray, n: int, lr: float,
-                    gamma: float) -> float:
-    """Q-learning's backward sweep over one stored episode of ``n`` steps (the
+def q_episode_sweep(q: np.ndarray, k: int, buf_i: np.ndarray, buf_r: np.ndarray, n: int,
+                    lr: float, gamma: float) -> float:
+    """Q-learning's backward sweep over replica k's stored episode of ``n`` steps (the
     ``update = episode`` learner); returns the sum of |ΔQ|."""
     total = 0.0
     for t in range(n - 1, -1, -1):
-        s, a, s2, term = buf_i[0, t], buf_i[1, t], buf_i[2, t], buf_i[3, t]
-        nxt = row_max(q[s2])
-        target = buf_r[t] + gamma * (0.0 if term else nxt)
-        step = lr * (target - q[s, a])
-        q[s, a] += step
+        s, a, s2, term = buf_i[k, 0, t], buf_i[k, 1, t], buf_i[k, 2, t], buf_i[k, 3, t]
+        nxt = row_max(q, k, s2)
+        target = buf_r[k, t] + gamma * (0.0 if term else nxt)
+        step = lr * (target - q[k, s, a])
+        q[k, s, a] += step
         total += abs(step)
     return total
 
 
 @numba.njit(cache=True)
-def mc_sweep(q: np.ndarray, buf_i: np.ndarray, buf_r: np.ndarray, n: int, lr: float,
+def mc_sweep(q: np.ndarray, k: int, buf_i: np.ndarray, buf_r: np.ndarray, n: int, lr: float,
              gamma: float, first_visit: bool, seen: np.ndarray, first: np.ndarray,
              stamp: int) -> tuple[float, float]:
-    """Monte-Carlo's backward return sweep over one stored episode (:mod:`qlab.agents.mc`);
+    """Monte-Carlo's backward return sweep over replica k's stored episode (:mod:`qlab.agents.mc`);
     returns (sum of |ΔQ|, number of updates). ``seen`` (S * A) holds, per (s, a), the
     ``stamp`` of the last sweep that saw it: a fresh stamp per call marks first visits."""
-    n_actions = q.shape[1]
+    n_actions = q.shape[2]
     if first_visit:
         for t in range(n):
-            key = buf_i[0, t] * n_actions + buf_i[1, t]
+            key = buf_i[k, 0, t] * n_actions + buf_i[k, 1, t]
             first[t] = seen[key] != stamp
             seen[key] = stamp
     G, total, count = 0.0, 0.0, 0.0
     for t in range(n - 1, -1, -1):
-        G = buf_r[t] + gamma * G
+        G = buf_r[k, t] + gamma * G
         if first_visit and not first[t]:
             continue
-        s, a = buf_i[0, t], buf_i[1, t]
-        old = q[s, a]
+        s, a = buf_i[k, 0, t], buf_i[k, 1, t]
+        old = q[k, s, a]
         step = lr * (G - old)
-        q[s, a] = old + step
+        q[k, s, a] = old + step
         total += abs(step)
         count += 1.0
     return total, count
@@ -191,95 +192,98 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
         if istate[k, STATUS] != RUN:
             continue
         lr, gamma = params[k, LR], params[k, GAMMA]
-        qk = q[k]
+        start, decay = params[k, START], params[k, DECAY]
+        minimum, duration = params[k, MINIMUM], params[k, DURATION]
+        # The replica's state in locals, written back when it stops.
+        s, elapsed = istate[k, STATE], istate[k, ELAPSED]
+        ep, steps = istate[k, EP], istate[k, STEPS]
+        n, apos, epos = istate[k, BUF_LEN], istate[k, AGENT_POS], istate[k, ENV_POS]
+        ret, qd_sum, qd_cnt = fstate[k, RET], fstate[k, QD_SUM], fstate[k, QD_CNT]
+        eps_t, eps = -1, 0.0  # epsilon is a function of t only: computed when t changes
         run_here = 0
-        while True:
-            if istate[k, ELAPSED] == 0 and run_here >= limit:
-                istate[k, STATUS] = PAUSED
+        status = RUN
+        while status == RUN:
+            if elapsed == 0 and run_here >= limit:
+                status = PAUSED
+            elif apos + need_a > u_agent.shape[1]:
+                status = NEED_AGENT_U
+            elif epos + 2 > u_env.shape[1]:
+                status = NEED_ENV_U
+            elif episodic and n >= capacity:
+                status = BUFFER_FULL
+            if status != RUN:
                 break
-            apos, epos = istate[k, AGENT_POS], istate[k, ENV_POS]
-            if apos + need_a > u_agent.shape[1]:
-                istate[k, STATUS] = NEED_AGENT_U
-                break
-            if epos + 2 > u_env.shape[1]:
-                istate[k, STATUS] = NEED_ENV_U
-                break
-            if episodic and istate[k, BUF_LEN] >= capacity:
-                istate[k, STATUS] = BUFFER_FULL
-                break
-            ep, steps = istate[k, EP], istate[k, STEPS]
             # --- act (agent stream)
             t = steps if per_step else ep
-            eps = epsilon(schedule, np.float64(t), params[k, START], params[k, DECAY],
-                          params[k, MINIMUM], params[k, DURATION])
-            s = istate[k, STATE]
-            a = act(qk[s], u_agent[k], apos, eps)
-            istate[k, AGENT_POS] = apos + need_a
+            if t != eps_t:
+                eps = epsilon(schedule, np.float64(t), start, decay, minimum, duration)
+                eps_t = t
+            a = act(q, k, s, u_agent, apos, eps)
+            apos += need_a
             # --- env step (env stream)
             j = outcome(cum, s, a, u_env[k, epos], deterministic)
             s2 = next_state[s, a, j]
             r = reward[s, a, j]
             term = terminal[s, a, j]
             restart_u = u_env[k, epos + 1]
-            istate[k, ENV_POS] = epos + 2
-            elapsed = istate[k, ELAPSED] + 1
+            epos += 2
+            elapsed += 1
             trunc = max_steps >= 0 and elapsed >= max_steps and not term
             done = term or trunc
             steps += 1
-            istate[k, STEPS] = steps
-            fstate[k, RET] += r
+            ret += r
             # --- learn
             if agent == Q_STEP:
-                bootstrap = 0.0 if term else row_max(qk[s2])
+                bootstrap = 0.0 if term else row_max(q, k, s2)
                 target = r + gamma * bootstrap
-                old = qk[s, a]
+                old = q[k, s, a]
                 step = lr * (target - old)
-                qk[s, a] = old + step
-                fstate[k, QD_SUM] += abs(step)
-                fstate[k, QD_CNT] += 1.0
+                q[k, s, a] = old + step
+                qd_sum += abs(step)
+                qd_cnt += 1.0
             else:
-                n = istate[k, BUF_LEN]
                 buf_i[k, 0, n], buf_i[k, 1, n], buf_i[k, 2, n] = s, a, s2
                 buf_i[k, 3, n] = term
                 buf_r[k, n] = r
-                istate[k, BUF_LEN] = n + 1
+                n += 1
                 if done:
                     if agent == Q_EPISODE:
-                        total = q_episode_sweep(qk, buf_i[k], buf_r[k], n + 1, lr, gamma)
-                        count = np.float64(n + 1)
+                        total = q_episode_sweep(q, k, buf_i, buf_r, n, lr, gamma)
+                        count = np.float64(n)
                     else:
                         stamp += 1
-                        total, count = mc_sweep(qk, buf_i[k], buf_r[k], n + 1, lr, gamma,
-                                                first_visit, seen, first, stamp)
-                    fstate[k, QD_SUM] += total
-                    fstate[k, QD_CNT] += count
-                    istate[k, BUF_LEN] = 0
-            istate[k, STATE] = s2
-            istate[k, ELAPSED] = elapsed
+                        total, count = mc_sweep(q, k, buf_i, buf_r, n, lr, gamma, first_visit,
+                                                seen, first, stamp)
+                    qd_sum += total
+                    qd_cnt += count
+                    n = 0
+            s = s2
             if not (done or steps >= budget):
                 continue
             # --- the episode ended (or the budget cut it): record it
-            length = elapsed
-            cnt = fstate[k, QD_CNT]
-            train[LENGTH_ROW, k, ep] = length
-            train[RETURN_ROW, k, ep] = fstate[k, RET]
-            train[QDELTA_ROW, k, ep] = fstate[k, QD_SUM] / cnt if cnt else 0.0
+            train[LENGTH_ROW, k, ep] = elapsed
+            train[RETURN_ROW, k, ep] = ret
+            q_delta = qd_sum / qd_cnt if qd_cnt else 0.0
+            train[QDELTA_ROW, k, ep] = q_delta
             train[EPSILON_ROW, k, ep] = eps
-            fstate[k, RET] = fstate[k, QD_SUM] = fstate[k, QD_CNT] = 0.0
-            istate[k, EP] = ep + 1
+            ret, qd_sum, qd_cnt = 0.0, 0.0, 0.0
             run_here += 1
             if done:  # TabularVecEnv.restart
-                istate[k, STATE] = np.searchsorted(init_cum, restart_u, side="right")
-                istate[k, ELAPSED] = 0
-            if not np.isfinite(train[QDELTA_ROW, k, ep]):
-                istate[k, STATUS] = FAILED
-                break
+                s = np.searchsorted(init_cum, restart_u, side="right")
+                elapsed = 0
             last = ep + 1 >= episodes or steps >= budget
-            if eval_at[ep] or last:
-                istate[k, EVAL_EP] = ep
-            if last:
-                istate[k, STATUS] = FINISHED
-                break
-            if eval_at[ep]:
-                istate[k, STATUS] = EVALUATE
-                break
+            if not np.isfinite(q_delta):
+                status = FAILED
+            else:
+                if eval_at[ep] or last:
+                    istate[k, EVAL_EP] = ep
+                if last:
+                    status = FINISHED
+                elif eval_at[ep]:
+                    status = EVALUATE
+            ep += 1
+        istate[k, STATE], istate[k, ELAPSED] = s, elapsed
+        istate[k, EP], istate[k, STEPS] = ep, steps
+        istate[k, BUF_LEN], istate[k, AGENT_POS], istate[k, ENV_POS] = n, apos, epos
+        istate[k, STATUS] = status
+        fstate[k, RET], fstate[k, QD_SUM], fstate[k, QD_CNT] = ret, qd_sum, qd_cnt
