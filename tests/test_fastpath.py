@@ -238,6 +238,22 @@ def test_choose_refuses_unsupported_with_one_line(compose_cfg) -> None:
         fastpath.train(env, other, sched, 3, 1)
 
 
+def test_a_patched_agent_or_env_keeps_the_reference(compose_cfg, monkeypatch) -> None:
+    """Methods replaced from outside qlab (tests inject failures so) cannot run compiled:
+    ``auto`` falls back to the numpy path, ``on`` refuses."""
+    c, env, agent, sched = _objects(compose_cfg, ["agent=tabular_q"])
+    learn = agent.learn
+    agent.learn = lambda tr: learn(tr)
+    assert fastpath.choose("auto", env, agent, sched) is runner.train
+    with pytest.raises(ConfigError, match="agent method.s. learn replaced from outside qlab"):
+        fastpath.choose("on", env, agent, sched)
+    c, env, agent, sched = _objects(compose_cfg, ["agent=tabular_mc"])
+    step = TabularVecEnv.step
+    monkeypatch.setattr(TabularVecEnv, "step", lambda self, a: step(self, a))
+    assert fastpath.unsupported(env, agent, sched) == (
+        "env method(s) step replaced from outside qlab")
+
+
 def test_config_checks_fast(compose_cfg) -> None:
     with pytest.raises(ConfigError, match=r"^fast='sometimes': must be one of auto, on, off"):
         validate(compose_cfg(["fast=sometimes"]))

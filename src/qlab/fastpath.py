@@ -26,6 +26,7 @@ advanced: the fast path draws from copies of their generators.
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +69,27 @@ def unsupported(env: Any, agent: Any, schedule: Schedule) -> str | None:
         return f"exploration {schedule.kind!r} is not one of {', '.join(KINDS)}"
     if env.num_envs != agent.replicas:
         return f"env has {env.num_envs} replicas, agent {agent.replicas}"
+    for what, obj in (("agent", agent), ("env", env)):
+        foreign = _foreign_methods(obj)
+        if foreign:
+            return f"{what} method(s) {', '.join(foreign)} replaced from outside qlab"
     return None
+
+
+def _foreign_methods(obj: Any) -> list[str]:
+    """Methods of ``obj`` (set on it or on its class) not defined in qlab — wrapped or
+    patched from outside (tests inject failures this way); the kernels could not honour
+    them."""
+    out = []
+    for name in dir(obj):
+        if name.startswith("__"):
+            continue
+        attr = getattr(obj, name, None)
+        func = getattr(attr, "__func__", attr)
+        if (isinstance(func, types.FunctionType)
+                and not (func.__module__ or "").startswith("qlab.")):
+            out.append(name)
+    return out
 
 
 def choose(fast: str, env: Any, agent: Any, schedule: Schedule) -> Callable[..., History]:
