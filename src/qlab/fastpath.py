@@ -127,7 +127,7 @@ class _Streams:
         self.buf = np.empty((len(self.gens), max(block, n)))
         self.buf[:, :n] = left
         for k, gen in enumerate(self.gens):
-            self.buf[k, n:] = gen.random(self.buf.shape[1] - n)
+            gen.random(out=self.buf[k, n:])
 
     def refill(self, k: int, pos: int) -> None:
         """Drop row k's numbers before ``pos`` (used) and top the row up from its generator."""
@@ -177,6 +177,8 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
     fixed = (kind, first_visit, KINDS.index(schedule.kind), schedule.unit == "step",
              model.deterministic, -1 if model.max_steps is None else model.max_steps,
              episodes, budget)
+    # The env's own cumulative tables and the agent's and env's streams (private to them, read
+    # here so the kernel samples exactly what TabularVecEnv and TabularAgent would).
     model_arrays = (env._cum, model.next_state, model.reward, model.terminal, env._init_cum)
 
     istate[:, K.STATE] = env.reset()  # the env's stream takes its reset numbers, as the reference
