@@ -117,6 +117,7 @@ class QlabConfig:
     eval_every: int = 50  # greedy evaluation every this many episodes (and after the last)
     total_steps: int | None = None  # env-step budget per replica, ends training early (null: none)
     eval_episodes: int = 10  # greedy rollouts per evaluation on envs without a model
+    fast: str = "auto"  # compiled tabular fast path (qlab.fastpath): auto | on | off
     experiment_name: str = "qlab"  # MLflow experiment
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -204,7 +205,7 @@ def _check_tabular_env(e: EnvConfig, agent: str) -> None:
 
 def validate(cfg: DictConfig) -> QlabConfig:
     """The typed config, or :class:`ConfigError` naming the first bad key."""
-    from qlab import agents, exploration
+    from qlab import agents, exploration, fastpath
 
     _check_keys(cfg)
     c: QlabConfig = OmegaConf.to_object(cfg)
@@ -241,4 +242,5 @@ def validate(cfg: DictConfig) -> QlabConfig:
     _check_range("tracking.flush_seconds", c.tracking.flush_seconds, 0, lo_open=True)
     if c.tracking.max_points is not None:
         _check_range("tracking.max_points", c.tracking.max_points, 1)
+    fastpath.check_config(c.fast, a.name)
     return c
