@@ -115,6 +115,9 @@ class QlabConfig:
     eval_episodes: int = 10  # greedy rollouts per evaluation on envs without a model
     experiment_name: str = "qlab"  # MLflow experiment
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint_every: int = 100  # checkpoint the job every this many episodes (0: never)
+    checkpoint_dir: str | None = None  # null: checkpoints/ beside a sqlite store, else the root
+    resume: str | None = None  # RUN_ID | last | auto: continue a job from its checkpoint
 
 
 AGENT_SCHEMAS: dict[str, type] = {"tabular_q": TabularQConfig}
@@ -235,4 +238,9 @@ def validate(cfg: DictConfig) -> QlabConfig:
     _check_range("exploration.min", x.min, 0, x.start)
     _check_range("exploration.duration", x.duration, 1)
     _check_range("tracking.flush_seconds", c.tracking.flush_seconds, 0, lo_open=True)
+    _check_range("checkpoint_every", c.checkpoint_every, 0)
+    if c.resume is not None and not str(c.resume).strip():
+        _fail("resume", c.resume, "must be a run id, last or auto")
+    if c.resume is not None and not c.tracking.enabled:
+        _fail("resume", c.resume, "needs tracking.enabled=true (jobs are found by their runs)")
     return c

@@ -62,14 +62,18 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
 
 
 class Tracker:
-    """The MLflow runs of one job's replicas; ``update(history)`` logs what is new."""
+    """The MLflow runs of one job's replicas; ``update(history)`` logs what is new.
+    ``logged[k]`` (resumed runs) maps each metric key to the last step run k already holds:
+    points up to it are never sent again."""
 
-    def __init__(self, client: MlflowClient, run_ids: Sequence[str]) -> None:
+    def __init__(self, client: MlflowClient, run_ids: Sequence[str],
+                 logged: Sequence[Mapping[str, int]] | None = None) -> None:
         self.client = client
         self.run_ids = list(run_ids)
         self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
+        self._logged = [dict(m) for m in logged] if logged else [{} for _ in self.run_ids]
 
     def update(self, history) -> None:
         """Write every metric point recorded since the last call (one log_batch per run)."""
@@ -78,13 +82,15 @@ class Tracker:
         for k, run_id in enumerate(self.run_ids):
             lo, hi = self._train_sent[k], history.done[k]
             elo, ehi = self._eval_sent[k], history.evals_done[k]
+            old = self._logged[k]
             metrics = [Metric(key, float(v), now, int(step))
                        for key, table in history.train.items()
-                       for step, v in zip(range(lo, hi), table[k, lo:hi], strict=True)]
+                       for start in (max(lo, old.get(key, -1) + 1),)
+                       for step, v in zip(range(start, hi), table[k, start:hi], strict=True)]
             metrics += [Metric(key, float(v), now, int(step))
                         for key, table in history.evals.items()
                         for step, v in zip(history.eval_steps[k, elo:ehi], table[k, elo:ehi],
-                                           strict=True)]
+                                           strict=True) if step > old.get(key, -1)]
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
             self._train_sent[k], self._eval_sent[k] = hi, ehi
@@ -100,7 +106,9 @@ class Tracker:
     def log_values(self, key: str, values: np.ndarray, step: int) -> None:
         """One value per replica (e.g. a summary number) as metric ``key`` at ``step``."""
         now = int(time.time() * 1000)
-        for run_id, v in zip(self.run_ids, values, strict=True):
+        for k, (run_id, v) in enumerate(zip(self.run_ids, values, strict=True)):
+            if step <= self._logged[k].get(key, -1):
+                continue  # logged before a resume
             self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step))])
 
     def log_text(self, name: str, text: str) -> None:
@@ -136,21 +144,26 @@ class NullTracker:
 
 @contextlib.contextmanager
 def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
-              replicas: Sequence[Mapping[str, str]], run_names: Sequence[str]) -> Iterator[Tracker]:
+              replicas: Sequence[Mapping[str, str]], run_names: Sequence[str],
+              resume_ids: Sequence[str] | None = None) -> Iterator[Tracker]:
     """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
-    (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C."""
+    (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
+    ``resume_ids``: continue these existing runs instead (see :func:`reopen`)."""
     client = MlflowClient(tracking_uri=uri)
-    exp_id = get_or_create_experiment(client, experiment_name, uri)
-    run_ids = []
-    for own, name in zip(replicas, run_names, strict=True):
-        run = client.create_run(exp_id, run_name=name,
-                                tags={k: str(v) for k, v in own["tags"].items()})
-        run_ids.append(run.info.run_id)
-        merged = {**params, **own["params"]}
-        items = [Param(k, v) for k, v in merged.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
-    tracker = Tracker(client, run_ids)
+    if resume_ids:
+        tracker = Tracker(client, resume_ids, reopen(client, resume_ids))
+    else:
+        exp_id = get_or_create_experiment(client, experiment_name, uri)
+        run_ids = []
+        for own, name in zip(replicas, run_names, strict=True):
+            run = client.create_run(exp_id, run_name=name,
+                                    tags={k: str(v) for k, v in own["tags"].items()})
+            run_ids.append(run.info.run_id)
+            merged = {**params, **own["params"]}
+            items = [Param(k, v) for k, v in merged.items()]
+            for i in range(0, len(items), PARAMS_PER_BATCH):
+                client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
+        tracker = Tracker(client, run_ids)
     try:
         yield tracker
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
@@ -162,6 +175,20 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
         raise
     else:
         tracker.finish("FINISHED", failed=tracker.failed)
+
+
+def reopen(client: MlflowClient, run_ids: Sequence[str]) -> list[dict[str, int]]:
+    """Set runs back to RUNNING (dropping the ``error`` tag of how they stopped); returns,
+    per run, the last step it holds of each metric key."""
+    logged = []
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        logged.append({key: max((m.step for m in client.get_metric_history(run_id, key)),
+                                default=-1) for key in run.data.metrics})
+        if "error" in run.data.tags:
+            client.delete_tag(run_id, "error")
+        client.update_run(run_id, status="RUNNING")
+    return logged
 
 
 __all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten"]

@@ -12,7 +12,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qlab.checkpoint import load_array
 from qlab.rng import ReplicaUniforms
+
+FIELDS = ("obs", "next_obs", "action", "reward", "terminated", "pos", "size")
 
 
 class ReplaySample(NamedTuple):
@@ -79,3 +82,15 @@ class ReplayBuffer:
         r = self._rows[:, None]
         return ReplaySample(self.obs[r, idx], self.action[r, idx], self.reward[r, idx],
                             self.next_obs[r, idx], self.terminated[r, idx])
+
+    def state_dict(self) -> dict:
+        """Every slot, the write pointers and fill counts, and the sampling stream."""
+        return {**{k: getattr(self, k).copy() for k in FIELDS}, "rand": self._rand.state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        for k in FIELDS:
+            setattr(self, k, load_array(f"agent.buffer.{k}", d[k], getattr(self, k)))
+        if ((self.pos < 0) | (self.pos >= self.capacity) | (self.size < 0)
+                | (self.size > self.capacity)).any():
+            raise ValueError("agent.buffer.pos/size out of range")
+        self._rand.load_state(d["rand"])
