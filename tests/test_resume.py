@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab.train
-from qlab import agents, checkpoint, envs, exploration, resume, runner
+from qlab import agents, checkpoint, envs, exploration, resume, runner, tracking
 from qlab.config import validate
 
 WALL_CLOCK = ("train/sps",)
@@ -124,3 +124,142 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
         np.testing.assert_array_equal(flat_state(agent3)[k], v, err_msg=k)
     for k, v in flat_state(env).items():
         np.testing.assert_array_equal(flat_state(env3)[k], v, err_msg=k)
+
+
+# ------------------------------------------------------------------ qlab-train, killed and resumed
+
+def launch(args: list[str], workdir: Path, uri: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.Popen([QLAB_TRAIN, *args], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def job_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return sorted(runs, key=lambda r: int(r.data.tags["seed"]))
+
+
+def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of a run (wall-clock ones aside) as sorted (step, value) points."""
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics if key not in WALL_CLOCK}
+
+
+def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
+                 sig: int = signal.SIGKILL) -> tuple[dict, list]:
+    """Start ``qlab-train``, wait for a checkpoint and for MLflow to hold points past it,
+    then send ``sig``; returns the checkpoint's header and the job's runs after the signal."""
+    client = MlflowClient(uri)
+    tracking.get_or_create_experiment(client, experiment, uri)  # one process migrates the store
+    proc = launch([*args, f"experiment_name={experiment}"], workdir, uri)
+    deadline = time.monotonic() + 180
+    header = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            found = list((workdir / "checkpoints").glob("*/checkpoint.npz"))
+            if not found:
+                continue
+            header, _ = checkpoint.read(found[0])
+            runs = job_runs(client, experiment)
+            past = [len(client.get_metric_history(r.info.run_id, "train/q_delta")) for r in runs]
+            if runs and min(past) > min(header["episodes_done"]):
+                break
+        else:
+            out, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
+            pytest.fail(f"qlab-train ended (rc {proc.returncode}) before it could be stopped "
+                        f"mid-run; make the run longer. {err[-2000:]}")
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    return header, job_runs(client, experiment)
+
+
+def resume_and_compare(args: list[str], workdir: Path, uri: str, experiment: str, target: str,
+                       compose_cfg) -> tuple[list, list]:
+    """Resume the job; train the same config uninterrupted in-process; returns both jobs'
+    runs after checking their metric histories are equal point for point, with no
+    duplicate steps."""
+    before = job_runs(MlflowClient(uri), experiment)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    out = subprocess.run([QLAB_TRAIN, *args, f"experiment_name={experiment}", f"resume={target}"],
+                         cwd=workdir, env=env, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "qlab-train: resuming job " in out.stderr
+    qlab.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}-ref"]))
+    client = MlflowClient(uri)
+    resumed, ref = job_runs(client, experiment), job_runs(client, f"{experiment}-ref")
+    assert [r.info.run_id for r in resumed] == [r.info.run_id for r in before]  # no new runs
+    assert {r.info.status for r in resumed} == {"FINISHED"}
+    assert all("error" not in r.data.tags for r in resumed)
+    for a, b in zip(resumed, ref, strict=True):
+        ha, hb = histories(client, a), histories(client, b)
+        assert ha.keys() == hb.keys()
+        for key in ha:
+            steps = [s for s, _ in ha[key]]
+            assert len(steps) == len(set(steps)), f"{key}: duplicate points"
+            np.testing.assert_array_equal(np.array(ha[key]), np.array(hb[key]), err_msg=key)
+    assert not list((workdir / "checkpoints").glob("*/checkpoint.npz"))  # finished: removed
+    return resumed, ref
+
+
+# Random-walk exploration on bigger grids: long episodes, so a run takes seconds (a window to
+# stop it in) with few metric points to log and compare.
+TABULAR = ["env=griddy", "env.height=10", "env.width=10", "~hparams", "exploration=constant",
+           "exploration.start=1.0", "replicas=2", "episodes=200", "eval_every=20",
+           "checkpoint_every=10", "tracking.flush_seconds=0.1"]
+DQN = ["agent=dqn", "env=griddy", "env.height=6", "env.width=6", "~hparams", "replicas=2",
+       "episodes=25", "agent.hidden=[32]", "agent.learning_starts=200", "agent.buffer_size=2000",
+       "agent.threads=1", "exploration=constant", "exploration.start=1.0", "eval_every=5",
+       "checkpoint_every=3", "tracking.flush_seconds=0.1"]
+
+
+def test_kill9_tabular_then_resume(tmp_path, mlflow_uri, compose_cfg) -> None:
+    header, runs = kill_mid_run(TABULAR, tmp_path, mlflow_uri, "kill")
+    assert [r.info.status for r in runs] == ["RUNNING", "RUNNING"]  # kill -9: nobody ended them
+    assert header["run_ids"] == [r.info.run_id for r in runs]
+    resumed, ref = resume_and_compare(TABULAR, tmp_path, mlflow_uri, "kill",
+                                      runs[1].info.run_id, compose_cfg)
+    client = MlflowClient(mlflow_uri)
+    for a, b in zip(resumed, ref, strict=True):
+        qa = np.load(client.download_artifacts(a.info.run_id, "q_table.npy", str(tmp_path / "a")))
+        qb = np.load(client.download_artifacts(b.info.run_id, "q_table.npy", str(tmp_path / "b")))
+        assert np.array_equal(qa, qb)  # bit-exact
+        assert len(client.get_metric_history(a.info.run_id, "train/q_delta")) == 200
+
+
+def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg) -> None:
+    import torch
+
+    _, runs = kill_mid_run(DQN, tmp_path, mlflow_uri, "kill-dqn")
+    resumed, ref = resume_and_compare(DQN, tmp_path, mlflow_uri, "kill-dqn", "last", compose_cfg)
+    client = MlflowClient(mlflow_uri)
+    for a, b in zip(resumed, ref, strict=True):
+        wa = torch.load(client.download_artifacts(a.info.run_id, "q_network.pt",
+                                                  str(tmp_path / "a")), weights_only=True)
+        wb = torch.load(client.download_artifacts(b.info.run_id, "q_network.pt",
+                                                  str(tmp_path / "b")), weights_only=True)
+        for k, v in wa["state_dict"].items():
+            assert torch.equal(v, wb["state_dict"][k]), k  # bit-exact on CPU, one thread
+
+
+def test_sigterm_writes_checkpoint_and_ends_killed(tmp_path, mlflow_uri) -> None:
+    args = [*TABULAR, "episodes=100000"]
+    _, runs = kill_mid_run(args, tmp_path, mlflow_uri, "term", sig=signal.SIGTERM)
+    client = MlflowClient(mlflow_uri)
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    assert {r.data.tags["error"] for r in runs} == {"Terminated"}
+    path = Path(runs[0].data.tags[resume.CKPT_TAG])
+    header, state = checkpoint.read(path)
+    assert header["run_ids"] == [r.info.run_id for r in runs]
+    for k, r in enumerate(runs):  # every episode up to the checkpoint is in MLflow, none after
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta"))
+        assert steps == list(range(header["episodes_done"][k]))
+    assert (state["history"]["done"] == header["episodes_done"]).all()
