@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -181,73 +180,74 @@ def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
     return header, job_runs(client, experiment)
 
 
-def resume_and_compare(args: list[str], workdir: Path, uri: str, experiment: str, target: str,
-                       compose_cfg) -> tuple[list, list]:
-    """Resume the job; train the same config uninterrupted in-process; returns both jobs'
-    runs after checking their metric histories are equal point for point, with no
-    duplicate steps."""
-    before = job_runs(MlflowClient(uri), experiment)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    out = subprocess.run([QLAB_TRAIN, *args, f"experiment_name={experiment}", f"resume={target}"],
-                         cwd=workdir, env=env, text=True, capture_output=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "qlab-train: resuming job " in out.stderr
-    qlab.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}-ref"]))
+def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, compose_cfg,
+                       capsys) -> tuple[list, object]:
+    """Resume the job (``qlab.train.run``, in-process); train the same config uninterrupted
+    without tracking; check that the resumed runs' metric histories hold exactly the
+    uninterrupted job's points, once each. Returns the resumed runs and the reference agent."""
     client = MlflowClient(uri)
-    resumed, ref = job_runs(client, experiment), job_runs(client, f"{experiment}-ref")
+    before = job_runs(client, experiment)
+    qlab.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
+                                f"resume={target}"]))
+    assert "qlab-train: resuming job " in capsys.readouterr().err
+    c, env, agent, schedule, evaluator = build(compose_cfg([*args, "tracking.enabled=false"]))
+    ref = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator)
+    resumed = job_runs(client, experiment)
     assert [r.info.run_id for r in resumed] == [r.info.run_id for r in before]  # no new runs
     assert {r.info.status for r in resumed} == {"FINISHED"}
     assert all("error" not in r.data.tags for r in resumed)
-    for a, b in zip(resumed, ref, strict=True):
-        ha, hb = histories(client, a), histories(client, b)
-        assert ha.keys() == hb.keys()
-        for key in ha:
-            steps = [s for s, _ in ha[key]]
+    for k, run in enumerate(resumed):
+        got = histories(client, run)
+        want = {key: [(e, v) for e, v in enumerate(table[k])]
+                for key, table in ref.train.items() if key not in WALL_CLOCK}
+        want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
+                     for key, table in ref.evals.items()})
+        if "eval/optimal_fraction" in ref.evals:
+            want["eval/episodes_to_optimal"] = [
+                (c.episodes - 1, runner.episodes_to_optimal(ref)[k])]
+        assert got.keys() == want.keys()
+        for key in got:
+            steps = [s for s, _ in got[key]]
             assert len(steps) == len(set(steps)), f"{key}: duplicate points"
-            np.testing.assert_array_equal(np.array(ha[key]), np.array(hb[key]), err_msg=key)
-    assert not list((workdir / "checkpoints").glob("*/checkpoint.npz"))  # finished: removed
-    return resumed, ref
+            np.testing.assert_array_equal(np.array(got[key]), np.array(want[key]), err_msg=key)
+    assert not list(Path(resume.checkpoint_root(None, uri)).glob("*/checkpoint.npz"))  # removed
+    return resumed, agent
 
 
 # Random-walk exploration on bigger grids: long episodes, so a run takes seconds (a window to
 # stop it in) with few metric points to log and compare.
 TABULAR = ["env=griddy", "env.height=10", "env.width=10", "~hparams", "exploration=constant",
-           "exploration.start=1.0", "replicas=2", "episodes=200", "eval_every=20",
-           "checkpoint_every=10", "tracking.flush_seconds=0.1"]
+           "exploration.start=1.0", "replicas=2", "episodes=60", "eval_every=10",
+           "checkpoint_every=5", "tracking.flush_seconds=0.2"]
 DQN = ["agent=dqn", "env=griddy", "env.height=6", "env.width=6", "~hparams", "replicas=2",
-       "episodes=25", "agent.hidden=[32]", "agent.learning_starts=200", "agent.buffer_size=2000",
-       "agent.threads=1", "exploration=constant", "exploration.start=1.0", "eval_every=5",
-       "checkpoint_every=3", "tracking.flush_seconds=0.1"]
+       "episodes=12", "agent.hidden=[32]", "agent.learning_starts=200", "agent.buffer_size=2000",
+       "agent.threads=1", "exploration=constant", "exploration.start=1.0", "eval_every=4",
+       "checkpoint_every=2", "tracking.flush_seconds=0.2"]
 
 
-def test_kill9_tabular_then_resume(tmp_path, mlflow_uri, compose_cfg) -> None:
+def test_kill9_tabular_then_resume(tmp_path, mlflow_uri, compose_cfg, capsys) -> None:
     header, runs = kill_mid_run(TABULAR, tmp_path, mlflow_uri, "kill")
     assert [r.info.status for r in runs] == ["RUNNING", "RUNNING"]  # kill -9: nobody ended them
     assert header["run_ids"] == [r.info.run_id for r in runs]
-    resumed, ref = resume_and_compare(TABULAR, tmp_path, mlflow_uri, "kill",
-                                      runs[1].info.run_id, compose_cfg)
+    resumed, agent = resume_and_compare(TABULAR, mlflow_uri, "kill", runs[1].info.run_id,
+                                        compose_cfg, capsys)
     client = MlflowClient(mlflow_uri)
-    for a, b in zip(resumed, ref, strict=True):
-        qa = np.load(client.download_artifacts(a.info.run_id, "q_table.npy", str(tmp_path / "a")))
-        qb = np.load(client.download_artifacts(b.info.run_id, "q_table.npy", str(tmp_path / "b")))
-        assert np.array_equal(qa, qb)  # bit-exact
-        assert len(client.get_metric_history(a.info.run_id, "train/q_delta")) == 200
+    for k, run in enumerate(resumed):
+        q = np.load(client.download_artifacts(run.info.run_id, "q_table.npy", str(tmp_path)))
+        assert np.array_equal(q, agent.q[k])  # bit-exact
 
 
-def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg) -> None:
+def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg, capsys) -> None:
     import torch
 
-    _, runs = kill_mid_run(DQN, tmp_path, mlflow_uri, "kill-dqn")
-    resumed, ref = resume_and_compare(DQN, tmp_path, mlflow_uri, "kill-dqn", "last", compose_cfg)
+    kill_mid_run(DQN, tmp_path, mlflow_uri, "kill-dqn")
+    resumed, agent = resume_and_compare(DQN, mlflow_uri, "kill-dqn", "last", compose_cfg, capsys)
     client = MlflowClient(mlflow_uri)
-    for a, b in zip(resumed, ref, strict=True):
-        wa = torch.load(client.download_artifacts(a.info.run_id, "q_network.pt",
-                                                  str(tmp_path / "a")), weights_only=True)
-        wb = torch.load(client.download_artifacts(b.info.run_id, "q_network.pt",
-                                                  str(tmp_path / "b")), weights_only=True)
-        for k, v in wa["state_dict"].items():
-            assert torch.equal(v, wb["state_dict"][k]), k  # bit-exact on CPU, one thread
+    for k, run in enumerate(resumed):
+        got = torch.load(client.download_artifacts(run.info.run_id, "q_network.pt",
+                                                   str(tmp_path)), weights_only=True)
+        for key, v in agent.weights(k)["state_dict"].items():
+            assert torch.equal(got["state_dict"][key], v), key  # bit-exact: CPU, one thread
 
 
 def test_sigterm_writes_checkpoint_and_ends_killed(tmp_path, mlflow_uri) -> None:
