@@ -263,3 +263,150 @@ def test_sigterm_writes_checkpoint_and_ends_killed(tmp_path, mlflow_uri) -> None
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta"))
         assert steps == list(range(header["episodes_done"][k]))
     assert (state["history"]["done"] == header["episodes_done"]).all()
+
+
+# ------------------------------------------------------------------ bad input
+
+SMALL = ["env=griddy8", "~hparams", "replicas=2", "episodes=100", "checkpoint_every=10"]
+
+
+def new_runs(uri: str, train) -> list[str]:
+    """Run ids (by seed) that ``train()`` adds to experiment ``bad``."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bad")
+    old = {r.info.run_id for r in client.search_runs([exp.experiment_id])} if exp else set()
+    train()
+    exp = client.get_experiment_by_name("bad")
+    return [r.info.run_id for r in job_runs(client, "bad") if r.info.run_id not in old]
+
+
+def stop_job(compose_cfg, args: list[str], at: int = 300) -> None:
+    """Train ``args`` in-process and stop it as SIGTERM would, at lock-step ``at``: it writes
+    a checkpoint and ends KILLED."""
+    from qlab.stopping import GracefulStop, Terminated
+
+    calls = iter(range(1, 10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GracefulStop, "__call__",
+                   lambda self: Terminated("test") if next(calls) == at else None)
+        with pytest.raises(Terminated):
+            qlab.train.run(compose_cfg(args))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, compose_cfg) -> dict:
+    """One store with a stopped job A (seeds 0-1, the one resumed), another stopped job B
+    (seeds 3-4) and a finished job F (seeds 7-8), all of SMALL in experiment ``bad``."""
+    root = tmp_path_factory.mktemp("bad")
+    uri = f"sqlite:///{root}/mlflow.db"
+    base = [*SMALL, f"tracking.uri={uri}", "experiment_name=bad"]
+    a = new_runs(uri, lambda: stop_job(compose_cfg, base))
+    b = new_runs(uri, lambda: stop_job(compose_cfg, [*base, "seed=3"]))
+    f = new_runs(uri, lambda: qlab.train.run(compose_cfg([*base, "seed=7"])))
+    client = MlflowClient(uri)
+    assert {client.get_run(r).info.status for r in a + b} == {"KILLED"}
+    path_a = Path(client.get_run(a[0]).data.tags[resume.CKPT_TAG])
+    path_b = Path(client.get_run(b[0]).data.tags[resume.CKPT_TAG])
+    return {"uri": uri, "base": base, "a": a, "b": b, "f": f, "path": path_a,
+            "bytes": path_a.read_bytes(), "path_b": path_b, "root": root}
+
+
+def snapshot(uri: str) -> list:
+    """Every run's status, end time, tags and number of points per metric."""
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.tags.items()),
+                   {k: len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics})
+                  for r in client.search_runs(exps))
+
+
+class Evil:
+    """Unpickling this would create a file: a checkpoint must never be unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _write_npz(path: Path, **arrays) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+BAD_RESUMES = {
+    # name: (extra overrides, how to spoil job A's checkpoint, what the line must say)
+    "no-such-run": (["resume=0123456789abcdef0123456789abcdef"], None, "no such run"),
+    "other-config": (["resume={a0}", "agent.lr=0.5"], None,
+                     "another config; differing keys: agent.lr=0.1->0.5"),
+    "other-experiment": (["resume={a0}", "experiment_name=elsewhere"], None,
+                         "belongs to another experiment"),
+    "finished": (["resume={f0}", "seed=7"], None, "has finished"),
+    "last-none": (["resume=last", "experiment_name=empty"], None, "no unfinished job"),
+    "no-checkpoint": (["resume={a1}"], lambda p, s: p.unlink(), "has no checkpoint"),
+    "truncated": (["resume={a1}"], lambda p, s: p.write_bytes(s["bytes"][:len(s["bytes"]) // 2]),
+                  "corrupt or truncated"),
+    "corrupt": (["resume={a0}"],
+                lambda p, s: p.write_bytes(s["bytes"][:2000] + b"\\x00" * 64 + s["bytes"][2064:]),
+                "corrupt or truncated"),
+    "foreign": (["resume={a0}"], lambda p, s: p.write_bytes(s["path_b"].read_bytes()),
+                "belongs to job"),
+    "not-qlab": (["resume={a0}"], lambda p, s: _write_npz(p, q=np.zeros(3)),
+                 "not a qlab checkpoint"),
+    "pickle": (["resume={a0}"],
+               lambda p, s: p.write_bytes(__import__("pickle").dumps(Evil(s["root"] / "pwned"))),
+               "corrupt or truncated"),
+    "other-version": (["resume={a0}"], lambda p, s: _write_npz(p, __meta__=np.frombuffer(
+        json.dumps({**checkpoint.read(s["path"].with_name("orig.npz"))[0], "version": 99,
+                    "state": {}}).encode(), dtype=np.uint8)), "format version 99"),
+    "emptied": (["resume={a0}"], lambda p, s: checkpoint.write(
+        p, {}, checkpoint.read(s["path"].with_name("orig.npz"))[0]), "does not fit this job"),
+    "locked": (["resume={a0}"], lambda p, s: s.setdefault("lock", resume.JobLock(p.parent)),
+               "being trained by another process"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_RESUMES)
+def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, capsys,
+                                                     tmp_path) -> None:
+    extra, spoil, expected = BAD_RESUMES[name]
+    path = store["path"]
+    path.write_bytes(store["bytes"])  # job A's own checkpoint, whole
+    path.with_name("orig.npz").write_bytes(store["bytes"])
+    ids = {"a0": store["a"][0], "a1": store["a"][1], "f0": store["f"][0]}
+    if spoil is not None:
+        spoil(path, store)
+    spoiled = path.read_bytes() if path.exists() else None
+    before = snapshot(store["uri"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["qlab-train", *store["base"],
+                                      *(e.format(**ids) for e in extra)])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            qlab.train.main()
+    finally:
+        lock = store.pop("lock", None)
+        if lock is not None:
+            lock.release()
+    assert exit_info.value.code not in (0, None)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("qlab-train: error: resume=") or lines[0].startswith(
+        "qlab-train: error: checkpoint "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert snapshot(store["uri"]) == before  # no new run, no status or tag changed
+    assert (path.read_bytes() if path.exists() else None) == spoiled
+    assert not (store["root"] / "pwned").exists()
+
+
+def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> None:
+    """After every refused attempt, job A resumes and finishes, each episode logged once."""
+    store["path"].write_bytes(store["bytes"])
+    qlab.train.run(compose_cfg([*store["base"], f"resume={store['a'][0]}"]))
+    assert "resuming job" in capsys.readouterr().err
+    client = MlflowClient(store["uri"])
+    for run_id in store["a"]:
+        assert client.get_run(run_id).info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
+        assert sorted(steps) == list(range(100))

@@ -218,7 +218,10 @@ def _resume(client: MlflowClient, spec: str, job_id: str, runs: list, resolved: 
     if not runs[0].data.tags.get(CKPT_TAG) or not path.is_file():
         raise ResumeError(f"{what}: job {job_id} has no checkpoint at {path} (it stopped before "
                           "the first one, or checkpoint_every=0)")
-    lock = JobLock(path.parent)
+    try:
+        lock = JobLock(path.parent)
+    except ResumeError as exc:
+        raise ResumeError(f"{what}: {exc}") from None
     try:
         header, state = checkpoint.read(path)
         run_ids = [r.info.run_id for r in runs]
