@@ -84,13 +84,21 @@ class ReplayBuffer:
                             self.next_obs[r, idx], self.terminated[r, idx])
 
     def state_dict(self) -> dict:
-        """Every slot, the write pointers and fill counts, and the sampling stream."""
-        return {**{k: getattr(self, k).copy() for k in FIELDS}, "rand": self._rand.state()}
+        """The filled slots (up to the fullest replica's fill count; the rest are still
+        zeros), the write pointers and fill counts, and the sampling stream."""
+        n = int(self.size.max(initial=0))
+        return {**{k: getattr(self, k)[:, :n].copy() for k in FIELDS[:5]},
+                "pos": self.pos.copy(), "size": self.size.copy(), "rand": self._rand.state()}
 
     def load_state_dict(self, d: dict) -> None:
-        for k in FIELDS:
-            setattr(self, k, load_array(f"agent.buffer.{k}", d[k], getattr(self, k)))
+        self.pos = load_array("agent.buffer.pos", d["pos"], self.pos)
+        self.size = load_array("agent.buffer.size", d["size"], self.size)
         if ((self.pos < 0) | (self.pos >= self.capacity) | (self.size < 0)
                 | (self.size > self.capacity)).any():
             raise ValueError("agent.buffer.pos/size out of range")
+        n = int(self.size.max(initial=0))
+        for k in FIELDS[:5]:
+            full = getattr(self, k)
+            full[...] = 0
+            full[:, :n] = load_array(f"agent.buffer.{k}", d[k], full[:, :n])
         self._rand.load_state(d["rand"])
