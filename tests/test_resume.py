@@ -137,7 +137,7 @@ def launch(args: list[str], workdir: Path, uri: str) -> subprocess.Popen:
 def job_runs(client: MlflowClient, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id]) if exp else []
-    return sorted(runs, key=lambda r: int(r.data.tags["seed"]))
+    return sorted(runs, key=lambda r: int(r.data.tags.get("seed", -1)))
 
 
 def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
@@ -410,3 +410,64 @@ def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> No
         assert client.get_run(run_id).info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
         assert sorted(steps) == list(range(100))
+
+
+def test_resume_auto_skips_a_finished_job_and_starts_a_new_one(store, compose_cfg,
+                                                               capsys) -> None:
+    before = snapshot(store["uri"])
+    hist, run_ids = qlab.train.run(compose_cfg([*store["base"], "seed=7", "resume=auto"]))
+    assert hist is None and run_ids == store["f"]
+    assert "already FINISHED (2 run(s)); skipped" in capsys.readouterr().err
+    assert snapshot(store["uri"]) == before
+    new = new_runs(store["uri"], lambda: qlab.train.run(
+        compose_cfg([*store["base"], "seed=11", "episodes=5", "resume=auto"])))
+    assert len(new) == 2
+
+
+# ------------------------------------------------------------------ a sweep rerun
+
+@pytest.mark.slow  # two sweeps of two jobs as subprocesses: ~15 s, 35 s on a busy machine
+def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, mlflow_uri) -> None:
+    args = ["-m", "seed=0,2", *TABULAR, "resume=auto"]
+    client = MlflowClient(mlflow_uri)
+    tracking.get_or_create_experiment(client, "rerun", mlflow_uri)
+    proc = launch([*args, "experiment_name=rerun"], tmp_path, mlflow_uri)
+    deadline = time.monotonic() + 180
+    try:  # kill -9 once job 1 (seeds 0-1) finished and job 2 (seeds 2-3) has a checkpoint
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            runs = [r for r in job_runs(client, "rerun") if "seed" in r.data.tags]
+            found = list((tmp_path / "checkpoints").glob("*/checkpoint.npz"))
+            if (len(runs) == 4 and [r.info.status for r in runs[:2]] == ["FINISHED"] * 2
+                    and found):
+                break
+        else:
+            pytest.fail(f"the sweep ended (rc {proc.returncode}) before it could be killed")
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = {r.info.run_id: r for r in job_runs(client, "rerun") if "seed" in r.data.tags}
+    assert [r.info.status for r in first.values()] == ["FINISHED"] * 2 + ["RUNNING"] * 2
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    out = subprocess.run([QLAB_TRAIN, *args, "experiment_name=rerun"], cwd=tmp_path, env=env,
+                         text=True, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(rerun: resume=auto)" in out.stderr
+    assert "already FINISHED (2 run(s)); skipped" in out.stderr
+    assert "resuming job" in out.stderr
+    runs = job_runs(client, "rerun")
+    parents = [r for r in runs if r.data.tags.get("qlab.role") == "sweep"]
+    kids = [r for r in runs if r not in parents]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.info.run_id for r in kids} == set(first)  # no new runs
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
+    for r in kids:
+        if first[r.info.run_id].info.status == "FINISHED":  # skipped: untouched
+            assert r.info.end_time == first[r.info.run_id].info.end_time
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta")]
+        assert sorted(steps) == list(range(60))
