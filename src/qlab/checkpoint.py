@@ -174,8 +174,10 @@ def load_array(name: str, value: Any, like: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- runner state
 
 def history_state(hist) -> dict[str, Any]:
-    """A :class:`~qlab.runner.History` as a state dict."""
-    return {"train": {k: v.copy() for k, v in hist.train.items()},
+    """A :class:`~qlab.runner.History` as a state dict; the per-episode tables only up to
+    the furthest replica's episode (the rest is NaN), so early checkpoints stay small."""
+    n = int(hist.done.max(initial=0))
+    return {"train": {k: v[:, :n].copy() for k, v in hist.train.items()},
             "evals": {k: v.copy() for k, v in hist.evals.items()},
             "eval_steps": hist.eval_steps.copy(), "done": hist.done.copy(),
             "evals_done": hist.evals_done.copy(),
@@ -189,10 +191,24 @@ def load_history(hist, d: Mapping[str, Any]) -> None:
         if set(d[group]) != set(tables):
             raise ValueError(f"history.{group} holds {sorted(d[group])}, expected {sorted(tables)}")
         for k in tables:
-            tables[k] = load_array(f"history.{group}.{k}", d[group][k], tables[k])
+            if group == "train":  # saved up to the furthest replica's episode
+                n = np.shape(d[group][k])[-1] if np.ndim(d[group][k]) == 2 else -1
+                if not 0 <= n <= tables[k].shape[1]:
+                    raise ValueError(f"history.train.{k} has shape {np.shape(d[group][k])}")
+                tables[k][:, :n] = load_array(f"history.train.{k}", d[group][k],
+                                              tables[k][:, :n])
+            else:
+                tables[k] = load_array(f"history.{group}.{k}", d[group][k], tables[k])
     for k in ("eval_steps", "done", "evals_done"):
         setattr(hist, k, load_array(f"history.{k}", d[k], getattr(hist, k)))
+    if int(hist.done.max(initial=0)) > n_saved(d):
+        raise ValueError("history.done runs past the saved episodes")
     hist.failed = {int(k): str(v) for k, v in d["failed"].items()}
+
+
+def n_saved(d: Mapping[str, Any]) -> int:
+    """Episodes saved per replica in a :func:`history_state` (0 without train tables)."""
+    return min((np.shape(v)[-1] for v in d["train"].values()), default=0)
 
 
 def load_into(arrays: Mapping[str, np.ndarray], d: Mapping[str, Any], name: str) -> None:
