@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 import qlab.train
 from qlab.agents.qlearning import TabularQ
+from qlab.tracking import get_or_create_experiment
 
 
 def _runs(uri: str, experiment: str) -> dict[str, object]:
@@ -72,6 +73,9 @@ def test_exception_leaves_traceback_artifact(compose_cfg, shared_store, experime
 def test_sigterm_ends_runs_killed_with_metrics(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # Create the store first: polling a store that qlab-train is still migrating crashes it
+    # ("table ... already exists", DESIGN trap 2).
+    get_or_create_experiment(MlflowClient(uri), "sigterm", uri)
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "qlab-train"), "env.height=12", "env.width=12",
          "replicas=2", "episodes=100000", "tracking.flush_seconds=0.2",

@@ -120,6 +120,9 @@ class QlabConfig:
     fast: str = "auto"  # compiled tabular fast path (qlab.fastpath): auto | on | off
     experiment_name: str = "qlab"  # MLflow experiment
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint_every: int = 100  # checkpoint the job every this many episodes (0: never)
+    checkpoint_dir: str | None = None  # null: checkpoints/ beside a sqlite store, else the root
+    resume: str | None = None  # RUN_ID | last | auto: continue a job from its checkpoint
 
 
 AGENT_SCHEMAS: dict[str, type] = {"tabular_q": TabularQConfig}
@@ -243,4 +246,9 @@ def validate(cfg: DictConfig) -> QlabConfig:
     if c.tracking.max_points is not None:
         _check_range("tracking.max_points", c.tracking.max_points, 1)
     fastpath.check_config(c.fast, a.name)
+    _check_range("checkpoint_every", c.checkpoint_every, 0)
+    if c.resume is not None and not str(c.resume).strip():
+        _fail("resume", c.resume, "must be a run id, last or auto")
+    if c.resume is not None and not c.tracking.enabled:
+        _fail("resume", c.resume, "needs tracking.enabled=true (jobs are found by their runs)")
     return c

@@ -25,6 +25,20 @@ def derive_seed(seed: int, stream: int, *more: int) -> int:
     return int(np.random.SeedSequence([int(seed), stream, *map(int, more)]).generate_state(1)[0])
 
 
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def generator_from_state(state: dict) -> np.random.Generator:
+    """A numpy Generator continuing from ``gen.bit_generator.state`` (numpy's own kinds only)."""
+    kind = state.get("bit_generator") if isinstance(state, dict) else None
+    if kind not in BIT_GENERATORS:
+        raise ValueError(f"random generator of kind {kind!r}: expected one of "
+                         + ", ".join(BIT_GENERATORS))
+    bit = getattr(np.random, kind)()
+    bit.state = state
+    return np.random.Generator(bit)
+
+
 class ReplicaUniforms:
     """Uniform [0, 1) numbers, drawn in blocks per replica so hot loops never call R generators."""
 
@@ -49,3 +63,16 @@ class ReplicaUniforms:
         """Everything needed to continue the streams exactly (for checkpoints)."""
         return {"gens": [g.bit_generator.state for g in self._gens],
                 "buf": self._buf[:, self._pos:].copy()}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from :meth:`state`: the same numbers follow as after the call that took it."""
+        gens, buf = state["gens"], np.asarray(state["buf"], dtype=np.float64)
+        if len(gens) != len(self._gens) or buf.ndim != 2 or buf.shape[0] != len(self._gens):
+            raise ValueError(f"random streams of {len(gens)} replica(s), buffer {buf.shape}: "
+                             f"expected {len(self._gens)} replica(s)")
+        for g, s in zip(self._gens, gens, strict=True):
+            if s.get("bit_generator") != type(g.bit_generator).__name__:
+                raise ValueError(f"random stream of kind {s.get('bit_generator')!r}: expected "
+                                 f"{type(g.bit_generator).__name__}")
+            g.bit_generator.state = s
+        self._buf, self._pos = buf.copy(), 0

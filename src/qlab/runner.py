@@ -129,6 +129,22 @@ class RolloutEvaluator:
                 running[i] = not (term or trunc)
         return {"eval/return": float(returns.mean())}
 
+    def state_dict(self) -> dict:
+        """The random state of every eval env copy made so far (they are between episodes)."""
+        return {str(k): {str(i): env.unwrapped.np_random.bit_generator.state
+                         for i, env in enumerate(envs)} for k, envs in self._envs.items()}
+
+    def load_state_dict(self, d: dict) -> None:
+        from qlab.rng import generator_from_state
+
+        self._envs = {}
+        for k, states in d.items():
+            envs = self._envs[int(k)] = [self.make_env() for _ in range(self.episodes)]
+            if set(states) != {str(i) for i in range(self.episodes)}:
+                raise ValueError(f"evaluator: {len(states)} eval envs, expected {self.episodes}")
+            for i, env in enumerate(envs):
+                env.unwrapped.np_random = generator_from_state(states[str(i)])
+
 
 class ProgressBar:
     """One bar per run over all replicas' episodes; silent when stderr is not a terminal."""
@@ -143,30 +159,54 @@ class ProgressBar:
         self._bar.close()
 
 
+def loop_state(replicas: int, stat_keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The runner's per-replica counters at the start of training; besides the History and
+    the objects' own state, they are all a checkpoint needs to continue the loop."""
+    R = replicas
+    return {"ep": np.zeros(R, dtype=np.int64), "steps": np.zeros(R, dtype=np.int64),
+            "length": np.zeros(R, dtype=np.int64), "ret": np.zeros(R), "qd_sum": np.zeros(R),
+            "qd_cnt": np.zeros(R), "stat_cnt": np.zeros(R), "active": np.ones(R, dtype=bool),
+            **{f"stat_sum/{s}": np.zeros(R) for s in stat_keys}}
+
+
 def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
           evaluator: Callable[[int, Any], dict[str, float]] | None = None,
           listeners: Sequence[Listener] = (), flush_seconds: float = 2.0,
-          total_steps: int | None = None) -> History:
+          total_steps: int | None = None,
+          checkpoint: Callable[[dict[str, np.ndarray], History], None] | None = None,
+          checkpoint_every: int = 0,
+          resume: tuple[History, dict[str, np.ndarray]] | None = None,
+          stop: Callable[[], BaseException | None] | None = None) -> History:
     """Train every replica for ``episodes`` episodes, or until it has taken ``total_steps``
     env steps (the episode running then is cut and recorded); returns the metric history.
-    ``evaluator(k, agent)`` scores replica k every ``eval_every`` episodes and at its end."""
+    ``evaluator(k, agent)`` scores replica k every ``eval_every`` episodes and at its end.
+
+    ``checkpoint(loop, history)`` is called at the lock-step boundary where the fewest
+    episodes any active replica has finished reaches a multiple of ``checkpoint_every``, and
+    before raising what ``stop()`` returns (a pending Ctrl-C / SIGTERM). ``resume`` =
+    (history, loop) of a checkpoint continues from there; env, agent and evaluator must
+    already hold the checkpoint's state."""
     R = env.num_envs
     stat_keys = tuple(getattr(agent, "stat_keys", ()))
     hist = History.empty(R, episodes, eval_every, evaluator.keys if evaluator else (), stat_keys)
-    stat_sum = {s: np.zeros(R) for s in stat_keys}
-    stat_cnt = np.zeros(R)
     eval_at = np.zeros(episodes, dtype=bool)
     eval_at[hist.eval_steps[0]] = True
+    loop = loop_state(R, stat_keys)
+    if resume is not None:
+        hist = resume[0]
+        for k, v in resume[1].items():
+            loop[k][...] = v
+    stat_sum = {s: loop[f"stat_sum/{s}"] for s in stat_keys}
+    stat_cnt = loop["stat_cnt"]
     budget = total_steps if total_steps is not None else np.iinfo(np.int64).max
     rows = np.arange(R)
-    ep = np.zeros(R, dtype=np.int64)
-    steps = np.zeros(R, dtype=np.int64)
-    length = np.zeros(R, dtype=np.int64)
-    ret, qd_sum, qd_cnt = np.zeros(R), np.zeros(R), np.zeros(R)
-    active = np.ones(R, dtype=bool)
+    ep, steps, length, active = loop["ep"], loop["steps"], loop["length"], loop["active"]
+    ret, qd_sum, qd_cnt = loop["ret"], loop["qd_sum"], loop["qd_cnt"]
     per_step = schedule.unit == "step"
     tr = hist.train
-    state = env.reset()
+    state = env.reset() if resume is None else env.state.copy()
+    ckpt_mark = (int(ep[active].min()) // checkpoint_every
+                 if checkpoint_every and active.any() else 0)
     last_flush = time.monotonic()
     ep_start = np.full(R, last_flush)
     try:
@@ -228,6 +268,15 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
                 last_flush = now
                 for listener in listeners:
                     listener.update(hist)
+            if checkpoint is not None and checkpoint_every and finished.any() and active.any():
+                mark = int(ep[active].min()) // checkpoint_every
+                if mark > ckpt_mark:
+                    ckpt_mark = mark
+                    checkpoint(loop, hist)
+            if stop is not None and (exc := stop()) is not None:
+                if checkpoint is not None:
+                    checkpoint(loop, hist)
+                raise exc
     finally:
         for listener in listeners:
             listener.update(hist)

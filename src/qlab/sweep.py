@@ -27,6 +27,7 @@ from qlab import tracking
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
 SWEEP_ENV = "QLAB_SWEEP_ID"
+SWEEP_KEY_TAG = "qlab.sweep_key"
 # Swept keys that make replicas of one group rather than groups of their own.
 SEED_KEYS = ("seed", "replicas")
 
@@ -74,18 +75,42 @@ class SweepCallback(Callback):
         overrides = list(config.hydra.overrides.task)
         sweeper_params = config.hydra.sweeper.get("params") or {}
         overrides += [f"{k}={v}" for k, v in sweeper_params.items()]
-        parent = client.create_run(exp_id, run_name=f"sweep-{config.experiment_name}-{sweep_id}",
-                                   tags={"sweep_id": sweep_id, "qlab.role": "sweep"})
-        run_id = parent.info.run_id
-        client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
+        key = sweep_key(overrides)
+        parent = previous_sweep(client, exp_id, key) if config.get("resume") == "auto" else None
+        rerun = parent is not None
+        if rerun:  # a rerun: its jobs skip or resume under the same parent run
+            run_id, sweep_id = parent.info.run_id, parent.data.tags["sweep_id"]
+            client.update_run(run_id, status="RUNNING")
+        else:
+            parent = client.create_run(exp_id, tags={"sweep_id": sweep_id, "qlab.role": "sweep",
+                                                     SWEEP_KEY_TAG: key},
+                                       run_name=f"sweep-{config.experiment_name}-{sweep_id}")
+            run_id = parent.info.run_id
+            client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
         _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,
                        group_by=swept_keys(overrides))
         os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = run_id, sweep_id
         print(f"qlab: sweep {sweep_id} -> MLflow experiment {config.experiment_name!r}, "
-              f"parent run {run_id}", file=sys.stderr)
+              f"parent run {run_id}{' (rerun: resume=auto)' if rerun else ''}",
+              file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish()
+
+
+def sweep_key(overrides: list[str]) -> str:
+    """What makes two sweep command lines the same sweep: their overrides, ``resume`` aside."""
+    import hashlib
+
+    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16]
+
+
+def previous_sweep(client: MlflowClient, exp_id: str, key: str):
+    """The latest parent run of the same sweep (see :func:`sweep_key`), or None."""
+    runs = client.search_runs([exp_id], f"tags.`{SWEEP_KEY_TAG}` = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
 
 
 def children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
@@ -142,7 +167,8 @@ def finish(failed: bool = False) -> None:
                   file=sys.stderr)
             client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
             client.log_text(run_id, text + "\n", "sweep_summary.txt")
-        client.log_metric(run_id, "sweep/runs", len(runs))
+        reruns = len(client.get_metric_history(run_id, "sweep/runs"))  # resume=auto reruns
+        client.log_metric(run_id, "sweep/runs", len(runs), step=reruns)
     finally:
         client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         for var in (PARENT_ENV, SWEEP_ENV):

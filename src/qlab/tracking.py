@@ -88,17 +88,23 @@ def curve_steps(lo: int, hi: int, max_points: int | None) -> np.ndarray:
 
 
 class Tracker:
-    """The MLflow runs of one job's replicas; ``update(history)`` logs what is new."""
+    """The MLflow runs of one job's replicas; ``update(history)`` logs what is new.
+    ``logged[k]`` (resumed runs) maps each metric key to the last step run k already holds:
+    points up to it are never sent again."""
 
     def __init__(self, client: MlflowClient, run_ids: Sequence[str],
-                 max_points: int | None = None) -> None:
+                 max_points: int | None = None,
+                 logged: Sequence[Mapping[str, int]] | None = None) -> None:
         self.client = client
         self.run_ids = list(run_ids)
         self.max_points = max_points
         self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
-        self._last_logged = np.full(len(run_ids), -1, dtype=np.int64)
+        self._logged = [dict(m) for m in logged] if logged else [{} for _ in self.run_ids]
+        # per run, the last episode whose train/* points are all in the store
+        self._last_logged = np.array([min((v for key, v in m.items() if key.startswith("train/")),
+                                          default=-1) for m in self._logged], dtype=np.int64)
         self._history = None
 
     def update(self, history) -> None:
@@ -109,18 +115,21 @@ class Tracker:
         for k, run_id in enumerate(self.run_ids):
             lo, hi = self._train_sent[k], history.done[k]
             elo, ehi = self._eval_sent[k], history.evals_done[k]
-            steps = curve_steps(lo, hi, self.max_points)
-            metrics = [Metric(key, float(table[k, e]), now, int(e))
-                       for key, table in history.train.items() for e in steps]
+            old = self._logged[k]
+            metrics = []
+            for key, table in history.train.items():
+                steps = curve_steps(max(lo, old.get(key, -1) + 1), hi, self.max_points)
+                metrics += [Metric(key, float(table[k, e]), now, int(e)) for e in steps]
+            last = curve_steps(lo, hi, self.max_points)
             metrics += [Metric(key, float(v), now, int(step))
                         for key, table in history.evals.items()
                         for step, v in zip(history.eval_steps[k, elo:ehi], table[k, elo:ehi],
-                                           strict=True)]
+                                           strict=True) if step > old.get(key, -1)]
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
             self._train_sent[k], self._eval_sent[k] = hi, ehi
-            if steps.size:
-                self._last_logged[k] = steps[-1]
+            if last.size:
+                self._last_logged[k] = max(self._last_logged[k], last[-1])
 
     def _close_history(self) -> None:
         """Each replica's last episode as a point (if thinning skipped it), and its whole
@@ -154,7 +163,9 @@ class Tracker:
     def log_values(self, key: str, values: np.ndarray, step: int) -> None:
         """One value per replica (e.g. a summary number) as metric ``key`` at ``step``."""
         now = int(time.time() * 1000)
-        for run_id, v in zip(self.run_ids, values, strict=True):
+        for k, (run_id, v) in enumerate(zip(self.run_ids, values, strict=True)):
+            if step <= self._logged[k].get(key, -1):
+                continue  # logged before a resume
             self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step))])
 
     def log_text(self, name: str, text: str) -> None:
@@ -196,22 +207,27 @@ class NullTracker:
 @contextlib.contextmanager
 def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
               replicas: Sequence[Mapping[str, str]], run_names: Sequence[str],
-              max_points: int | None = None) -> Iterator[Tracker]:
+              max_points: int | None = None,
+              resume_ids: Sequence[str] | None = None) -> Iterator[Tracker]:
     """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
     (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
-    ``max_points``: see :func:`curve_steps`."""
+    ``max_points``: see :func:`curve_steps`. ``resume_ids``: continue these existing runs
+    instead (see :func:`reopen`)."""
     client = MlflowClient(tracking_uri=uri)
-    exp_id = get_or_create_experiment(client, experiment_name, uri)
-    run_ids = []
-    for own, name in zip(replicas, run_names, strict=True):
-        run = client.create_run(exp_id, run_name=name,
-                                tags={k: str(v) for k, v in own["tags"].items()})
-        run_ids.append(run.info.run_id)
-        merged = {**params, **own["params"]}
-        items = [Param(k, v) for k, v in merged.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
-    tracker = Tracker(client, run_ids, max_points)
+    if resume_ids:
+        tracker = Tracker(client, resume_ids, max_points, reopen(client, resume_ids))
+    else:
+        exp_id = get_or_create_experiment(client, experiment_name, uri)
+        run_ids = []
+        for own, name in zip(replicas, run_names, strict=True):
+            run = client.create_run(exp_id, run_name=name,
+                                    tags={k: str(v) for k, v in own["tags"].items()})
+            run_ids.append(run.info.run_id)
+            merged = {**params, **own["params"]}
+            items = [Param(k, v) for k, v in merged.items()]
+            for i in range(0, len(items), PARAMS_PER_BATCH):
+                client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
+        tracker = Tracker(client, run_ids, max_points)
     try:
         yield tracker
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
@@ -225,4 +241,19 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
         tracker.finish("FINISHED", failed=tracker.failed)
 
 
-__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "curve_steps"]
+def reopen(client: MlflowClient, run_ids: Sequence[str]) -> list[dict[str, int]]:
+    """Set runs back to RUNNING (dropping the ``error`` tag of how they stopped); returns,
+    per run, the last step it holds of each metric key."""
+    logged = []
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        logged.append({key: max((m.step for m in client.get_metric_history(run_id, key)),
+                                default=-1) for key in run.data.metrics})
+        if "error" in run.data.tags:
+            client.delete_tag(run_id, "error")
+        client.update_run(run_id, status="RUNNING")
+    return logged
+
+
+__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "curve_steps",
+           "reopen"]

@@ -7,43 +7,24 @@ runner together. It wires; the modules compute.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from qlab import agents, envs, exploration, fastpath, runner, sweep, tracking
+from qlab import agents, checkpoint, envs, exploration, fastpath, resume, runner, sweep, tracking
+from qlab.checkpoint import CheckpointError
 from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
+from qlab.resume import ResumeError
+from qlab.stopping import GracefulStop, Terminated
 
 register()
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what SLURM sends at its time limit): handled like Ctrl-C, runs end KILLED."""
+__all__ = ["run", "main", "Terminated", "ReplicaFailure"]
 
 
 class ReplicaFailure(RuntimeError):
     """Some replicas were stopped (non-finite values); the others finished."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
@@ -53,7 +34,6 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     env = envs.make(c.env, seeds)
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
-    trainer = fastpath.choose(c.fast, env, agent, schedule)  # runner.train or its compiled twin
     if env.model is not None:
         evaluator = runner.Evaluator(env.model, agent.gamma)
     else:  # no model (CartPole): greedy rollouts on separate eval env copies
@@ -61,22 +41,51 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
             c.eval_episodes)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = tracking.flatten(resolved)
+    job = None
+    if c.tracking.enabled:  # checkpoints and resume go with tracked runs
+        uri = c.tracking.uri or tracking.default_uri()
+        job = resume.plan_job(uri, c.experiment_name, c.resume, resolved, params,
+                              resume.checkpoint_root(c.checkpoint_dir, uri))
+        if job.skip:
+            resume.announce(job)
+            return None, job.run_ids
+        resume.restore(job, env, agent, evaluator, c.episodes, c.eval_every)
+        resume.announce(job)
+    trainer = choose_trainer(c, job, env, agent, schedule)
     replicas = [{"params": {"seed": str(s)},
                  "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                          **sweep.job_tags()}} for s in seeds]
+                          **sweep.job_tags(), **(job.tags if job else {})}} for s in seeds]
     names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
     bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
     if not c.tracking.enabled:
         ctx = contextlib.nullcontext(tracking.NullTracker())
     else:
-        uri = c.tracking.uri or tracking.default_uri()
-        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names,
-                                 max_points=c.tracking.max_points)
+        ctx = tracking.open_runs(uri, c.experiment_name, params, replicas, names,
+                                 max_points=c.tracking.max_points, resume_ids=job.run_ids)
+    stop = GracefulStop()
     try:
-        with _sigterm_as_interrupt(), ctx as tracker:
-            hist = trainer(env, agent, schedule, c.episodes, c.eval_every, evaluator,
-                           listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
-                           total_steps=c.total_steps)
+        with stop, ctx as tracker:
+            ckpt = None
+            if job is not None and c.checkpoint_every:
+                job.acquire()
+                ckpt = checkpoint.Checkpointer(
+                    job.path, {"job_id": job.job_id, "run_ids": tracker.run_ids,
+                               "config": checkpoint.identity(resolved),
+                               "config_hash": checkpoint.config_hash(resolved)},
+                    env, agent, evaluator)
+            if trainer is runner.train:
+                with stop.deferring():  # Ctrl-C / SIGTERM: checkpoint at a lock-step, then KILLED
+                    hist = runner.train(env, agent, schedule, c.episodes, c.eval_every,
+                                        evaluator, listeners=[tracker, bar],
+                                        flush_seconds=c.tracking.flush_seconds,
+                                        total_steps=c.total_steps, checkpoint=ckpt,
+                                        checkpoint_every=c.checkpoint_every,
+                                        resume=job.start if job else None, stop=stop)
+            else:  # the compiled twin: no checkpoints (see choose_trainer)
+                hist = trainer(env, agent, schedule, c.episodes, c.eval_every, evaluator,
+                               listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
+                               total_steps=c.total_steps)
             if evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal",
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
@@ -89,13 +98,30 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
                                                names)
                 if heatmap is not None:
                     tracker.log_replica_files(heatmap)
+        if job is not None:
+            job.finished()  # training is complete: its checkpoint has no more use
     finally:
         bar.close()
+        if job is not None:
+            job.release()
     print(summary(c, hist), file=sys.stderr)
     if hist.failed:
         raise ReplicaFailure("; ".join(f"seed {seeds[k]} ({why})"
                                        for k, why in sorted(hist.failed.items())))
     return hist, tracker.run_ids
+
+
+def choose_trainer(c: QlabConfig, job, env, agent, schedule):
+    """``runner.train`` or its compiled twin (``qlab.fastpath``, ``fast=auto|on|off``). The
+    compiled path writes no checkpoints, so a job that checkpoints (tracked, with
+    ``checkpoint_every`` > 0) or resumes trains on the reference path."""
+    if job is not None and (c.checkpoint_every or job.start is not None):
+        if c.fast == "on":
+            raise ConfigError("fast='on': the compiled fast path writes no checkpoints; set "
+                              "checkpoint_every=0 (tracked runs checkpoint by default), or "
+                              "fast=auto")
+        return runner.train
+    return fastpath.choose(c.fast, env, agent, schedule)
 
 
 def summary(c: QlabConfig, hist: runner.History) -> str:
@@ -121,7 +147,7 @@ def summary(c: QlabConfig, hist: runner.History) -> str:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except ConfigError as exc:
+    except (ConfigError, ResumeError, CheckpointError) as exc:
         print(f"qlab-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except ReplicaFailure as exc:

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from qlab.agents.replay import ReplayBuffer
 from qlab.agents.tabular import Transition, Updates
+from qlab.checkpoint import load_array
 from qlab.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
 
 ADAM_BETAS = (0.9, 0.999)
@@ -294,6 +295,26 @@ class DQN:
         else:
             new = self.tau * self.params + (1.0 - self.tau) * self.target
         self.target = torch.where(mask[:, None], new, self.target)
+
+    # ---- checkpoints ----
+    def state_dict(self) -> dict:
+        """Online and target networks, Adam's moments and step counts, env-step counters,
+        the acting stream and the replay buffer (tensors as numpy arrays)."""
+        return {"params": self.params.detach().numpy().copy(),
+                "target": self.target.numpy().copy(), "adam_m": self._m.numpy().copy(),
+                "adam_v": self._v.numpy().copy(), "adam_t": self._t.numpy().copy(),
+                "steps": self.steps.copy(), "rand": self._rand.state(),
+                "buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from :meth:`state_dict` (an agent built with the same config)."""
+        t = lambda name, x: torch.from_numpy(load_array(f"agent.{name}", d[name],  # noqa: E731
+                                                        x.numpy()))
+        self.params, self.target = t("params", self.params.detach()), t("target", self.target)
+        self._m, self._v, self._t = t("adam_m", self._m), t("adam_v", self._v), t("adam_t", self._t)
+        self.steps = load_array("agent.steps", d["steps"], self.steps)
+        self._rand.load_state(d["rand"])
+        self.buffer.load_state_dict(d["buffer"])
 
     # ---- artifacts ----
     def save(self, replica: int, directory: Path) -> None:

@@ -12,7 +12,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qlab.checkpoint import load_array
 from qlab.rng import ReplicaUniforms
+
+FIELDS = ("obs", "next_obs", "action", "reward", "terminated", "pos", "size")
 
 
 class ReplaySample(NamedTuple):
@@ -79,3 +82,23 @@ class ReplayBuffer:
         r = self._rows[:, None]
         return ReplaySample(self.obs[r, idx], self.action[r, idx], self.reward[r, idx],
                             self.next_obs[r, idx], self.terminated[r, idx])
+
+    def state_dict(self) -> dict:
+        """The filled slots (up to the fullest replica's fill count; the rest are still
+        zeros), the write pointers and fill counts, and the sampling stream."""
+        n = int(self.size.max(initial=0))
+        return {**{k: getattr(self, k)[:, :n].copy() for k in FIELDS[:5]},
+                "pos": self.pos.copy(), "size": self.size.copy(), "rand": self._rand.state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.pos = load_array("agent.buffer.pos", d["pos"], self.pos)
+        self.size = load_array("agent.buffer.size", d["size"], self.size)
+        if ((self.pos < 0) | (self.pos >= self.capacity) | (self.size < 0)
+                | (self.size > self.capacity)).any():
+            raise ValueError("agent.buffer.pos/size out of range")
+        n = int(self.size.max(initial=0))
+        for k in FIELDS[:5]:
+            full = getattr(self, k)
+            full[...] = 0
+            full[:, :n] = load_array(f"agent.buffer.{k}", d[k], full[:, :n])
+        self._rand.load_state(d["rand"])

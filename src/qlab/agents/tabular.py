@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qlab.checkpoint import load_array
 from qlab.rng import AGENT_STREAM, ReplicaUniforms
 
 
@@ -72,6 +73,22 @@ class TabularAgent:
     def learn(self, tr: Transition) -> Updates:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """Everything learning changes: Q, the random stream, a stored episode (checkpoints)."""
+        out = {"q": self.q.copy(), "rand": self._rand.state()}
+        episodes = getattr(self, "_episodes", None)
+        if episodes is not None:
+            out["episodes"] = episodes.state_dict()
+        return out
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from :meth:`state_dict` (an agent built with the same config)."""
+        self.q = load_array("agent.q", d["q"], self.q)
+        self._rand.load_state(d["rand"])
+        episodes = getattr(self, "_episodes", None)
+        if episodes is not None:
+            episodes.load_state_dict(d["episodes"])
+
 
 class EpisodeBuffer:
     """The transitions of each replica's current episode, for updates made at episode end."""
@@ -106,6 +123,19 @@ class EpisodeBuffer:
         for name, arr in self.fields.items():
             arr[rows, t] = getattr(tr, name)[rows]
         self.length[rows] += 1
+
+    def state_dict(self) -> dict:
+        return {"length": self.length.copy(), **{k: v.copy() for k, v in self.fields.items()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.length = load_array("agent.episodes.length", d["length"], self.length)
+        cap = int(np.asarray(d["state"]).shape[-1]) if np.ndim(d["state"]) == 2 else -1
+        if cap < max(1, int(self.length.max(initial=0))):
+            raise ValueError(f"agent.episodes.state has shape {np.shape(d['state'])}, "
+                             f"expected ({len(self.length)}, >= {self.length.max()})")
+        self.fields = {k: load_array(f"agent.episodes.{k}", d[k],
+                                     np.zeros((len(self.length), cap), dtype=v.dtype))
+                       for k, v in self.fields.items()}
 
     def take(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The stored episodes of ``rows`` (fields of shape (len(rows), T)) and their lengths;

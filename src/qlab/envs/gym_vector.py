@@ -17,7 +17,62 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from qlab.checkpoint import load_array
 from qlab.envs.vector import Step
+from qlab.rng import generator_from_state
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def env_state(env: gymnasium.Env) -> dict:
+    """A gymnasium env's whole state as plain values: its ``np_random`` state, every plain
+    attribute (numbers, strings, None) and numpy array of the unwrapped env (CartPole's
+    ``state``, ``steps_beyond_terminated``, ...), and each wrapper's plain attributes
+    (TimeLimit's ``_elapsed_steps``, OrderEnforcing's ``_has_reset``, the passive checker's
+    flags). Other attributes (spaces, render handles) come from the constructor, unsaved."""
+    u = env.unwrapped
+    attrs, arrays = {}, {}
+    for name, v in vars(u).items():
+        if name.startswith("_np_random"):
+            continue
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, _PLAIN):
+            attrs[name] = v
+        elif isinstance(v, np.ndarray) and v.dtype != object:
+            arrays[name] = v.copy()
+    rng = getattr(u, "_np_random", None)
+    wrappers, w, i = {}, env, 0
+    while isinstance(w, gymnasium.Wrapper):
+        wrappers[str(i)] = {k: v.item() if isinstance(v, np.generic) else v
+                            for k, v in vars(w).items()
+                            if isinstance(v, (*_PLAIN, np.generic)) and not k.startswith("__")}
+        w, i = w.env, i + 1
+    return {"rng": None if rng is None else rng.bit_generator.state, "attrs": attrs,
+            "arrays": arrays, "wrappers": wrappers}
+
+
+def load_env_state(env: gymnasium.Env, d: Mapping[str, Any], name: str = "env") -> None:
+    """Put :func:`env_state` back into an env built the same way."""
+    u = env.unwrapped
+    if d["rng"] is not None:
+        u.np_random = generator_from_state(d["rng"])
+    for key, v in {**d["attrs"], **d["arrays"]}.items():
+        if key not in vars(u):
+            raise ValueError(f"{name}: {type(u).__name__} has no attribute {key!r}")
+        old = getattr(u, key)
+        if isinstance(v, np.ndarray) and isinstance(old, np.ndarray):
+            v = load_array(f"{name}.{key}", v, old)
+        setattr(u, key, v)
+    w, i = env, 0
+    while isinstance(w, gymnasium.Wrapper):
+        for k, v in d["wrappers"].get(str(i), {}).items():
+            if not hasattr(w, k):
+                raise ValueError(f"{name}: wrapper {type(w).__name__} has no attribute {k!r}")
+            setattr(w, k, v)
+        if getattr(w, "checked_data_reuse", True) is False:
+            w.checked_data_reuse = True  # the passive checker's one-off warning: its data is gone
+        w, i = w.env, i + 1
 
 
 def make_gym(env_id: str, max_steps: int | None = None,
@@ -87,3 +142,17 @@ class GymVecEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+    def state_dict(self) -> dict:
+        """Current observations, whether the first (seeding) reset happened, each copy's
+        whole state (:func:`env_state`), mid-episode included."""
+        return {"state": self.state.copy(), "seeded": self._seeded,
+                "envs": {str(k): env_state(env) for k, env in enumerate(self.envs)}}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = load_array("env.state", d["state"], self.state)
+        self._seeded = bool(d["seeded"])
+        if set(d["envs"]) != {str(k) for k in range(self.num_envs)}:
+            raise ValueError(f"env holds {len(d['envs'])} copies, expected {self.num_envs}")
+        for k, env in enumerate(self.envs):
+            load_env_state(env, d["envs"][str(k)], f"env[{k}]")

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qlab.checkpoint import load_array
 from qlab.envs.model import TabularModel
 from qlab.rng import ENV_STREAM, ReplicaUniforms
 
@@ -42,6 +43,7 @@ class TabularVecEnv:
         self._rows = np.arange(self.num_envs)
         self.state = np.zeros(self.num_envs, dtype=np.int64)
         self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
+        self._restart_u = np.zeros(self.num_envs)
 
     def _starts(self, u: np.ndarray) -> np.ndarray:
         return np.searchsorted(self._init_cum, u, side="right")
@@ -85,3 +87,17 @@ class TabularVecEnv:
             self.state = np.where(mask, self._starts(self._restart_u), self.state)
             self.elapsed[mask] = 0
         return self.state.copy()
+
+    def state_dict(self) -> dict:
+        """Current states, steps into the episode, the pending restart draws, the stream."""
+        return {"state": self.state.copy(), "elapsed": self.elapsed.copy(),
+                "restart_u": np.asarray(self._restart_u, dtype=np.float64).copy(),
+                "rand": self._rand.state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = load_array("env.state", d["state"], self.state)
+        if ((self.state < 0) | (self.state >= self.n_states)).any():
+            raise ValueError(f"env.state out of range 0..{self.n_states - 1}")
+        self.elapsed = load_array("env.elapsed", d["elapsed"], self.elapsed)
+        self._restart_u = load_array("env.restart_u", d["restart_u"], np.zeros(self.num_envs))
+        self._rand.load_state(d["rand"])

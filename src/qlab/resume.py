@@ -1,0 +1,268 @@
+"""Resuming a job from its checkpoint: find the job's MLflow runs, check the checkpoint
+fits them and the config, and lock the job so two processes never train it at once.
+
+A job (R replicas, one run each) is tied together by the tag ``qlab.job_id``; its runs also
+carry ``qlab.config_hash`` (:func:`qlab.checkpoint.config_hash`) and ``qlab.checkpoint``
+(the checkpoint's path). ``resume`` is
+
+- ``RUN_ID``: the job one of whose runs this is;
+- ``last``: the experiment's most recently started job that has a run not FINISHED and a
+  checkpoint on disk;
+- ``auto``: the job with the same config hash: skipped if its runs all FINISHED, resumed if
+  it has a checkpoint, started afresh otherwise (what a rerun of a sweep wants).
+
+Every check happens before anything is written: bad input leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from qlab import checkpoint
+from qlab.checkpoint import CheckpointError
+from qlab.config import ROOT
+
+JOB_TAG = "qlab.job_id"
+HASH_TAG = "qlab.config_hash"
+CKPT_TAG = "qlab.checkpoint"
+LOCK_NAME = "lock"
+
+
+class ResumeError(ValueError):
+    """A resume that cannot go ahead; the message is one line."""
+
+
+def checkpoint_root(checkpoint_dir: str | None, uri: str) -> Path:
+    """``checkpoint_dir``, else ``checkpoints/`` beside a sqlite store, else at the project root."""
+    if checkpoint_dir:
+        return Path(checkpoint_dir).expanduser().resolve()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "checkpoints"
+    return ROOT / "checkpoints"
+
+
+class JobLock:
+    """An exclusive ``flock`` on ``<job dir>/lock`` while a process trains the job; the
+    kernel drops it when the process dies, even by kill -9."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / LOCK_NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ResumeError(f"job in {directory} is being trained by another process "
+                              f"(its lock {self.path} is held)") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass
+class Plan:
+    """What ``qlab-train`` does with this job: start it, resume it, or skip it."""
+
+    job_id: str
+    directory: Path
+    run_ids: list[str] | None = None  # existing runs to continue (None: create new ones)
+    start: tuple[Any, dict] | None = None  # (History, loop) for runner.train(resume=...)
+    skip: bool = False  # resume=auto found the job FINISHED
+    lock: JobLock | None = None
+    state: dict | None = None  # the checkpoint's state, until restore() puts it in place
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / checkpoint.FILE_NAME
+
+    def acquire(self) -> None:
+        """Hold the job's lock while training (resumed plans hold it already)."""
+        if self.lock is None:
+            self.lock = JobLock(self.directory)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def finished(self) -> None:
+        """Training completed and the runs are FINISHED: the checkpoint has no more use."""
+        self.path.unlink(missing_ok=True)
+        (self.directory / LOCK_NAME).unlink(missing_ok=True)
+        self.release()
+        try:
+            self.directory.rmdir()
+        except OSError:
+            pass
+
+
+def _job_runs(client: MlflowClient, exp_id: str, job_id: str) -> list:
+    runs = client.search_runs([exp_id], f"tags.`{JOB_TAG}` = '{job_id}'", max_results=10_000)
+    return sorted(runs, key=lambda r: int(r.data.tags.get("seed", 0)))
+
+
+def _jobs(client: MlflowClient, exp_id: str, filter_string: str) -> dict[str, list]:
+    """Runs of every job matching ``filter_string``, by job id, newest job first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    jobs: dict[str, list] = {}
+    for r in sorted(runs, key=lambda r: -r.info.start_time):
+        jobs.setdefault(r.data.tags[JOB_TAG], []).append(r)
+    return {j: sorted(rs, key=lambda r: int(r.data.tags.get("seed", 0))) for j, rs in jobs.items()}
+
+
+def _has_checkpoint(runs: list) -> bool:
+    path = runs[0].data.tags.get(CKPT_TAG)
+    return bool(path) and Path(path).is_file()
+
+
+def _params_diff(run, params: dict[str, str]) -> list[str]:
+    """Config keys whose value differs between a run's params and this job's (``seed`` is
+    replica 0's, excluded keys aside)."""
+    logged = run.data.params
+    skip = tuple(f"{k}." for k in checkpoint.EXCLUDED)
+    keys = {k for k in (*logged, *params)
+            if k not in checkpoint.EXCLUDED and not k.startswith(skip)}
+    return [f"{k}={logged.get(k, '<unset>')}->{params.get(k, '<unset>')}" for k in sorted(keys)
+            if logged.get(k, "<unset>") != params.get(k, "<unset>")]
+
+
+def plan_job(uri: str, experiment_name: str, spec: str | None, resolved: dict[str, Any],
+             params: dict[str, str], root: Path) -> Plan:
+    """Decide (and check, writing nothing to the store) what to do with this job.
+    ``params`` are the run params this job logs (flattened resolved config)."""
+    if not spec:
+        return plan(None, None, spec, resolved, params, root, uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    return plan(client, exp.experiment_id if exp else None, spec, resolved, params, root, uri)
+
+
+def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
+         resolved: dict[str, Any], params: dict[str, str], root: Path, uri: str) -> Plan:
+    """:func:`plan_job` given the store's client and the experiment's id (None: none yet)."""
+    h = checkpoint.config_hash(resolved)
+    fresh_id = uuid.uuid4().hex
+    fresh = Plan(fresh_id, root / fresh_id)
+    if not spec:
+        return _tagged(fresh, h)
+    if client is None:
+        raise ResumeError(f"resume={spec}: needs tracking (tracking.enabled=true)")
+    if spec == "auto":
+        jobs = _jobs(client, exp_id, f"tags.`{HASH_TAG}` = '{h}'") if exp_id else {}
+        for job_id, runs in jobs.items():
+            if all(r.info.status == "FINISHED" for r in runs):
+                return Plan(job_id, root / job_id, [r.info.run_id for r in runs], skip=True)
+        for job_id, runs in jobs.items():
+            if _has_checkpoint(runs):
+                return _resume(client, spec, job_id, runs, resolved, params, h)
+        return _tagged(fresh, h)
+    if spec == "last":
+        jobs = _jobs(client, exp_id, f"tags.`{JOB_TAG}` != ''") if exp_id else {}
+        for job_id, runs in jobs.items():
+            if any(r.info.status != "FINISHED" for r in runs) and _has_checkpoint(runs):
+                return _resume(client, spec, job_id, runs, resolved, params, h)
+        raise ResumeError(f"resume=last: no unfinished job with a checkpoint in experiment "
+                          f"{resolved.get('experiment_name')!r} of {uri}")
+    try:
+        run = client.get_run(spec)
+    except MlflowException:
+        run = None
+    if run is None or run.info.lifecycle_stage != "active":
+        raise ResumeError(f"resume={spec}: no such run in {uri} (give a run id of the job, "
+                          "'last' or 'auto')")
+    if run.info.experiment_id != exp_id:
+        raise ResumeError(f"resume={spec}: the run belongs to another experiment (id "
+                          f"{run.info.experiment_id}), not experiment_name="
+                          f"{resolved.get('experiment_name')!r}")
+    job_id = run.data.tags.get(JOB_TAG)
+    if not job_id:
+        raise ResumeError(f"resume={spec}: the run has no {JOB_TAG} tag (it was not trained "
+                          "with checkpoints)")
+    return _resume(client, spec, job_id, _job_runs(client, exp_id, job_id), resolved, params, h)
+
+
+def _tagged(p: Plan, h: str) -> Plan:
+    p.tags = {JOB_TAG: p.job_id, HASH_TAG: h, CKPT_TAG: str(p.path)}
+    return p
+
+
+def _resume(client: MlflowClient, spec: str, job_id: str, runs: list, resolved: dict,
+            params: dict[str, str], h: str) -> Plan:
+    what = f"resume={spec}"
+    if runs[0].data.tags.get(HASH_TAG) != h:
+        diff = _params_diff(runs[0], params)
+        raise ResumeError(f"{what}: job {job_id} was trained with another config; differing "
+                          f"keys: {', '.join(diff) if diff else '(none in params)'}")
+    if all(r.info.status == "FINISHED" for r in runs):
+        raise ResumeError(f"{what}: job {job_id} has finished (its {len(runs)} run(s) are "
+                          "FINISHED); nothing to resume")
+    path = Path(runs[0].data.tags.get(CKPT_TAG, ""))
+    if not runs[0].data.tags.get(CKPT_TAG) or not path.is_file():
+        raise ResumeError(f"{what}: job {job_id} has no checkpoint at {path} (it stopped before "
+                          "the first one, or checkpoint_every=0)")
+    try:
+        lock = JobLock(path.parent)
+    except ResumeError as exc:
+        raise ResumeError(f"{what}: {exc}") from None
+    try:
+        header, state = checkpoint.read(path)
+        run_ids = [r.info.run_id for r in runs]
+        if header.get("job_id") != job_id or header.get("run_ids") != run_ids:
+            raise CheckpointError(f"checkpoint {path}: belongs to job {header.get('job_id')} "
+                                  f"(runs {header.get('run_ids')}), not job {job_id} (runs "
+                                  f"{run_ids})")
+        if header.get("config_hash") != h:
+            diff = checkpoint.config_diff(header.get("config") or {}, resolved)
+            raise CheckpointError(f"checkpoint {path}: written for another config; differing "
+                                  f"keys: {', '.join(diff) if diff else '(hash only)'}")
+    except BaseException:
+        lock.release()
+        raise
+    return Plan(job_id, path.parent, run_ids, lock=lock, state=state)
+
+
+def restore(p: Plan, env, agent, evaluator, episodes: int, eval_every: int) -> None:
+    """Put a resumed plan's checkpoint into the freshly built objects; sets ``p.start``."""
+    if p.state is None:
+        return
+    from qlab import runner
+
+    stat_keys = tuple(getattr(agent, "stat_keys", ()))
+    hist = runner.History.empty(env.num_envs, episodes, eval_every,
+                                evaluator.keys if evaluator else (), stat_keys)
+    loop = runner.loop_state(env.num_envs, stat_keys)
+    try:
+        checkpoint.restore(p.path, p.state, env, agent, evaluator, hist, loop)
+    except BaseException:
+        p.release()
+        raise
+    p.start, p.state = (hist, loop), None
+
+
+def announce(p: Plan) -> None:
+    """One stderr line saying what happens to a resumed or skipped job."""
+    if p.skip:
+        print(f"qlab-train: job {p.job_id} already FINISHED ({len(p.run_ids)} run(s)); skipped "
+              "(resume=auto)", file=sys.stderr)
+    elif p.run_ids:
+        done = p.start[0].done if p.start else []
+        print(f"qlab-train: resuming job {p.job_id} from {p.path} at episodes "
+              f"{list(map(int, done))}", file=sys.stderr)

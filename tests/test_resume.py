@@ -1,0 +1,473 @@
+"""Checkpoints and resume: a job stopped at a checkpoint and resumed ends exactly where an
+uninterrupted job ends (tabular bit-exact, DQN on CPU with one thread too); kill -9 and
+SIGTERM mid-run, then resume, through ``qlab-train`` itself; and every bad checkpoint or
+resume target is one line, a non-zero exit and an untouched store.
+
+``train/sps`` (wall-clock steps per second) is the one metric that differs between runs and
+is left out of every comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import qlab.train
+from qlab import agents, checkpoint, envs, exploration, resume, runner, tracking
+from qlab.config import validate
+
+WALL_CLOCK = ("train/sps",)
+QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
+
+
+# ------------------------------------------------------------------ in-process round trips
+
+def build(cfg):
+    """env, agent, schedule, evaluator as ``qlab.train.run`` builds them."""
+    c = validate(cfg)
+    seeds = [c.seed + k for k in range(c.replicas)]
+    env = envs.make(c.env, seeds)
+    agent = agents.make(c.agent, env, seeds)
+    schedule = exploration.make(c.exploration, c.replicas)
+    if env.model is not None:
+        evaluator = runner.Evaluator(env.model, agent.gamma)
+    else:
+        evaluator = runner.RolloutEvaluator(
+            lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
+            c.eval_episodes)
+    return c, env, agent, schedule, evaluator
+
+
+class Crash(Exception):
+    """Stands in for a process dying right after a checkpoint."""
+
+
+def flat_state(obj) -> dict:
+    arrays: dict = {}
+    meta: dict = {}
+    checkpoint._split(obj.state_dict(), "", arrays, meta)
+    return {**arrays, "__meta__": json.dumps(meta, sort_keys=True)}
+
+
+def assert_same_history(a: runner.History, b: runner.History) -> None:
+    assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
+    for k in a.train:
+        if k not in WALL_CLOCK:
+            np.testing.assert_array_equal(a.train[k], b.train[k], err_msg=k)
+    for k in a.evals:
+        np.testing.assert_array_equal(a.evals[k], b.evals[k], err_msg=k)
+    np.testing.assert_array_equal(a.eval_steps, b.eval_steps)
+    np.testing.assert_array_equal(a.done, b.done)
+
+
+ROUND_TRIPS = {
+    "tabular_q-griddy8": ["env=griddy8", "episodes=120"],
+    "tabular_q-episode-frozenlake": ["env=frozenlake", "agent.update=episode", "episodes=150",
+                                     "~hparams"],
+    "tabular_mc-griddy": ["agent=tabular_mc", "env=griddy", "episodes=120"],
+    "dqn-griddy": ["agent=dqn", "env=griddy", "episodes=25", "~hparams", "agent.hidden=[16]",
+                   "agent.learning_starts=50", "agent.buffer_size=300", "agent.target_update=20",
+                   "exploration.decay=0.9"],
+    "dqn-cartpole": ["agent=dqn", "env=cartpole", "episodes=12", "eval_every=4",
+                     "eval_episodes=2", "agent.hidden=[16]", "agent.learning_starts=50",
+                     "agent.buffer_size=400", "total_steps=null", "exploration.unit=episode",
+                     "exploration.duration=10"],
+}
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, tmp_path) -> None:
+    """Every agent and env: state_dict -> file -> fresh objects -> continue gives the same
+    history, Q / weights, optimiser, buffers and RNG states as never stopping."""
+    cfg = compose_cfg([*ROUND_TRIPS[name], "replicas=2", "tracking.enabled=false"])
+    c, env, agent, schedule, evaluator = build(cfg)
+    ref = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
+                       total_steps=c.total_steps)
+
+    c, env2, agent2, schedule, evaluator2 = build(cfg)
+    path = tmp_path / "ckpt.npz"
+    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, env2, agent2, evaluator2)
+
+    def crash_on_second(loop, hist) -> None:
+        writer(loop, hist)
+        if writer.written == 2:
+            raise Crash
+
+    every = max(1, c.episodes // 6)
+    with pytest.raises(Crash):
+        runner.train(env2, agent2, schedule, c.episodes, c.eval_every, evaluator2,
+                     total_steps=c.total_steps, checkpoint=crash_on_second,
+                     checkpoint_every=every)
+
+    header, state = checkpoint.read(path)
+    assert header["job_id"] == "j" and min(header["episodes_done"]) == 2 * every
+    c, env3, agent3, schedule, evaluator3 = build(cfg)
+    hist = runner.History.empty(2, c.episodes, c.eval_every, evaluator3.keys, agent3.stat_keys
+                                if hasattr(agent3, "stat_keys") else ())
+    loop = runner.loop_state(2, getattr(agent3, "stat_keys", ()))
+    checkpoint.restore(path, state, env3, agent3, evaluator3, hist, loop)
+    out = runner.train(env3, agent3, schedule, c.episodes, c.eval_every, evaluator3,
+                       total_steps=c.total_steps, resume=(hist, loop))
+    assert_same_history(ref, out)
+    assert flat_state(agent3).keys() == flat_state(agent).keys()
+    for k, v in flat_state(agent).items():
+        np.testing.assert_array_equal(flat_state(agent3)[k], v, err_msg=k)
+    for k, v in flat_state(env).items():
+        np.testing.assert_array_equal(flat_state(env3)[k], v, err_msg=k)
+
+
+# ------------------------------------------------------------------ qlab-train, killed and resumed
+
+def launch(args: list[str], workdir: Path, uri: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.Popen([QLAB_TRAIN, *args], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def job_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return sorted(runs, key=lambda r: int(r.data.tags.get("seed", -1)))
+
+
+def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of a run (wall-clock ones aside) as sorted (step, value) points."""
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics if key not in WALL_CLOCK}
+
+
+def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
+                 sig: int = signal.SIGKILL) -> tuple[dict, list]:
+    """Start ``qlab-train``, wait for a checkpoint and for MLflow to hold points past it,
+    then send ``sig``; returns the checkpoint's header and the job's runs after the signal."""
+    client = MlflowClient(uri)
+    tracking.get_or_create_experiment(client, experiment, uri)  # one process migrates the store
+    proc = launch([*args, f"experiment_name={experiment}"], workdir, uri)
+    deadline = time.monotonic() + 180
+    header = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            found = list((workdir / "checkpoints").glob("*/checkpoint.npz"))
+            if not found:
+                continue
+            header, _ = checkpoint.read(found[0])
+            runs = job_runs(client, experiment)
+            past = [len(client.get_metric_history(r.info.run_id, "train/q_delta")) for r in runs]
+            if runs and min(past) > min(header["episodes_done"]):
+                break
+        else:
+            out, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
+            pytest.fail(f"qlab-train ended (rc {proc.returncode}) before it could be stopped "
+                        f"mid-run; make the run longer. {err[-2000:]}")
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    return header, job_runs(client, experiment)
+
+
+def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, compose_cfg,
+                       capsys) -> tuple[list, object]:
+    """Resume the job (``qlab.train.run``, in-process); train the same config uninterrupted
+    without tracking; check that the resumed runs' metric histories hold exactly the
+    uninterrupted job's points, once each. Returns the resumed runs and the reference agent."""
+    client = MlflowClient(uri)
+    before = job_runs(client, experiment)
+    qlab.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
+                                f"resume={target}"]))
+    assert "qlab-train: resuming job " in capsys.readouterr().err
+    c, env, agent, schedule, evaluator = build(compose_cfg([*args, "tracking.enabled=false"]))
+    ref = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator)
+    resumed = job_runs(client, experiment)
+    assert [r.info.run_id for r in resumed] == [r.info.run_id for r in before]  # no new runs
+    assert {r.info.status for r in resumed} == {"FINISHED"}
+    assert all("error" not in r.data.tags for r in resumed)
+    for k, run in enumerate(resumed):
+        got = histories(client, run)
+        want = {key: [(e, v) for e, v in enumerate(table[k])]
+                for key, table in ref.train.items() if key not in WALL_CLOCK}
+        want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
+                     for key, table in ref.evals.items()})
+        if "eval/optimal_fraction" in ref.evals:
+            want["eval/episodes_to_optimal"] = [
+                (c.episodes - 1, runner.episodes_to_optimal(ref)[k])]
+        assert got.keys() == want.keys()
+        for key in got:
+            steps = [s for s, _ in got[key]]
+            assert len(steps) == len(set(steps)), f"{key}: duplicate points"
+            np.testing.assert_array_equal(np.array(got[key]), np.array(want[key]), err_msg=key)
+    assert not list(Path(resume.checkpoint_root(None, uri)).glob("*/checkpoint.npz"))  # removed
+    return resumed, agent
+
+
+# Random-walk exploration on bigger grids: long episodes, so a run takes seconds (a window to
+# stop it in) with few metric points to log and compare.
+TABULAR = ["env=griddy", "env.height=10", "env.width=10", "~hparams", "exploration=constant",
+           "exploration.start=1.0", "replicas=2", "episodes=60", "eval_every=10",
+           "checkpoint_every=5", "tracking.flush_seconds=0.2"]
+DQN = ["agent=dqn", "env=griddy", "env.height=6", "env.width=6", "~hparams", "replicas=2",
+       "episodes=12", "agent.hidden=[32]", "agent.learning_starts=200", "agent.buffer_size=2000",
+       "agent.threads=1", "exploration=constant", "exploration.start=1.0", "eval_every=4",
+       "checkpoint_every=2", "tracking.flush_seconds=0.2"]
+
+
+def test_kill9_tabular_then_resume(tmp_path, mlflow_uri, compose_cfg, capsys) -> None:
+    header, runs = kill_mid_run(TABULAR, tmp_path, mlflow_uri, "kill")
+    assert [r.info.status for r in runs] == ["RUNNING", "RUNNING"]  # kill -9: nobody ended them
+    assert header["run_ids"] == [r.info.run_id for r in runs]
+    resumed, agent = resume_and_compare(TABULAR, mlflow_uri, "kill", runs[1].info.run_id,
+                                        compose_cfg, capsys)
+    client = MlflowClient(mlflow_uri)
+    for k, run in enumerate(resumed):
+        q = np.load(client.download_artifacts(run.info.run_id, "q_table.npy", str(tmp_path)))
+        assert np.array_equal(q, agent.q[k])  # bit-exact
+
+
+def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg, capsys) -> None:
+    import torch
+
+    kill_mid_run(DQN, tmp_path, mlflow_uri, "kill-dqn")
+    resumed, agent = resume_and_compare(DQN, mlflow_uri, "kill-dqn", "last", compose_cfg, capsys)
+    client = MlflowClient(mlflow_uri)
+    for k, run in enumerate(resumed):
+        got = torch.load(client.download_artifacts(run.info.run_id, "q_network.pt",
+                                                   str(tmp_path)), weights_only=True)
+        for key, v in agent.weights(k)["state_dict"].items():
+            assert torch.equal(got["state_dict"][key], v), key  # bit-exact: CPU, one thread
+
+
+def test_sigterm_writes_checkpoint_and_ends_killed(tmp_path, mlflow_uri) -> None:
+    args = [*TABULAR, "episodes=100000"]
+    _, runs = kill_mid_run(args, tmp_path, mlflow_uri, "term", sig=signal.SIGTERM)
+    client = MlflowClient(mlflow_uri)
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    assert {r.data.tags["error"] for r in runs} == {"Terminated"}
+    path = Path(runs[0].data.tags[resume.CKPT_TAG])
+    header, state = checkpoint.read(path)
+    assert header["run_ids"] == [r.info.run_id for r in runs]
+    for k, r in enumerate(runs):  # every episode up to the checkpoint is in MLflow, none after
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta"))
+        assert steps == list(range(header["episodes_done"][k]))
+    assert (state["history"]["done"] == header["episodes_done"]).all()
+
+
+# ------------------------------------------------------------------ bad input
+
+SMALL = ["env=griddy8", "~hparams", "replicas=2", "episodes=100", "checkpoint_every=10"]
+
+
+def new_runs(uri: str, train) -> list[str]:
+    """Run ids (by seed) that ``train()`` adds to experiment ``bad``."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bad")
+    old = {r.info.run_id for r in client.search_runs([exp.experiment_id])} if exp else set()
+    train()
+    exp = client.get_experiment_by_name("bad")
+    return [r.info.run_id for r in job_runs(client, "bad") if r.info.run_id not in old]
+
+
+def stop_job(compose_cfg, args: list[str], at: int = 300) -> None:
+    """Train ``args`` in-process and stop it as SIGTERM would, at lock-step ``at``: it writes
+    a checkpoint and ends KILLED."""
+    from qlab.stopping import GracefulStop, Terminated
+
+    calls = iter(range(1, 10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GracefulStop, "__call__",
+                   lambda self: Terminated("test") if next(calls) == at else None)
+        with pytest.raises(Terminated):
+            qlab.train.run(compose_cfg(args))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, compose_cfg) -> dict:
+    """One store with a stopped job A (seeds 0-1, the one resumed), another stopped job B
+    (seeds 3-4) and a finished job F (seeds 7-8), all of SMALL in experiment ``bad``."""
+    root = tmp_path_factory.mktemp("bad")
+    uri = f"sqlite:///{root}/mlflow.db"
+    base = [*SMALL, f"tracking.uri={uri}", "experiment_name=bad"]
+    a = new_runs(uri, lambda: stop_job(compose_cfg, base))
+    b = new_runs(uri, lambda: stop_job(compose_cfg, [*base, "seed=3"]))
+    f = new_runs(uri, lambda: qlab.train.run(compose_cfg([*base, "seed=7"])))
+    client = MlflowClient(uri)
+    assert {client.get_run(r).info.status for r in a + b} == {"KILLED"}
+    path_a = Path(client.get_run(a[0]).data.tags[resume.CKPT_TAG])
+    path_b = Path(client.get_run(b[0]).data.tags[resume.CKPT_TAG])
+    return {"uri": uri, "base": base, "a": a, "b": b, "f": f, "path": path_a,
+            "bytes": path_a.read_bytes(), "path_b": path_b, "root": root}
+
+
+def snapshot(uri: str) -> list:
+    """Every run's status, end time, tags and number of points per metric."""
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.tags.items()),
+                   {k: len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics})
+                  for r in client.search_runs(exps))
+
+
+class Evil:
+    """Unpickling this would create a file: a checkpoint must never be unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _write_npz(path: Path, **arrays) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+BAD_RESUMES = {
+    # name: (extra overrides, how to spoil job A's checkpoint, what the line must say)
+    "no-such-run": (["resume=0123456789abcdef0123456789abcdef"], None, "no such run"),
+    "other-config": (["resume={a0}", "agent.lr=0.5"], None,
+                     "another config; differing keys: agent.lr=0.1->0.5"),
+    "other-experiment": (["resume={a0}", "experiment_name=elsewhere"], None,
+                         "belongs to another experiment"),
+    "finished": (["resume={f0}", "seed=7"], None, "has finished"),
+    "last-none": (["resume=last", "experiment_name=empty"], None, "no unfinished job"),
+    "no-checkpoint": (["resume={a1}"], lambda p, s: p.unlink(), "has no checkpoint"),
+    "truncated": (["resume={a1}"], lambda p, s: p.write_bytes(s["bytes"][:len(s["bytes"]) // 2]),
+                  "corrupt or truncated"),
+    "corrupt": (["resume={a0}"],
+                lambda p, s: p.write_bytes(s["bytes"][:2000] + b"\\x00" * 64 + s["bytes"][2064:]),
+                "corrupt or truncated"),
+    "foreign": (["resume={a0}"], lambda p, s: p.write_bytes(s["path_b"].read_bytes()),
+                "belongs to job"),
+    "not-qlab": (["resume={a0}"], lambda p, s: _write_npz(p, q=np.zeros(3)),
+                 "not a qlab checkpoint"),
+    "pickle": (["resume={a0}"],
+               lambda p, s: p.write_bytes(__import__("pickle").dumps(Evil(s["root"] / "pwned"))),
+               "corrupt or truncated"),
+    "other-version": (["resume={a0}"], lambda p, s: _write_npz(p, __meta__=np.frombuffer(
+        json.dumps({**checkpoint.read(s["path"].with_name("orig.npz"))[0], "version": 99,
+                    "state": {}}).encode(), dtype=np.uint8)), "format version 99"),
+    "emptied": (["resume={a0}"], lambda p, s: checkpoint.write(
+        p, {}, checkpoint.read(s["path"].with_name("orig.npz"))[0]), "does not fit this job"),
+    "locked": (["resume={a0}"], lambda p, s: s.setdefault("lock", resume.JobLock(p.parent)),
+               "being trained by another process"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_RESUMES)
+def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, capsys,
+                                                     tmp_path) -> None:
+    extra, spoil, expected = BAD_RESUMES[name]
+    path = store["path"]
+    path.write_bytes(store["bytes"])  # job A's own checkpoint, whole
+    path.with_name("orig.npz").write_bytes(store["bytes"])
+    ids = {"a0": store["a"][0], "a1": store["a"][1], "f0": store["f"][0]}
+    if spoil is not None:
+        spoil(path, store)
+    spoiled = path.read_bytes() if path.exists() else None
+    before = snapshot(store["uri"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["qlab-train", *store["base"],
+                                      *(e.format(**ids) for e in extra)])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            qlab.train.main()
+    finally:
+        lock = store.pop("lock", None)
+        if lock is not None:
+            lock.release()
+    assert exit_info.value.code not in (0, None)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("qlab-train: error: resume=") or lines[0].startswith(
+        "qlab-train: error: checkpoint "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert snapshot(store["uri"]) == before  # no new run, no status or tag changed
+    assert (path.read_bytes() if path.exists() else None) == spoiled
+    assert not (store["root"] / "pwned").exists()
+
+
+def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> None:
+    """After every refused attempt, job A resumes and finishes, each episode logged once."""
+    store["path"].write_bytes(store["bytes"])
+    qlab.train.run(compose_cfg([*store["base"], f"resume={store['a'][0]}"]))
+    assert "resuming job" in capsys.readouterr().err
+    client = MlflowClient(store["uri"])
+    for run_id in store["a"]:
+        assert client.get_run(run_id).info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
+        assert sorted(steps) == list(range(100))
+
+
+def test_resume_auto_skips_a_finished_job_and_starts_a_new_one(store, compose_cfg,
+                                                               capsys) -> None:
+    before = snapshot(store["uri"])
+    hist, run_ids = qlab.train.run(compose_cfg([*store["base"], "seed=7", "resume=auto"]))
+    assert hist is None and run_ids == store["f"]
+    assert "already FINISHED (2 run(s)); skipped" in capsys.readouterr().err
+    assert snapshot(store["uri"]) == before
+    new = new_runs(store["uri"], lambda: qlab.train.run(
+        compose_cfg([*store["base"], "seed=11", "episodes=5", "resume=auto"])))
+    assert len(new) == 2
+
+
+# ------------------------------------------------------------------ a sweep rerun
+
+@pytest.mark.slow  # two sweeps of two jobs as subprocesses: ~15 s, 35 s on a busy machine
+def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, mlflow_uri) -> None:
+    args = ["-m", "seed=0,2", *TABULAR, "resume=auto"]
+    client = MlflowClient(mlflow_uri)
+    tracking.get_or_create_experiment(client, "rerun", mlflow_uri)
+    proc = launch([*args, "experiment_name=rerun"], tmp_path, mlflow_uri)
+    deadline = time.monotonic() + 180
+    try:  # kill -9 once job 1 (seeds 0-1) finished and job 2 (seeds 2-3) has a checkpoint
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            runs = [r for r in job_runs(client, "rerun") if "seed" in r.data.tags]
+            found = list((tmp_path / "checkpoints").glob("*/checkpoint.npz"))
+            if (len(runs) == 4 and [r.info.status for r in runs[:2]] == ["FINISHED"] * 2
+                    and found):
+                break
+        else:
+            pytest.fail(f"the sweep ended (rc {proc.returncode}) before it could be killed")
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = {r.info.run_id: r for r in job_runs(client, "rerun") if "seed" in r.data.tags}
+    assert [r.info.status for r in first.values()] == ["FINISHED"] * 2 + ["RUNNING"] * 2
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    out = subprocess.run([QLAB_TRAIN, *args, "experiment_name=rerun"], cwd=tmp_path, env=env,
+                         text=True, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(rerun: resume=auto)" in out.stderr
+    assert "already FINISHED (2 run(s)); skipped" in out.stderr
+    assert "resuming job" in out.stderr
+    runs = job_runs(client, "rerun")
+    parents = [r for r in runs if r.data.tags.get("qlab.role") == "sweep"]
+    kids = [r for r in runs if r not in parents]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.info.run_id for r in kids} == set(first)  # no new runs
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
+    for r in kids:
+        if first[r.info.run_id].info.status == "FINISHED":  # skipped: untouched
+            assert r.info.end_time == first[r.info.run_id].info.end_time
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta")]
+        assert sorted(steps) == list(range(60))
