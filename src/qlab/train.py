@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from qlab import agents, envs, exploration, runner, sweep, tracking
-from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
+from qlab import agents, envs, exploration, fused, runner, sweep, tracking
+from qlab.config import CONF_DIR, ConfigError, QlabConfig, register
 
 register()
 
@@ -47,9 +47,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
-    """Train one job (R replicas) and record it; returns its history and MLflow run ids."""
-    c: QlabConfig = validate(cfg)
-    seeds = [c.seed + k for k in range(c.replicas)]
+    """Train one job (R replicas; of several sweep points if fused) and record it; returns
+    its history and MLflow run ids."""
+    job = fused.batch(cfg)  # validates every point; replica k records its own point's config
+    c: QlabConfig = job.config
+    seeds = job.seeds
     env = envs.make(c.env, seeds)
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
@@ -59,17 +61,16 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         evaluator = runner.RolloutEvaluator(
             lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
             c.eval_episodes)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    replicas = [{"params": {"seed": str(s)},
+    replicas = [{"params": job.params(k),
                  "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                          **sweep.job_tags()}} for s in seeds]
+                          **sweep.job_tags(), **job.tags}} for k, s in enumerate(seeds)]
     names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
     bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
     if not c.tracking.enabled:
         ctx = contextlib.nullcontext(tracking.NullTracker())
     else:
         uri = c.tracking.uri or tracking.default_uri()
-        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names)
+        ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names)
     try:
         with _sigterm_as_interrupt(), ctx as tracker:
             hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
@@ -78,7 +79,7 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             if evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal",
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
-            tracker.log_text("config.yaml", OmegaConf.to_yaml(resolved))
+            tracker.log_replica_files(job.write_config)
             tracker.log_replica_files(agent.save)
             if c.tracking.enabled and c.agent.name in agents.TABULAR:  # V(s) beside Q*, grids
                 from qlab.analysis.plots import value_heatmap_writer

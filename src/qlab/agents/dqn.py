@@ -20,7 +20,9 @@ The replica axis: all R networks' parameters live in one flat float32 tensor of 
 batching overhead dominates for nets this small, and than a Python loop of R modules).
 Loss terms are summed over replicas, so replica k's gradient is its own loss's gradient;
 clipping uses replica k's own gradient norm; Adam is elementwise with per-replica step
-counts, and rows of inactive replicas are left untouched. Replica k's weights are
+counts, and rows of inactive replicas are left untouched. ``lr`` and ``gamma`` may differ
+per replica (an (R,) step size in Adam, an (R, 1) discount in the targets): a fused sweep
+trains points with different values in one batch (:mod:`qlab.fused`). Replica k's weights are
 initialised from a torch.Generator seeded from seed k, its epsilon-greedy numbers come from
 its agent stream and its minibatches from its replay stream: replica k of a batch
 reproduces a run of R = 1 with seed k up to float rounding of the batched kernels.
@@ -140,7 +142,8 @@ class DQN:
     stat_keys = ("td_loss", "q_mean")
 
     def __init__(self, obs_dim: int, n_actions: int, seeds: Sequence[int], *,
-                 observations: np.ndarray | None = None, lr: float = 1e-3, gamma: float = 0.99,
+                 observations: np.ndarray | None = None, lr: float | np.ndarray = 1e-3,
+                 gamma: float | np.ndarray = 0.99,
                  hidden: Sequence[int] = (64, 64), buffer_size: int = 10_000,
                  batch_size: int = 64, learning_starts: int = 500, train_freq: int = 1,
                  gradient_steps: int = 1, target_update: int = 100, tau: float = 1.0,
@@ -153,8 +156,9 @@ class DQN:
         if self.observations is not None and self.observations.shape[1] != self.obs_dim:
             raise ValueError(f"observations of shape {self.observations.shape}: expected "
                              f"(S, {self.obs_dim})")
-        self.lr = np.full(R, float(lr))
-        self.gamma = np.full(R, float(gamma))
+        # A number for all replicas, or (R,) per-replica values (a fused sweep's).
+        self.lr = np.broadcast_to(np.asarray(lr, dtype=np.float64), (R,)).copy()
+        self.gamma = np.broadcast_to(np.asarray(gamma, dtype=np.float64), (R,)).copy()
         self.batch_size, self.learning_starts = int(batch_size), int(learning_starts)
         self.train_freq, self.gradient_steps = int(train_freq), int(gradient_steps)
         self.target_update, self.tau = int(target_update), float(tau)
