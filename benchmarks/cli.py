@@ -24,7 +24,7 @@ FULL = {
     "tabular": dict(sizes=(4, 8), repeats=5, batch_repeats=3, replicas=64),
     "dqn": dict(steps=50_000, sb3_repeats=3, replicas=8),
     "tracking": dict(episodes=1000, repeats=5),
-    "sweeps": dict(launchers=("basic", "joblib"), repeats=2, overrides=()),
+    "sweeps": dict(launchers=("basic", "basic-unfused", "joblib"), repeats=2, overrides=()),
 }
 QUICK = {
     "tabular": dict(sizes=(4, 8), repeats=2, batch_repeats=1, replicas=64),

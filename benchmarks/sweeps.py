@@ -1,6 +1,8 @@
 """Sweeps section: the headline sweep, ``qlab-train +experiment=epsilon_decay`` (45 runs incl.
 DQN), end to end as a user runs it — a fresh process, Hydra, the preflight check, every job,
-every MLflow write, the end-of-sweep summary — with the basic launcher and with joblib.
+every MLflow write, the end-of-sweep summary — with the basic launcher and with joblib, fused
+(the headline's own ``hydra/sweeper=fused``: one job of 15 replicas per agent) and, as the
+``-unfused`` variants, with Hydra's basic sweeper (``hydra/sweeper=basic``: 9 jobs of 5).
 
 Each run gets its own temp dir holding the sqlite store (created before the clock starts: a
 store's one-time schema migration is not part of a sweep) and Hydra's output dir. The
@@ -21,7 +23,7 @@ from pathlib import Path
 from benchmarks.common import Row, add_ratios, check_target, median
 
 SECTION = "sweep"
-LAUNCHERS = ("basic", "joblib")
+LAUNCHERS = ("basic", "joblib")  # variants: LAUNCHER or LAUNCHER-unfused (hydra/sweeper=basic)
 
 
 def qlab_train() -> list[str]:
@@ -51,12 +53,15 @@ def finished_runs(uri: str, experiment: str) -> tuple[int, int]:
 
 def run_sweep(launcher: str = "basic", experiment: str = "epsilon_decay",
               overrides: Sequence[str] = (), timeout: float = 3600) -> dict:
-    """One end-to-end sweep in a temp dir; wall seconds and the runs it left."""
+    """One end-to-end sweep in a temp dir; wall seconds and the runs it left. ``launcher``:
+    basic or joblib, ``-unfused`` appended for Hydra's basic sweeper."""
+    launcher, _, unfused = launcher.partition("-")
     with tempfile.TemporaryDirectory(prefix="qlab-bench-sweep-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         create_store(uri)
         cmd = [*qlab_train(), f"+experiment={experiment}", f"hydra.sweep.dir={tmp}/multirun",
-               *(["hydra/launcher=joblib"] if launcher == "joblib" else []), *overrides]
+               *(["hydra/launcher=joblib"] if launcher == "joblib" else []),
+               *(["hydra/sweeper=basic"] if unfused == "unfused" else []), *overrides]
         env = {k: v for k, v in os.environ.items() if not k.startswith("QLAB_")}
         env["MLFLOW_TRACKING_URI"] = uri
         t = time.perf_counter()
@@ -84,6 +89,12 @@ def experiment_name(experiment: str, overrides: Sequence[str]) -> str:
     return data.get("experiment_name", experiment)
 
 
+def label(variant: str) -> str:
+    """'basic' -> 'basic launcher', 'joblib-unfused' -> 'joblib launcher, unfused'."""
+    launcher, _, unfused = variant.partition("-")
+    return f"{launcher} launcher" + (", unfused" if unfused else "")
+
+
 def measure(launchers: Sequence[str] = LAUNCHERS, repeats: int = 1,
             experiment: str = "epsilon_decay", overrides: Sequence[str] = (),
             progress=None) -> list[Row]:
@@ -101,9 +112,8 @@ def measure(launchers: Sequence[str] = LAUNCHERS, repeats: int = 1,
         secs = [r["seconds"] for r in rs]
         counts = sorted({(r["finished"], r["runs"]) for r in rs})
         note = ", ".join(f"{f}/{n} runs FINISHED" for f, n in counts) + f"; {len(rs)} sweep(s)"
-        rows.append(Row(SECTION, metric, f"{launcher} launcher", median(secs), "s", secs,
-                        note=note))
-    add_ratios(rows, f"{launchers[0]} launcher", higher_is_better=False)
+        rows.append(Row(SECTION, metric, label(launcher), median(secs), "s", secs, note=note))
+    add_ratios(rows, label(launchers[0]), higher_is_better=False)
     if not overrides and experiment == "epsilon_decay":
         for r in rows:
             check_target(r, "<=", 60, on="value")

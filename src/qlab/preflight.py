@@ -17,7 +17,8 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from qlab.config import CONF_DIR, ConfigError, options, register, validate
+from qlab import fused
+from qlab.config import CONF_DIR, ConfigError, options, register
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
@@ -69,26 +70,38 @@ def _no_such_key(key: str, cause: OmegaConfBaseException) -> str:
 def sweeper_params(overrides: Sequence[str]) -> list[str]:
     """Sweeps a config itself declares (``hydra.sweeper.params`` of a named experiment) for
     keys the command line does not set; the command line wins, as in Hydra's basic sweeper."""
+    return _sweeper(overrides)[0]
+
+
+def _sweeper(overrides: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """(:func:`sweeper_params`, the keys the sweeper fuses: None unless ``hydra/sweeper=fused``)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     given = {o.get_key_element().lstrip("+~") for o in parsed}
     cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
-    return [f"{k}={v}" for k, v in params.items() if k not in given]
+    keys = None
+    if cfg.hydra.sweeper.get("_target_", "").endswith(".FusedSweeper"):
+        keys = list(cfg.hydra.sweeper.get("fuse") or [])
+    return [f"{k}={v}" for k, v in params.items() if k not in given], keys
 
 
 def check(overrides: Sequence[str]) -> list[str]:
-    """Compose and validate every job; returns one error line per failing job (deduplicated)."""
+    """Compose and validate every job — every point of a fused job — as it will run; returns
+    one error line per failing job (deduplicated)."""
     register()
     errors: list[str] = []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            jobs = job_overrides([*overrides, *sweeper_params(overrides)])
-        except (HydraException, OmegaConfBaseException) as exc:
+            params, fuse_keys = _sweeper(overrides)
+            jobs = job_overrides([*overrides, *params])
+            if fuse_keys is not None:
+                jobs = fused.fuse(jobs, fuse_keys)
+        except (HydraException, OmegaConfBaseException, ConfigError) as exc:
             return [explain(exc)]
         for job in jobs:
             try:
-                validate(compose(config_name="config", overrides=job))
+                fused.batch(compose(config_name="config", overrides=job))
             except (HydraException, OmegaConfBaseException, ConfigError) as exc:
                 line = explain(exc)
                 if line not in errors:

@@ -13,9 +13,10 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from qlab import agents, checkpoint, envs, exploration, fastpath, resume, runner, sweep, tracking
+from qlab import (agents, checkpoint, envs, exploration, fastpath, fused, resume, runner,
+                  sweep, tracking)
 from qlab.checkpoint import CheckpointError
-from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
+from qlab.config import CONF_DIR, ConfigError, QlabConfig, register
 from qlab.resume import ResumeError
 from qlab.stopping import GracefulStop, Terminated
 
@@ -28,9 +29,11 @@ class ReplicaFailure(RuntimeError):
 
 
 def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
-    """Train one job (R replicas) and record it; returns its history and MLflow run ids."""
-    c: QlabConfig = validate(cfg)
-    seeds = [c.seed + k for k in range(c.replicas)]
+    """Train one job (R replicas; of several sweep points if fused) and record it; returns
+    its history and MLflow run ids."""
+    batch = fused.batch(cfg)  # validates every point; replica k records its own point's config
+    c: QlabConfig = batch.config
+    seeds = batch.seeds
     env = envs.make(c.env, seeds)
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
@@ -40,12 +43,11 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         evaluator = runner.RolloutEvaluator(
             lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
             c.eval_episodes)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    params = tracking.flatten(resolved)
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # the job's (a fused job: all points)
     job = None
     if c.tracking.enabled:  # checkpoints and resume go with tracked runs
         uri = c.tracking.uri or tracking.default_uri()
-        job = resume.plan_job(uri, c.experiment_name, c.resume, resolved, params,
+        job = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
                               resume.checkpoint_root(c.checkpoint_dir, uri))
         if job.skip:
             resume.announce(job)
@@ -53,15 +55,16 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         resume.restore(job, env, agent, evaluator, c.episodes, c.eval_every)
         resume.announce(job)
     trainer = choose_trainer(c, job, env, agent, schedule)
-    replicas = [{"params": {"seed": str(s)},
+    replicas = [{"params": batch.params(k),
                  "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                          **sweep.job_tags(), **(job.tags if job else {})}} for s in seeds]
+                          **sweep.job_tags(), **batch.tags, **(job.tags if job else {})}}
+                for k, s in enumerate(seeds)]
     names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
     bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
     if not c.tracking.enabled:
         ctx = contextlib.nullcontext(tracking.NullTracker())
     else:
-        ctx = tracking.open_runs(uri, c.experiment_name, params, replicas, names,
+        ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names,
                                  max_points=c.tracking.max_points, resume_ids=job.run_ids)
     stop = GracefulStop()
     try:
@@ -89,7 +92,7 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             if evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal",
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
-            tracker.log_text("config.yaml", OmegaConf.to_yaml(resolved))
+            tracker.log_replica_files(batch.write_config)
             tracker.log_replica_files(agent.save)
             if c.tracking.enabled and c.agent.name in agents.TABULAR:  # V(s) beside Q*, grids
                 from qlab.analysis.plots import value_heatmap_writer

@@ -20,7 +20,9 @@ The replica axis: all R networks' parameters live in one flat float32 tensor of 
 batching overhead dominates for nets this small, and than a Python loop of R modules).
 Loss terms are summed over replicas, so replica k's gradient is its own loss's gradient;
 clipping uses replica k's own gradient norm; Adam is elementwise with per-replica step
-counts, and rows of inactive replicas are left untouched. Replica k's weights are
+counts, and rows of inactive replicas are left untouched. ``lr`` and ``gamma`` may differ
+per replica (an (R,) step size in Adam, an (R, 1) discount in the targets): a fused sweep
+trains points with different values in one batch (:mod:`qlab.fused`). Replica k's weights are
 initialised from a torch.Generator seeded from seed k, its epsilon-greedy numbers come from
 its agent stream and its minibatches from its replay stream: replica k of a batch
 reproduces a run of R = 1 with seed k up to float rounding of the batched kernels.
@@ -141,7 +143,8 @@ class DQN:
     stat_keys = ("td_loss", "q_mean")
 
     def __init__(self, obs_dim: int, n_actions: int, seeds: Sequence[int], *,
-                 observations: np.ndarray | None = None, lr: float = 1e-3, gamma: float = 0.99,
+                 observations: np.ndarray | None = None, lr: float | np.ndarray = 1e-3,
+                 gamma: float | np.ndarray = 0.99,
                  hidden: Sequence[int] = (64, 64), buffer_size: int = 10_000,
                  batch_size: int = 64, learning_starts: int = 500, train_freq: int = 1,
                  gradient_steps: int = 1, target_update: int = 100, tau: float = 1.0,
@@ -154,8 +157,9 @@ class DQN:
         if self.observations is not None and self.observations.shape[1] != self.obs_dim:
             raise ValueError(f"observations of shape {self.observations.shape}: expected "
                              f"(S, {self.obs_dim})")
-        self.lr = np.full(R, float(lr))
-        self.gamma = np.full(R, float(gamma))
+        # A number for all replicas, or (R,) per-replica values (a fused sweep's).
+        self.lr = np.broadcast_to(np.asarray(lr, dtype=np.float64), (R,)).copy()
+        self.gamma = np.broadcast_to(np.asarray(gamma, dtype=np.float64), (R,)).copy()
         self.batch_size, self.learning_starts = int(batch_size), int(learning_starts)
         self.train_freq, self.gradient_steps = int(train_freq), int(gradient_steps)
         self.target_update, self.tau = int(target_update), float(tau)
@@ -242,40 +246,54 @@ class DQN:
 
     def _gradient_step(self, mask: torch.Tensor):
         """One Adam step on a fresh minibatch per replica (rows outside ``mask`` unchanged).
-        Returns per-replica (sum |ΔQ(s, a)| over the batch, Huber loss, mean Q(s, a))."""
-        b = self.buffer.sample(self.batch_size, used=mask.numpy())
-        obs, next_obs = torch.from_numpy(b.obs), torch.from_numpy(b.next_obs)
-        action = torch.from_numpy(b.action)[..., None]
+        Returns per-replica (sum |ΔQ(s, a)| over the batch, Huber loss, mean Q(s, a)), 0
+        outside ``mask``. Only the rows in ``mask`` are computed: replicas that finished (or
+        wait) cost nothing, which matters when replicas run for very different step counts
+        (a fused sweep's epsilon decays); each row's arithmetic is the same either way."""
+        rows = None if bool(mask.all()) else mask.nonzero()[:, 0]
+        b = self.buffer.sample(self.batch_size, used=mask.numpy(), only_used=rows is not None)
+        obs, next_obs, action, reward, terminated = (
+            torch.from_numpy(x) for x in (b.obs, b.next_obs, b.action, b.reward, b.terminated))
+        action = action[..., None]
+        params, target, gamma = self.params, self.target, self._gamma_t
+        if rows is not None:
+            params, target, gamma = params[rows], target[rows], gamma[rows]
         with torch.no_grad():
-            q_next = self.net.forward(self.target, next_obs)
+            q_next = self.net.forward(target, next_obs)
             if self.double:
-                a_next = self.net.forward(self.params, next_obs).argmax(dim=2, keepdim=True)
+                a_next = self.net.forward(params, next_obs).argmax(dim=2, keepdim=True)
                 v_next = q_next.gather(2, a_next)[..., 0]
             else:
                 v_next = q_next.max(dim=2).values
-            cont = 1.0 - torch.from_numpy(b.terminated).float()
-            y = torch.from_numpy(b.reward) + self._gamma_t * cont * v_next
-        params = self.params.requires_grad_(True)
-        q = self.net.forward(params, obs).gather(2, action)[..., 0]  # (R, B)
-        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)  # (R,)
+            cont = 1.0 - terminated.float()
+            y = reward + gamma * cont * v_next
+        params.requires_grad_(True)
+        q = self.net.forward(params, obs).gather(2, action)[..., 0]  # (R', B)
+        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)  # (R',)
         (grad,) = torch.autograd.grad(loss.sum(), params)
-        self.params.requires_grad_(False)
+        params.requires_grad_(False)
         with torch.no_grad():
             clip_grad_norm_per_replica(grad, self.max_grad_norm)
             self._adam(grad, mask)
-            q_after = self.net.forward(self.params, obs).gather(2, action)[..., 0]
-            delta = (q_after - q).abs().sum(dim=1)
-        return delta.double(), loss.detach().double(), q.detach().mean(dim=1).double()
+            after = self.params if rows is None else self.params[rows]
+            q_after = self.net.forward(after, obs).gather(2, action)[..., 0]
+            out = [(q_after - q).abs().sum(dim=1), loss.detach(), q.detach().mean(dim=1)]
+        if rows is not None:
+            out = [torch.zeros(self.replicas, dtype=x.dtype).index_put_((rows,), x) for x in out]
+        return tuple(x.double() for x in out)
 
     def _adam(self, grad: torch.Tensor, mask: torch.Tensor) -> None:
-        """Adam (as torch.optim.Adam computes it), per replica, on the rows in ``mask``."""
+        """Adam (as torch.optim.Adam computes it), per replica, on the rows in ``mask``;
+        ``grad`` holds every replica's row (R, P) or only those rows, in order."""
         b1, b2 = ADAM_BETAS
         if bool(mask.all()):
             rows = slice(None)
             p, m, v = self.params, self._m, self._v
         else:
             rows = mask.nonzero()[:, 0]
-            p, m, v, grad = self.params[rows], self._m[rows], self._v[rows], grad[rows]
+            p, m, v = self.params[rows], self._m[rows], self._v[rows]
+            if grad.shape[0] == self.replicas:
+                grad = grad[rows]
         self._t[rows] += 1
         t = self._t[rows].double()
         m.mul_(b1).add_(grad, alpha=1 - b1)

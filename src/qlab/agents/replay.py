@@ -66,10 +66,12 @@ class ReplayBuffer:
         self.pos[rows] = (slot + 1) % self.capacity
         self.size[rows] = np.minimum(self.size[rows] + 1, self.capacity)
 
-    def sample(self, batch_size: int, used: np.ndarray | None = None) -> ReplaySample:
+    def sample(self, batch_size: int, used: np.ndarray | None = None,
+               only_used: bool = False) -> ReplaySample:
         """``batch_size`` transitions per replica, drawn uniformly (with replacement) from that
         replica's filled slots. The replicas in ``used`` (default: all) must hold at least one
-        transition; rows of an empty replica outside it are meaningless zeros."""
+        transition; rows of an empty replica outside it are meaningless zeros. ``only_used``:
+        return the rows of ``used`` only (every replica's stream still advances)."""
         empty = self.size == 0
         if used is not None:
             empty &= used
@@ -77,9 +79,11 @@ class ReplayBuffer:
             raise ValueError(f"replay: replica(s) {self._rows[empty].tolist()} hold no "
                              "transitions yet; sample after learning_starts")
         u = self._rand.take(batch_size)
-        size = np.maximum(self.size, 1)[:, None]
-        idx = np.minimum((u * size).astype(np.int64), size - 1)
         r = self._rows[:, None]
+        if only_used and used is not None:
+            r, u = r[used], u[used]
+        size = np.maximum(self.size[r], 1)
+        idx = np.minimum((u * size).astype(np.int64), size - 1)
         return ReplaySample(self.obs[r, idx], self.action[r, idx], self.reward[r, idx],
                             self.next_obs[r, idx], self.terminated[r, idx])
 

@@ -1,0 +1,1 @@
+"""qlab's fused sweeper for Hydra (``hydra/sweeper=fused``); see :mod:`qlab.fused`."""
