@@ -17,6 +17,9 @@ from mlflow.tracking import MlflowClient
 from qlab import fused, preflight, train
 from qlab.analysis import load_sweep
 from qlab.config import ConfigError
+from qlab.resume import CKPT_TAG, HASH_TAG, JOB_TAG
+
+JOB_TAGS = (JOB_TAG, HASH_TAG, CKPT_TAG)
 
 BIN = Path(sys.executable).parent
 AGENTS, DECAYS, SEEDS = ("tabular_mc", "tabular_q", "dqn"), ("0.99", "0.995", "0.999"), range(5)
@@ -176,7 +179,8 @@ def test_headline_sweep_fused_and_unfused_record_the_same_runs(tmp_path: Path) -
         tags_u = {k: v for k, v in ru.data.tags.items() if not k.startswith("mlflow.")}
         fused_jobs.setdefault(tags_f.pop(fused.TAG), set()).add(key[0])
         assert fused.TAG not in tags_u
-        tags_f.pop("sweep_id"), tags_u.pop("sweep_id")
+        for tag in ("sweep_id", *JOB_TAGS):  # per sweep / per job, so not the same
+            tags_f.pop(tag), tags_u.pop(tag)
         assert tags_f == tags_u, key
     assert sorted(map(sorted, fused_jobs.values())) == [[a] for a in sorted(AGENTS)]
 

@@ -13,8 +13,18 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from qlab import (agents, checkpoint, envs, exploration, fastpath, fused, resume, runner,
-                  sweep, tracking)
+from qlab import (
+    agents,
+    checkpoint,
+    envs,
+    exploration,
+    fastpath,
+    fused,
+    resume,
+    runner,
+    sweep,
+    tracking,
+)
 from qlab.checkpoint import CheckpointError
 from qlab.config import CONF_DIR, ConfigError, QlabConfig, register
 from qlab.resume import ResumeError
@@ -162,9 +172,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point: check every job's config first, then hand over to Hydra."""
-    from qlab.preflight import check
-
     from hydra._internal.utils import get_args_parser
+
+    from qlab.preflight import check
 
     args = get_args_parser().parse_args(sys.argv[1:])
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
