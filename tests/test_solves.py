@@ -94,6 +94,25 @@ def test_monte_carlo_known_gaps(compose_cfg, agent: str, env: str, goal: str) ->
     check(compose_cfg, agent, env, goal)
 
 
+@pytest.mark.parametrize("env, gamma, eps, wrong", [
+    ("cliffwalking", 1.0, 0.007, 0), ("cliffwalking", 1.0, 0.008, 1),
+    ("cliffwalking", 1.0, 0.01, 3), ("cliffwalking", 1.0, 0.1, 10),
+    ("griddy8", 0.9, 0.3, 0), ("griddy8", 0.9, 0.01, 0),
+])
+def test_greedy_of_epsilon_soft_optimum(compose_cfg, env: str, gamma: float, eps: float,
+                                        wrong: int) -> None:
+    """What on-policy Monte-Carlo converges to, solved exactly: the number of acting states
+    where the greedy action of Q^{pi_eps} (the best epsilon-soft policy) is not optimal — the
+    README's reason CliffWalking stays a gap (the cliff edge needs eps <= 0.007) and
+    griddy8 does not."""
+    from benchmarks.mc_search import eps_soft_q
+
+    model = envs.make_model(validate(compose_cfg([f"env={env}"])).env)
+    sol = value_iteration(model, gamma)
+    pi = eps_soft_q(model, gamma, eps, horizon=model.max_steps).argmax(1)
+    assert int((~sol.is_optimal(pi) & model.acting_states).sum()) == wrong
+
+
 def test_frozenlake_v_star_is_the_finite_horizon_optimum(compose_cfg) -> None:
     """The reference the "near" check compares to: with gamma = 1 the 100-step optimum is the
     best probability of reaching the goal within the time limit (~0.744, not the
