@@ -301,9 +301,10 @@ CKPT_AGENTS = {"q-step": lambda s: q_agent(s, init=0.5),
                "mc-first-visit": lambda s: mc_agent(s, True, lr=0.2)}
 
 
+@pytest.mark.parametrize("budget", [None, 560], ids=["episodes", "step-budget"])
 @pytest.mark.parametrize("first", ["fast", "ref"])
 @pytest.mark.parametrize("agent_kind", CKPT_AGENTS)
-def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, tmp_path,
+def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, budget, tmp_path,
                                                           monkeypatch) -> None:
     """A job checkpointed (every 4 episodes) on the fast path or the reference, crashed
     after a checkpoint with a replica mid-episode and restored into fresh objects, continues
@@ -322,7 +323,9 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, tmp
         return env, agent, runner.Evaluator(env.model, agent.gamma)
 
     env0, agent0, ev0 = build()
-    want = fastpath.train(env0, agent0, sched, episodes, every, ev0)
+    want = fastpath.train(env0, agent0, sched, episodes, every, ev0, total_steps=budget)
+    if budget is not None:  # the budget ends some replicas early
+        assert (want.done < episodes).any()
     env1, agent1, ev1 = build()
     path = tmp_path / "ckpt.npz"
     writer = checkpoint.Checkpointer(path, {"job_id": "j"}, env1, agent1, ev1)
@@ -335,7 +338,7 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, tmp
     with pytest.raises(Crash):
         (fastpath.train if first == "fast" else runner.train)(
             env1, agent1, sched, episodes, every, ev1, checkpoint=crash_mid_episode,
-            checkpoint_every=4)
+            checkpoint_every=4, total_steps=budget)
     header, state = checkpoint.read(path)
     loop = state["loop"]
     mark = min(np.asarray(header["episodes_done"])[loop["active"]])
@@ -346,7 +349,8 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, tmp
         env2, agent2, ev2 = build()
         hist, loop2 = runner.History.empty(3, episodes, every, ev2.keys), runner.loop_state(3)
         checkpoint.restore(path, state, env2, agent2, ev2, hist, loop2)
-        got = then(env2, agent2, sched, episodes, every, ev2, resume=(hist, loop2))
+        got = then(env2, agent2, sched, episodes, every, ev2, total_steps=budget,
+                   resume=(hist, loop2))
         assert_same(want, got, agent0.q, agent2.q)
         if then is fastpath.train:  # replicas that ran on: streams and env exactly as never stopped
             ran = loop["active"]
