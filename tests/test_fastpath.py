@@ -409,3 +409,18 @@ def test_stop_on_the_fast_path_checkpoints_then_raises(tmp_path) -> None:
     checkpoint.restore(tmp_path / "c.npz", state, env2, agent2, ev2, hist, loop)
     assert_same(want, fastpath.train(env2, agent2, sched, 30, 6, ev2, resume=(hist, loop)),
                 agent0.q, agent2.q)
+
+
+def test_tracked_job_checkpoints_on_the_fast_path(compose_cfg, monkeypatch, shared_store,
+                                                  experiment) -> None:
+    """A tracked job (checkpoints every ``checkpoint_every`` episodes) trains compiled, even
+    with ``fast=on``, and hands the fast path the Checkpointer and the stop."""
+    calls, real_fast = [], fastpath.train
+    monkeypatch.setattr(fastpath, "train", lambda *a, **k: calls.append(k) or real_fast(*a, **k))
+    hist, ids = qlab.train.run(compose_cfg(["episodes=12", "replicas=2", "fast=on",
+                                            "checkpoint_every=4", f"tracking.uri={shared_store}",
+                                            f"experiment_name={experiment}"]))
+    assert len(calls) == 1 and hist.done.tolist() == [12, 12] and len(ids) == 2
+    kw = calls[0]
+    assert kw["checkpoint"].written == 2 and kw["checkpoint_every"] == 4  # at 4 and 8 episodes
+    assert kw["resume"] is None and kw["stop"] is not None
