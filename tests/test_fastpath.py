@@ -279,3 +279,148 @@ def test_train_run_dispatches(compose_cfg, monkeypatch, fast, expected) -> None:
     hist, ids = qlab.train.run(compose_cfg(["episodes=4", "replicas=2", f"fast={fast}",
                                             "tracking.enabled=false"]))
     assert used == [expected] and hist.done.tolist() == [4, 4]
+
+
+# ------------------------------------------------------------------ checkpoints and resume
+
+class Crash(Exception):
+    """Stands in for a process dying right after a checkpoint."""
+
+
+def next_uniforms(rand, n: int = 300) -> np.ndarray:
+    """(R, n) the numbers a ReplicaUniforms hands out next (it is not changed)."""
+    from qlab.rng import generator_from_state
+
+    st = rand.state()
+    return np.stack([np.concatenate([row, generator_from_state(g).random(n)])[:n]
+                     for row, g in zip(st["buf"], st["gens"], strict=True)])
+
+
+CKPT_AGENTS = {"q-step": lambda s: q_agent(s, init=0.5),
+               "q-episode": lambda s: q_agent(s, "episode"),
+               "mc-first-visit": lambda s: mc_agent(s, True, lr=0.2)}
+
+
+@pytest.mark.parametrize("budget", [None, 560], ids=["episodes", "step-budget"])
+@pytest.mark.parametrize("first", ["fast", "ref"])
+@pytest.mark.parametrize("agent_kind", CKPT_AGENTS)
+def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, budget, tmp_path,
+                                                          monkeypatch) -> None:
+    """A job checkpointed (every 4 episodes) on the fast path or the reference, crashed
+    after a checkpoint with a replica mid-episode and restored into fresh objects, continues
+    on the fast path and on the reference to exactly the uninterrupted fast run: histories,
+    Q tables, and (for replicas that ran on) the agent's and env's streams and states."""
+    from qlab import checkpoint
+
+    monkeypatch.setattr(fastpath, "UNIFORM_BLOCK", 16)  # refills: replicas stop mid-episode
+    seeds = [3, 4, 5]
+    make_env, make_agent = grid(5, 5, seeds, max_steps=60), CKPT_AGENTS[agent_kind](seeds)
+    sched, episodes, every = schedule("exponential", 3, decay=0.97), 40, 7
+
+    def build():
+        env = make_env()
+        agent = make_agent(env)
+        return env, agent, runner.Evaluator(env.model, agent.gamma)
+
+    env0, agent0, ev0 = build()
+    want = fastpath.train(env0, agent0, sched, episodes, every, ev0, total_steps=budget)
+    if budget is not None:  # the budget ends some replicas early
+        assert (want.done < episodes).any()
+    env1, agent1, ev1 = build()
+    path = tmp_path / "ckpt.npz"
+    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, env1, agent1, ev1)
+
+    def crash_mid_episode(loop, hist) -> None:  # at a checkpoint after the first that has
+        writer(loop, hist)  # a replica mid-episode
+        if writer.written >= 2 and (loop["length"] > 0).any():
+            raise Crash
+
+    with pytest.raises(Crash):
+        (fastpath.train if first == "fast" else runner.train)(
+            env1, agent1, sched, episodes, every, ev1, checkpoint=crash_mid_episode,
+            checkpoint_every=4, total_steps=budget)
+    header, state = checkpoint.read(path)
+    loop = state["loop"]
+    mark = min(np.asarray(header["episodes_done"])[loop["active"]])
+    assert mark % 4 == 0 and 8 <= mark < episodes
+    if agent_kind != "q-step":
+        assert (state["agent"]["episodes"]["length"] > 0).any()
+    for then in (fastpath.train, runner.train):
+        env2, agent2, ev2 = build()
+        hist, loop2 = runner.History.empty(3, episodes, every, ev2.keys), runner.loop_state(3)
+        checkpoint.restore(path, state, env2, agent2, ev2, hist, loop2)
+        got = then(env2, agent2, sched, episodes, every, ev2, total_steps=budget,
+                   resume=(hist, loop2))
+        assert_same(want, got, agent0.q, agent2.q)
+        if then is fastpath.train:  # replicas that ran on: streams and env exactly as never stopped
+            ran = loop["active"]
+            for a, b in ((agent0._rand, agent2._rand), (env0._rand, env2._rand)):
+                assert np.array_equal(next_uniforms(a)[ran], next_uniforms(b)[ran])
+            assert np.array_equal(env0.state[ran], env2.state[ran])
+            assert np.array_equal(env0.elapsed, env2.elapsed)
+
+
+def test_fast_path_streams_are_advanced_after_training() -> None:
+    """After fastpath.train the objects hold the driver's streams: replica k's agent stream
+    has given 2 + A numbers per step it took, its env stream 2 per step plus the reset's 2."""
+    from qlab.rng import ReplicaUniforms
+
+    seeds = [7, 8]
+    env = grid(4, 4, seeds)()
+    agent = q_agent(seeds)(env)
+    hist = fastpath.train(env, agent, schedule("exponential", 2), 25, 5)
+    steps = np.nansum(hist.train["train/episode_length"], axis=1).astype(int)
+    for rand, stream, per_step, first in ((agent._rand, 1, 2 + env.n_actions, 0),
+                                          (env._rand, 0, 2, 2)):
+        for k in range(2):
+            used = first + per_step * int(steps[k])
+            whole = ReplicaUniforms(seeds, stream).take(used + 50)[k]
+            assert np.array_equal(next_uniforms(rand, 50)[k], whole[used:])
+    assert (env.elapsed == 0).all()
+
+
+def test_stop_on_the_fast_path_checkpoints_then_raises(tmp_path) -> None:
+    """``stop()`` returning a pending Ctrl-C between chunks: a checkpoint of that moment,
+    then the exception; resuming from it ends where the uninterrupted run ends."""
+    from qlab import checkpoint
+
+    seeds = [1, 2]
+    make_env, make_agent = grid(4, 6, seeds, max_steps=80), mc_agent(seeds)
+    sched = schedule("linear", 2, duration=30)
+    env0 = make_env()
+    agent0 = make_agent(env0)
+    want = fastpath.train(env0, agent0, sched, 30, 6, runner.Evaluator(env0.model, agent0.gamma))
+    env1 = make_env()
+    agent1 = make_agent(env1)
+    ev1 = runner.Evaluator(env1.model, agent1.gamma)
+    writer = checkpoint.Checkpointer(tmp_path / "c.npz", {}, env1, agent1, ev1)
+    calls = iter(range(1, 10**6))
+    stop = lambda: KeyboardInterrupt() if next(calls) == 3 else None  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        fastpath.train(env1, agent1, sched, 30, 6, ev1, checkpoint=writer, checkpoint_every=0,
+                       stop=stop)
+    assert writer.written == 1
+    _, state = checkpoint.read(tmp_path / "c.npz")
+    assert 0 < state["history"]["done"].min() < 30
+    env2 = make_env()
+    agent2 = make_agent(env2)
+    ev2 = runner.Evaluator(env2.model, agent2.gamma)
+    hist, loop = runner.History.empty(2, 30, 6, ev2.keys), runner.loop_state(2)
+    checkpoint.restore(tmp_path / "c.npz", state, env2, agent2, ev2, hist, loop)
+    assert_same(want, fastpath.train(env2, agent2, sched, 30, 6, ev2, resume=(hist, loop)),
+                agent0.q, agent2.q)
+
+
+def test_tracked_job_checkpoints_on_the_fast_path(compose_cfg, monkeypatch, shared_store,
+                                                  experiment) -> None:
+    """A tracked job (checkpoints every ``checkpoint_every`` episodes) trains compiled, even
+    with ``fast=on``, and hands the fast path the Checkpointer and the stop."""
+    calls, real_fast = [], fastpath.train
+    monkeypatch.setattr(fastpath, "train", lambda *a, **k: calls.append(k) or real_fast(*a, **k))
+    hist, ids = qlab.train.run(compose_cfg(["episodes=12", "replicas=2", "fast=on",
+                                            "checkpoint_every=4", f"tracking.uri={shared_store}",
+                                            f"experiment_name={experiment}"]))
+    assert len(calls) == 1 and hist.done.tolist() == [12, 12] and len(ids) == 2
+    kw = calls[0]
+    assert kw["checkpoint"].written == 2 and kw["checkpoint_every"] == 4  # at 4 and 8 episodes
+    assert kw["resume"] is None and kw["stop"] is not None

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab.train
-from qlab import agents, checkpoint, envs, exploration, resume, runner, tracking
+from qlab import agents, checkpoint, envs, exploration, fastpath, resume, runner, tracking
 from qlab.config import validate
 
 WALL_CLOCK = ("train/sps",)
@@ -181,17 +181,20 @@ def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
 
 
 def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, compose_cfg,
-                       capsys) -> tuple[list, object]:
-    """Resume the job (``qlab.train.run``, in-process); train the same config uninterrupted
-    without tracking; check that the resumed runs' metric histories hold exactly the
-    uninterrupted job's points, once each. Returns the resumed runs and the reference agent."""
+                       capsys, resume_args: tuple[str, ...] = ()) -> tuple[list, object]:
+    """Resume the job (``qlab.train.run``, in-process, with ``resume_args`` added); train the
+    same config uninterrupted without tracking (on the path ``args`` choose: the fast path
+    equals the reference bit for bit, tests/test_fastpath.py); check that the resumed runs'
+    metric histories hold exactly the uninterrupted job's points, once each. Returns the
+    resumed runs and the reference agent."""
     client = MlflowClient(uri)
     before = job_runs(client, experiment)
     qlab.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
-                                f"resume={target}"]))
+                                f"resume={target}", *resume_args]))
     assert "qlab-train: resuming job " in capsys.readouterr().err
     c, env, agent, schedule, evaluator = build(compose_cfg([*args, "tracking.enabled=false"]))
-    ref = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator)
+    train = fastpath.choose(c.fast, env, agent, schedule)
+    ref = train(env, agent, schedule, c.episodes, c.eval_every, evaluator)
     resumed = job_runs(client, experiment)
     assert [r.info.run_id for r in resumed] == [r.info.run_id for r in before]  # no new runs
     assert {r.info.status for r in resumed} == {"FINISHED"}
@@ -215,22 +218,41 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
 
 
 # Random-walk exploration on bigger grids: long episodes, so a run takes seconds (a window to
-# stop it in) with few metric points to log and compare.
+# stop it in) with few metric points to log and compare. TABULAR trains on the numpy
+# reference; the compiled fast path (FAST_TABULAR, fast=auto) needs a far bigger grid for that.
 TABULAR = ["env=griddy", "env.height=10", "env.width=10", "~hparams", "exploration=constant",
            "exploration.start=1.0", "replicas=2", "episodes=60", "eval_every=10",
-           "checkpoint_every=5", "tracking.flush_seconds=0.2"]
+           "checkpoint_every=5", "tracking.flush_seconds=0.2", "fast=off"]
+FAST_TABULAR = ["env=griddy", "env.height=50", "env.width=50", "env.max_steps=null", "~hparams",
+                "exploration=constant", "exploration.start=1.0", "replicas=2", "episodes=300",
+                "eval_every=100", "checkpoint_every=5", "tracking.flush_seconds=0.2"]
 DQN = ["agent=dqn", "env=griddy", "env.height=6", "env.width=6", "~hparams", "replicas=2",
        "episodes=12", "agent.hidden=[32]", "agent.learning_starts=200", "agent.buffer_size=2000",
        "agent.threads=1", "exploration=constant", "exploration.start=1.0", "eval_every=4",
        "checkpoint_every=2", "tracking.flush_seconds=0.2"]
 
 
-def test_kill9_tabular_then_resume(tmp_path, mlflow_uri, compose_cfg, capsys) -> None:
-    header, runs = kill_mid_run(TABULAR, tmp_path, mlflow_uri, "kill")
+def trainer_of(compose_cfg, args: list[str]):
+    """The training function ``qlab-train args`` uses."""
+    c, env, agent, schedule, _ = build(compose_cfg([*args, "tracking.enabled=false"]))
+    return qlab.train.choose_trainer(c, None, env, agent, schedule)
+
+
+@pytest.mark.parametrize("args, resume_args, first", [
+    (FAST_TABULAR, (), fastpath.train),
+    (TABULAR, ("fast=on",), runner.train),  # a reference checkpoint continued compiled
+], ids=["fast", "reference-then-fast"])
+def test_kill9_tabular_then_resume(args, resume_args, first, tmp_path, mlflow_uri, compose_cfg,
+                                   capsys, monkeypatch) -> None:
+    assert trainer_of(compose_cfg, args) is first
+    header, runs = kill_mid_run(args, tmp_path, mlflow_uri, "kill")
     assert [r.info.status for r in runs] == ["RUNNING", "RUNNING"]  # kill -9: nobody ended them
     assert header["run_ids"] == [r.info.run_id for r in runs]
-    resumed, agent = resume_and_compare(TABULAR, mlflow_uri, "kill", runs[1].info.run_id,
-                                        compose_cfg, capsys)
+    used, fast_train = [], fastpath.train
+    monkeypatch.setattr(fastpath, "train", lambda *a, **k: used.append(k) or fast_train(*a, **k))
+    resumed, agent = resume_and_compare(args, mlflow_uri, "kill", runs[1].info.run_id,
+                                        compose_cfg, capsys, resume_args)
+    assert used and used[0]["resume"] is not None  # the resumed job trained on the fast path
     client = MlflowClient(mlflow_uri)
     for k, run in enumerate(resumed):
         q = np.load(client.download_artifacts(run.info.run_id, "q_table.npy", str(tmp_path)))
@@ -250,8 +272,9 @@ def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg, capsys) -
             assert torch.equal(got["state_dict"][key], v), key  # bit-exact: CPU, one thread
 
 
-def test_sigterm_writes_checkpoint_and_ends_killed(tmp_path, mlflow_uri) -> None:
-    args = [*TABULAR, "episodes=100000"]
+@pytest.mark.parametrize("base", [FAST_TABULAR, TABULAR], ids=["fast", "reference"])
+def test_sigterm_writes_checkpoint_and_ends_killed(base, tmp_path, mlflow_uri) -> None:
+    args = [*base, "episodes=100000", "tracking.max_points=null"]
     _, runs = kill_mid_run(args, tmp_path, mlflow_uri, "term", sig=signal.SIGTERM)
     client = MlflowClient(mlflow_uri)
     assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
@@ -280,9 +303,10 @@ def new_runs(uri: str, train) -> list[str]:
     return [r.info.run_id for r in job_runs(client, "bad") if r.info.run_id not in old]
 
 
-def stop_job(compose_cfg, args: list[str], at: int = 300) -> None:
-    """Train ``args`` in-process and stop it as SIGTERM would, at lock-step ``at``: it writes
-    a checkpoint and ends KILLED."""
+def stop_job(compose_cfg, args: list[str], at: int = 5) -> None:
+    """Train ``args`` in-process and stop it as SIGTERM would, at the ``at``-th check (a
+    lock-step on the reference, a chunk of episodes on the fast path): it writes a checkpoint
+    and ends KILLED."""
     from qlab.stopping import GracefulStop, Terminated
 
     calls = iter(range(1, 10**9))

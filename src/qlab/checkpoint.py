@@ -34,7 +34,8 @@ FILE_NAME = "checkpoint.npz"
 SEP = "::"  # joins nested keys of array members (metric keys contain '/')
 META = "__meta__"
 # Top-level config keys that may differ between a run and its resume.
-EXCLUDED = ("resume", "checkpoint_every", "checkpoint_dir", "tracking")
+EXCLUDED = ("resume", "checkpoint_every", "checkpoint_dir", "tracking",
+            "fast")  # both paths train alike and continue each other's checkpoints
 
 
 class CheckpointError(ValueError):

@@ -19,8 +19,18 @@ chunks, stays prompt), or until it needs more random numbers or a larger episode
 episode it finished in that chunk (the reference times each episode; replicas here take
 turns within a chunk, so this is the rate at which the replica advanced over the chunk).
 
-After :func:`train` the agent's and env's own random streams (``ReplicaUniforms``) are not
-advanced: the fast path draws from copies of their generators.
+Checkpoints and resume work as on the reference path (same arguments, same Checkpointer):
+chunks also end where the fewest episodes any active replica has finished reaches a
+multiple of ``checkpoint_every``, and a pending Ctrl-C / SIGTERM (``stop()``) is acted on
+between chunks (kept under ``CHUNK_SECONDS`` then). There the driver writes its state back
+into the objects a checkpoint saves (:func:`_sync`: Q, the agent's and env's streams, the
+stored episode, the env's states, the runner's loop counters) and calls ``checkpoint(loop,
+history)``; ``resume`` starts it from the restored objects. Replicas run one after the other
+here, so in a fast-path checkpoint they may be at different steps (each replica's state is
+whole); the reference continues from that just as well, replica by replica. The objects are
+synced at the end too, so after :func:`train` the streams are advanced past the numbers each
+replica used (the reference's lock-step also draws for replicas that already finished,
+while others run: those replicas' streams and env states differ, nothing learned does).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import numpy as np
 from qlab import runner
 from qlab.config import ConfigError
 from qlab.exploration import KINDS, Schedule
-from qlab.rng import ReplicaUniforms
+from qlab.rng import ReplicaUniforms, generator_from_state
 from qlab.runner import TRAIN_KEYS, History, Listener
 
 MODES = ("auto", "on", "off")
@@ -43,6 +53,7 @@ TABULAR_AGENTS = ("tabular_q", "tabular_mc")
 UNIFORM_BLOCK = 4096  # numbers drawn per replica at a time, as ReplicaUniforms
 EPISODE_CAPACITY = 256  # initial episode buffer (steps), doubled when full
 FIRST_LIMIT = 16  # episodes per replica in the first chunk
+CHUNK_SECONDS = 1.0  # with ``stop``: chunks aim at well under this, so a signal acts promptly
 
 
 def check_config(fast: str, agent: str) -> None:
@@ -129,6 +140,24 @@ class _Streams:
         for k, gen in enumerate(self.gens):
             gen.random(out=self.buf[k, n:])
 
+    def state(self, pos: np.ndarray) -> dict:
+        """:meth:`ReplicaUniforms.state` of the streams with row k used up to ``pos[k]``. That
+        state keeps one buffer length for all replicas: shorter rows are topped up from
+        copies of their generators (the same numbers follow), this object is not changed."""
+        rows = [self.buf[k, int(p):] for k, p in enumerate(pos)]
+        n = max(row.size for row in rows)
+        buf = np.empty((len(rows), n))
+        gens = []
+        for k, row in enumerate(rows):
+            buf[k, :row.size] = row
+            st = self.gens[k].bit_generator.state
+            if row.size < n:
+                gen = generator_from_state(st)
+                gen.random(out=buf[k, row.size:])
+                st = gen.bit_generator.state
+            gens.append(st)
+        return {"gens": gens, "buf": buf}
+
     def refill(self, k: int, pos: int) -> None:
         """Drop row k's numbers before ``pos`` (used) and top the row up from its generator."""
         row = self.buf[k]
@@ -140,8 +169,13 @@ class _Streams:
 def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
           evaluator: Callable[[int, Any], dict[str, float]] | None = None,
           listeners: Sequence[Listener] = (), flush_seconds: float = 2.0,
-          total_steps: int | None = None) -> History:
-    """:func:`qlab.runner.train`, compiled (see the module docstring)."""
+          total_steps: int | None = None,
+          checkpoint: Callable[[dict[str, np.ndarray], History], None] | None = None,
+          checkpoint_every: int = 0,
+          resume: tuple[History, dict[str, np.ndarray]] | None = None,
+          stop: Callable[[], BaseException | None] | None = None) -> History:
+    """:func:`qlab.runner.train`, compiled (see the module docstring); the same arguments,
+    checkpoints and resume included."""
     from qlab.agents import kernels as K
     from qlab.agents.mc import TabularMC
 
@@ -150,12 +184,18 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
         raise ValueError(f"fastpath.train: {why}")
     R = env.num_envs
     hist = History.empty(R, episodes, eval_every, evaluator.keys if evaluator else ())
-    table = np.full((len(TRAIN_KEYS), R, episodes), np.nan)  # rows: TRAIN_KEYS
-    for i, key in enumerate(TRAIN_KEYS):
-        hist.train[key] = table[i]
-    sps = table[TRAIN_KEYS.index("train/sps")]
     eval_at = np.zeros(episodes, dtype=bool)
     eval_at[hist.eval_steps[0]] = True
+    loop = runner.loop_state(R)
+    if resume is not None:
+        hist = resume[0]
+        for k, v in resume[1].items():
+            loop[k][...] = v
+    table = np.full((len(TRAIN_KEYS), R, episodes), np.nan)  # rows: TRAIN_KEYS
+    for i, key in enumerate(TRAIN_KEYS):
+        table[i] = hist.train[key]
+        hist.train[key] = table[i]
+    sps = table[TRAIN_KEYS.index("train/sps")]
     budget = total_steps if total_steps is not None else np.iinfo(np.int64).max
     model = env.model
     if isinstance(agent, TabularMC):
@@ -171,9 +211,7 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
     istate[:, K.EVAL_EP] = -1
     fstate = np.zeros((R, K.N_FLOAT))
     status = istate[:, K.STATUS]
-    capacity = EPISODE_CAPACITY if kind != K.Q_STEP else 1
-    buf_i = np.zeros((R, 4, capacity), dtype=np.int64)
-    buf_r = np.zeros((R, capacity))
+    buf_i, buf_r = _episode_buffers(agent, kind)
     fixed = (kind, first_visit, KINDS.index(schedule.kind), schedule.unit == "step",
              model.deterministic, -1 if model.max_steps is None else model.max_steps,
              episodes, budget)
@@ -181,16 +219,36 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
     # here so the kernel samples exactly what TabularVecEnv and TabularAgent would).
     model_arrays = (env._cum, model.next_state, model.reward, model.terminal, env._init_cum)
 
-    istate[:, K.STATE] = env.reset()  # the env's stream takes its reset numbers, as the reference
+    if resume is None:  # the env's stream takes its reset numbers, as the reference
+        istate[:, K.STATE] = env.reset()
+    else:  # the restored objects and loop counters (runner.loop_state) go on from there
+        istate[:, K.STATE], istate[:, K.ELAPSED] = env.state, env.elapsed
+        istate[:, K.EP], istate[:, K.STEPS] = loop["ep"], loop["steps"]
+        fstate[:, K.RET], fstate[:, K.QD_SUM], fstate[:, K.QD_CNT] = (
+            loop["ret"], loop["qd_sum"], loop["qd_cnt"])
+        status[~loop["active"]] = K.FINISHED
+        if kind != K.Q_STEP:  # the stored part of each replica's current episode
+            istate[:, K.BUF_LEN] = agent._episodes.length
     u_agent, u_env = _Streams(agent._rand), _Streams(env._rand)
+    every = checkpoint_every if checkpoint is not None else 0
+    active = status < K.FINISHED
+    ckpt_mark = int(istate[active, K.EP].min()) // every if every and active.any() else 0
+    target = min(flush_seconds, CHUNK_SECONDS) if stop is not None else flush_seconds
     limit = FIRST_LIMIT
+
+    def sync() -> None:
+        _sync(env, agent, loop, istate, fstate, u_agent, u_env, buf_i, buf_r)
+
     last_flush = time.monotonic()
     try:
         while True:
             ran = status == K.RUN
             ep0, steps0 = istate[:, K.EP].copy(), istate[:, K.STEPS].copy()
+            chunk = limit
+            if every and ran.any():  # the slowest replica stops at the next checkpoint mark
+                chunk = min(limit, (ckpt_mark + 1) * every - int(ep0[ran].min()))
             t0 = time.perf_counter()
-            K.run(*fixed, limit, *model_arrays, agent.q, params, istate, fstate, u_agent.buf,
+            K.run(*fixed, chunk, *model_arrays, agent.q, params, istate, fstate, u_agent.buf,
                   u_env.buf, buf_i, buf_r, eval_at, table)
             seconds = max(time.perf_counter() - t0, 1e-9)
             ep1 = istate[:, K.EP]
@@ -218,22 +276,77 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
             if (status == K.BUFFER_FULL).any():
                 buf_i, buf_r = _grow(buf_i, buf_r)
             going = status < K.FINISHED
-            if not going.any():
-                break
-            status[going] = K.RUN
-            if seconds < flush_seconds / 8:
-                limit = min(2 * limit, episodes)
-            elif seconds > flush_seconds / 2:
-                limit = max(1, limit // 2)
             now = time.monotonic()
             if now - last_flush >= flush_seconds:
                 last_flush = now
                 for listener in listeners:
                     listener.update(hist)
+            if every and going.any():
+                mark = int(ep1[going].min()) // every
+                if mark > ckpt_mark:
+                    ckpt_mark = mark
+                    sync()
+                    checkpoint(loop, hist)
+            if stop is not None and (exc := stop()) is not None:
+                if checkpoint is not None:
+                    sync()
+                    checkpoint(loop, hist)
+                raise exc
+            if not going.any():
+                break
+            status[going] = K.RUN
+            if seconds < target / 8:
+                limit = min(2 * limit, episodes)
+            elif seconds > target / 2:
+                limit = max(1, limit // 2)
     finally:
+        sync()  # the objects hold the driver's state, as after the reference
         for listener in listeners:
             listener.update(hist)
     return hist
+
+
+def _episode_buffers(agent, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's episode buffers (state, action, next state, terminated; reward), holding
+    the agent's stored episode (a resumed checkpoint's), at least ``EPISODE_CAPACITY`` wide."""
+    from qlab.agents import kernels as K
+
+    R = agent.replicas
+    if kind == K.Q_STEP:
+        return np.zeros((R, 4, 1), dtype=np.int64), np.zeros((R, 1))
+    f = agent._episodes.fields
+    n = f["state"].shape[1]
+    buf_i = np.zeros((R, 4, max(EPISODE_CAPACITY, n)), dtype=np.int64)
+    buf_r = np.zeros((R, buf_i.shape[2]))
+    for j, name in enumerate(("state", "action", "next_state", "terminated")):
+        buf_i[:, j, :n] = f[name]
+    buf_r[:, :n] = f["reward"]
+    return buf_i, buf_r
+
+
+def _sync(env, agent, loop: dict[str, np.ndarray], istate: np.ndarray, fstate: np.ndarray,
+          u_agent: _Streams, u_env: _Streams, buf_i: np.ndarray, buf_r: np.ndarray) -> None:
+    """Write the driver's state into the objects a checkpoint saves: the env's states and
+    stream, the agent's stream and stored episode (its Q is the kernel's own array) and the
+    runner's loop counters (:func:`qlab.runner.loop_state`)."""
+    from qlab.agents import kernels as K
+
+    env.state = istate[:, K.STATE].copy()
+    env.elapsed = istate[:, K.ELAPSED].copy()
+    env._rand.load_state(u_env.state(istate[:, K.ENV_POS]))
+    agent._rand.load_state(u_agent.state(istate[:, K.AGENT_POS]))
+    episodes = getattr(agent, "_episodes", None)
+    if episodes is not None:
+        episodes.load_state_dict({
+            "length": istate[:, K.BUF_LEN].copy(), "state": buf_i[:, 0], "action": buf_i[:, 1],
+            "next_state": buf_i[:, 2], "terminated": buf_i[:, 3] != 0, "reward": buf_r})
+    active = istate[:, K.STATUS] < K.FINISHED
+    loop["ep"][:], loop["steps"][:] = istate[:, K.EP], istate[:, K.STEPS]
+    loop["length"][:] = np.where(active, istate[:, K.ELAPSED], 0)
+    loop["ret"][:], loop["qd_sum"][:] = fstate[:, K.RET], fstate[:, K.QD_SUM]
+    loop["qd_cnt"][:] = fstate[:, K.QD_CNT]
+    loop["stat_cnt"][:] = 0.0
+    loop["active"][:] = active
 
 
 def _evaluate(rows: np.ndarray, istate: np.ndarray, hist: History, evaluator, agent) -> None:

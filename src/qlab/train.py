@@ -87,18 +87,12 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
                                "config": checkpoint.identity(resolved),
                                "config_hash": checkpoint.config_hash(resolved)},
                     env, agent, evaluator)
-            if trainer is runner.train:
-                with stop.deferring():  # Ctrl-C / SIGTERM: checkpoint at a lock-step, then KILLED
-                    hist = runner.train(env, agent, schedule, c.episodes, c.eval_every,
-                                        evaluator, listeners=[tracker, bar],
-                                        flush_seconds=c.tracking.flush_seconds,
-                                        total_steps=c.total_steps, checkpoint=ckpt,
-                                        checkpoint_every=c.checkpoint_every,
-                                        resume=job.start if job else None, stop=stop)
-            else:  # the compiled twin: no checkpoints (see choose_trainer)
+            with stop.deferring():  # Ctrl-C / SIGTERM: checkpoint at a clean point, then KILLED
                 hist = trainer(env, agent, schedule, c.episodes, c.eval_every, evaluator,
                                listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
-                               total_steps=c.total_steps)
+                               total_steps=c.total_steps, checkpoint=ckpt,
+                               checkpoint_every=c.checkpoint_every,
+                               resume=job.start if job else None, stop=stop)
             if evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal",
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
@@ -125,15 +119,8 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
 
 
 def choose_trainer(c: QlabConfig, job, env, agent, schedule):
-    """``runner.train`` or its compiled twin (``qlab.fastpath``, ``fast=auto|on|off``). The
-    compiled path writes no checkpoints, so a job that checkpoints (tracked, with
-    ``checkpoint_every`` > 0) or resumes trains on the reference path."""
-    if job is not None and (c.checkpoint_every or job.start is not None):
-        if c.fast == "on":
-            raise ConfigError("fast='on': the compiled fast path writes no checkpoints; set "
-                              "checkpoint_every=0 (tracked runs checkpoint by default), or "
-                              "fast=auto")
-        return runner.train
+    """``runner.train`` or its compiled twin (``qlab.fastpath``, ``fast=auto|on|off``); both
+    checkpoint and resume alike, and either continues the other's checkpoint."""
     return fastpath.choose(c.fast, env, agent, schedule)
 
 
