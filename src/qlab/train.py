@@ -64,7 +64,8 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             return None, job.run_ids
         resume.restore(job, env, agent, evaluator, c.episodes, c.eval_every)
         resume.announce(job)
-    trainer = choose_trainer(c, job, env, agent, schedule)
+    # runner.train or its compiled twin (fast=auto|on|off): they checkpoint and resume alike
+    trainer = fastpath.choose(c.fast, env, agent, schedule)
     replicas = [{"params": batch.params(k),
                  "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
                           **sweep.job_tags(), **batch.tags, **(job.tags if job else {})}}
@@ -116,12 +117,6 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         raise ReplicaFailure("; ".join(f"seed {seeds[k]} ({why})"
                                        for k, why in sorted(hist.failed.items())))
     return hist, tracker.run_ids
-
-
-def choose_trainer(c: QlabConfig, job, env, agent, schedule):
-    """``runner.train`` or its compiled twin (``qlab.fastpath``, ``fast=auto|on|off``); both
-    checkpoint and resume alike, and either continues the other's checkpoint."""
-    return fastpath.choose(c.fast, env, agent, schedule)
 
 
 def summary(c: QlabConfig, hist: runner.History) -> str:
