@@ -235,7 +235,7 @@ DQN = ["agent=dqn", "env=griddy", "env.height=6", "env.width=6", "~hparams", "re
 def trainer_of(compose_cfg, args: list[str]):
     """The training function ``qlab-train args`` uses."""
     c, env, agent, schedule, _ = build(compose_cfg([*args, "tracking.enabled=false"]))
-    return qlab.train.choose_trainer(c, None, env, agent, schedule)
+    return fastpath.choose(c.fast, env, agent, schedule)
 
 
 @pytest.mark.parametrize("args, resume_args, first", [
