@@ -2,8 +2,9 @@
 the 4x4 grid, R = 1) with MLflow on — a real sqlite store in a temp dir — against off.
 
 Both go through ``qlab.train.run`` whole: with tracking on that includes creating the run,
-its params, every metric point, the artifacts (config, Q table, value heatmap) and closing
-it. The store is created and warmed up first (its one-time schema migration is not a cost
+its params, every metric point, the artifacts (config, Q table, value heatmap, episodes.csv)
+and closing it. Checkpoints (which exist only for tracked runs) are off in both, so the
+figure is MLflow's cost alone. The store is created and warmed up first (its one-time schema migration is not a cost
 of tracking a run), runs alternate off / on, and the overhead is the median over pairs of
 (on - off) / off: the wall time tracking adds, as a share of the untracked run's.
 """
@@ -29,7 +30,7 @@ def run_once(uri: str, tracking: bool, episodes: int, seed: int,
 
     cfg = compose(["agent=tabular_q", "env=griddy", f"episodes={episodes}", f"seed={seed}",
                    "experiment_name=bench-tracking", f"tracking.enabled={str(tracking).lower()}",
-                   *overrides])
+                   "checkpoint_every=0", *overrides])
     cfg.tracking.uri = uri
     with contextlib.redirect_stderr(io.StringIO()):
         t = time.perf_counter()
