@@ -17,7 +17,9 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from qlab import store
 from qlab.config import CONF_DIR, ConfigError, options, register, validate
+from qlab.tracking import default_uri
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
@@ -86,11 +88,20 @@ def check(overrides: Sequence[str]) -> list[str]:
             jobs = job_overrides([*overrides, *sweeper_params(overrides)])
         except (HydraException, OmegaConfBaseException) as exc:
             return [explain(exc)]
+        uris: list[str] = []
         for job in jobs:
             try:
-                validate(compose(config_name="config", overrides=job))
+                c = validate(compose(config_name="config", overrides=job))
             except (HydraException, OmegaConfBaseException, ConfigError) as exc:
                 line = explain(exc)
                 if line not in errors:
                     errors.append(line)
+            else:
+                if c.tracking.enabled and (c.tracking.uri or default_uri()) not in uris:
+                    uris.append(c.tracking.uri or default_uri())
+    for uri in uris if not errors else []:  # the store every job will write to
+        try:
+            store.check(uri)
+        except store.StoreError as exc:
+            errors.append(str(exc))
     return errors

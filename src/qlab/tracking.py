@@ -7,7 +7,9 @@ It knows nothing of agents: it is handed a :class:`~qlab.runner.History` and arr
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -20,7 +22,9 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from qlab import provenance, store
 from qlab.config import ROOT
+from qlab.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -68,12 +72,14 @@ class Tracker:
         self.client = client
         self.run_ids = list(run_ids)
         self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
+        self.history = None  # the last history seen: kept locally if the store goes away
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
 
     def update(self, history) -> None:
         """Write every metric point recorded since the last call (one log_batch per run)."""
         self.failed.update(history.failed)
+        self.history = history
         now = int(time.time() * 1000)
         for k, run_id in enumerate(self.run_ids):
             lo, hi = self._train_sent[k], history.done[k]
@@ -122,6 +128,42 @@ class Tracker:
                 self.client.log_text(run_id, traceback, "traceback.txt")
             self.client.set_terminated(run_id, "FAILED" if k in failed else status)
 
+    def finish_after_error(self, status: str, error: str, traceback: str | None = None,
+                           failed: Mapping[int, str] | None = None) -> Exception | None:
+        """:meth:`finish` when something already went wrong: the traceback artifact is
+        optional (a full or read-only artifact store must not leave runs RUNNING), and the
+        first error talking to the store stops the attempt. Returns that error, if any."""
+        failed = failed or {}
+        try:
+            for k, run_id in enumerate(self.run_ids):
+                self.client.set_tag(run_id, "error", failed.get(k, error)[:4000])
+                if traceback is not None:
+                    with contextlib.suppress(OSError, MlflowException):
+                        self.client.log_text(run_id, traceback, "traceback.txt")
+                self.client.set_terminated(run_id, "FAILED" if k in failed else status)
+        except Exception as exc:  # noqa: BLE001 - the store itself is gone
+            return exc
+        return None
+
+    def save_local(self, directory: Path) -> Path:
+        """Every metric point of the last history, one CSV (key, step, value) per run, in
+        ``directory``: what is kept when the store goes away mid-run."""
+        directory.mkdir(parents=True, exist_ok=True)
+        h = self.history
+        for k, run_id in enumerate(self.run_ids):
+            with open(directory / f"{run_id}.csv", "w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["key", "step", "value"])
+                if h is None:
+                    continue
+                for key, table in h.train.items():
+                    out.writerows((key, step, repr(float(table[k, step])))
+                                  for step in range(h.done[k]))
+                for key, table in h.evals.items():
+                    out.writerows((key, int(h.eval_steps[k, i]), repr(float(table[k, i])))
+                                  for i in range(h.evals_done[k]))
+        return directory
+
 
 class NullTracker:
     """Stands in when tracking is disabled."""
@@ -138,30 +180,64 @@ class NullTracker:
 def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
               replicas: Sequence[Mapping[str, str]], run_names: Sequence[str]) -> Iterator[Tracker]:
     """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
-    (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C."""
+    (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
+
+    A store that cannot be used raises :class:`~qlab.store.StoreError` (one line): before any
+    run exists when :func:`qlab.store.check` sees it, else with the runs ended FAILED and, if
+    the store went away altogether, every metric point saved to ``./qlab-unsent/``."""
+    store.check(uri)
     client = MlflowClient(tracking_uri=uri)
-    exp_id = get_or_create_experiment(client, experiment_name, uri)
-    run_ids = []
-    for own, name in zip(replicas, run_names, strict=True):
-        run = client.create_run(exp_id, run_name=name,
-                                tags={k: str(v) for k, v in own["tags"].items()})
-        run_ids.append(run.info.run_id)
-        merged = {**params, **own["params"]}
-        items = [Param(k, v) for k, v in merged.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
+    record = provenance.collect()
+    run_ids: list[str] = []
+    try:
+        exp_id = get_or_create_experiment(client, experiment_name, uri)
+        for own, name in zip(replicas, run_names, strict=True):
+            run = client.create_run(exp_id, run_name=name, tags={
+                **provenance.tags(record), **{k: str(v) for k, v in own["tags"].items()}})
+            run_ids.append(run.info.run_id)
+            merged = {**params, **own["params"]}
+            items = [Param(k, v) for k, v in merged.items()]
+            for i in range(0, len(items), PARAMS_PER_BATCH):
+                client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
+            # Written first: an unwritable artifact store shows before any training.
+            client.log_text(run.info.run_id, provenance.to_json(record), provenance.ARTIFACT)
+    except Exception as exc:
+        Tracker(client, run_ids).finish_after_error("FAILED", f"{type(exc).__name__}: {exc}")
+        raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}") from exc
     tracker = Tracker(client, run_ids)
     try:
         yield tracker
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
-        tracker.finish("KILLED", error=type(exc).__name__, failed=tracker.failed)
+        lost = tracker.finish_after_error("KILLED", type(exc).__name__, failed=tracker.failed)
+        if lost is not None:
+            print(f"qlab: {_keep_locally(tracker, uri, lost)}", file=sys.stderr)
         raise
     except BaseException as exc:
-        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc())
+        lost = tracker.finish_after_error("FAILED", f"{type(exc).__name__}: {exc}",
+                                          traceback=traceback.format_exc())
+        if lost is not None:
+            raise _keep_locally(tracker, uri, lost) from exc
+        if isinstance(exc, OSError | MlflowException):  # the store failed, e.g. a full disk
+            raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}; the runs "
+                             "ended FAILED") from exc
         raise
     else:
         tracker.finish("FINISHED", failed=tracker.failed)
 
 
-__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten"]
+UNSENT_DIR = Path("qlab-unsent")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _keep_locally(tracker: Tracker, uri: str, exc: BaseException) -> StoreError:
+    """The store went away: save the metrics locally, say where (one line)."""
+    saved = tracker.save_local(UNSENT_DIR.resolve())
+    return StoreError(f"lost the tracking store {uri} ({_one_line(exc)}); every metric point of "
+                      f"{len(tracker.run_ids)} run(s) saved to {saved}/<run id>.csv")
+
+
+__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "StoreError"]
