@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--allowed-hosts", default="",
                    help="extra comma-separated Host headers to accept (the names clients use "
                         "for this server, e.g. mlflow-host,mlflow-host:5000)")
-    p.add_argument("--workers", default="2")
+    p.add_argument("--workers", default=None, help="server worker processes (MLflow's default: 4)")
     p.add_argument("--auth", action="store_true",
                    help=f"require a login (MLflow basic-auth); admin password from ${PASSWORD_ENV}")
     p.add_argument("--auth-db-uri", default=None,
@@ -114,8 +114,10 @@ def command(args: argparse.Namespace) -> list[str]:
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
            "--backend-store-uri", args.backend_store_uri,
            "--artifacts-destination", args.artifacts_destination, "--serve-artifacts",
-           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+           "--host", args.host, "--port", str(args.port),
            "--allowed-hosts", allowed_hosts(args.host, args.port, args.allowed_hosts)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
     if args.auth:
         cmd += ["--app-name", "basic-auth"]
     return cmd

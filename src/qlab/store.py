@@ -15,7 +15,9 @@ MLflow retries a dead server for minutes per request.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -120,4 +122,19 @@ def _probe_server(uri: str) -> None:
                          f"(HTTP {resp.status_code} from {base}/api/2.0/mlflow/experiments/search)")
 
 
-__all__ = ["StoreError", "check", "configure_http", "sqlite_path"]
+@contextlib.contextmanager
+def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
+    """Hold an inter-process lock (``<db>.lock`` beside a sqlite store) while MLflow opens the
+    store: it creates and migrates the schema on first use, and processes doing that at once
+    fail ("table ... already exists", alembic errors). A no-op for other stores."""
+    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{db}.lock", timeout=timeout):
+        yield
+
+
+__all__ = ["StoreError", "check", "configure_http", "creation_lock", "sqlite_path"]

@@ -68,7 +68,7 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return
         uri = config.tracking.uri or tracking.default_uri()
-        client = MlflowClient(tracking_uri=uri)
+        client = tracking.client_for(uri)
         exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)

@@ -46,6 +46,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def client_for(uri: str) -> MlflowClient:
+    """A client of ``uri``. Creating one opens (and, the first time, creates and migrates)
+    the store, which processes starting together must do one at a time."""
+    with store.creation_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment ``name``, created if missing. For a sqlite store its artifacts
     go to ``mlruns/`` beside the database, wherever the process runs."""
@@ -186,7 +193,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     run exists when :func:`qlab.store.check` sees it, else with the runs ended FAILED and, if
     the store went away altogether, every metric point saved to ``./qlab-unsent/``."""
     store.check(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     record = provenance.collect()
     run_ids: list[str] = []
     try:
