@@ -112,6 +112,12 @@ def running_server(args: Sequence[str], port: int, env: dict[str, str] | None = 
         log.close()
 
 
+@pytest.fixture(scope="session")
+def launch_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``with launch_server(args, env) as uri``: a ``qlab-server`` on a free port."""
+    return lambda args, env=None: running_server(args, free_port(), env)
+
+
 class Server(NamedTuple):
     uri: str  # http://127.0.0.1:<port>
     db: Path  # its sqlite backend store
