@@ -75,8 +75,34 @@ def sweeper_params(overrides: Sequence[str]) -> list[str]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     given = {o.get_key_element().lstrip("+~") for o in parsed}
     cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    _check_targets(cfg.hydra)
     params = cfg.hydra.sweeper.get("params") or {}
     return [f"{k}={v}" for k, v in params.items() if k not in given]
+
+
+# What Hydra may instantiate from its own config: its plugins and qlab's callbacks. A
+# ``_target_`` elsewhere (``+hydra.callbacks.x._target_=os.system``, or one in a config
+# file) would run arbitrary code; qlab's own keys refuse ``_target_`` as an unknown key.
+TARGET_PREFIXES = ("qlab.", "hydra._internal.", "hydra_plugins.")
+
+
+def _check_targets(node, path: str = "hydra") -> None:
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        items = [(str(k), node._get_node(k)) for k in node.keys()]
+    elif isinstance(node, ListConfig):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return
+    for key, child in items:
+        if key == "_target_":
+            target = str(child._value())
+            if not target.startswith(TARGET_PREFIXES):
+                raise ConfigError(f"{path}._target_={target!r}: Hydra may only instantiate "
+                                  f"{', '.join(p + '*' for p in TARGET_PREFIXES)}")
+        elif isinstance(child, DictConfig | ListConfig):
+            _check_targets(child, f"{path}.{key}")
 
 
 def check(overrides: Sequence[str]) -> list[str]:
@@ -86,7 +112,7 @@ def check(overrides: Sequence[str]) -> list[str]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
             jobs = job_overrides([*overrides, *sweeper_params(overrides)])
-        except (HydraException, OmegaConfBaseException) as exc:
+        except (HydraException, OmegaConfBaseException, ConfigError) as exc:
             return [explain(exc)]
         uris: list[str] = []
         for job in jobs:
