@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from qlab import tracking
+from qlab import provenance, tracking
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
 SWEEP_ENV = "QLAB_SWEEP_ID"
@@ -75,7 +75,8 @@ class SweepCallback(Callback):
         sweeper_params = config.hydra.sweeper.get("params") or {}
         overrides += [f"{k}={v}" for k, v in sweeper_params.items()]
         parent = client.create_run(exp_id, run_name=f"sweep-{config.experiment_name}-{sweep_id}",
-                                   tags={"sweep_id": sweep_id, "qlab.role": "sweep"})
+                                   tags={"sweep_id": sweep_id, "qlab.role": "sweep",
+                                         **provenance.tags(provenance.collect())})
         run_id = parent.info.run_id
         client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
         _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,

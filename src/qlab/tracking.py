@@ -229,7 +229,10 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
                              "ended FAILED") from exc
         raise
     else:
-        tracker.finish("FINISHED", failed=tracker.failed)
+        try:
+            tracker.finish("FINISHED", failed=tracker.failed)
+        except Exception as exc:  # the store went away at the very end
+            raise _keep_locally(tracker, uri, exc) from exc
 
 
 UNSENT_DIR = Path("qlab-unsent")
