@@ -105,7 +105,7 @@ def running_server(args: Sequence[str], port: int, env: dict[str, str] | None = 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)  # uvicorn's graceful shutdown can take 10+ s: not needed here
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
