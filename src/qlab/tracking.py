@@ -240,6 +240,8 @@ UNSENT_DIR = Path("qlab-unsent")
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    if "Max retries exceeded" in text:  # urllib3's words for a server that is gone
+        text = text.split(" failed with exception")[0] + ": no connection, retries exhausted"
     return f"{type(exc).__name__}: {text[:300]}"
 
 
