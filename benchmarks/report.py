@@ -105,14 +105,18 @@ METHOD = """\
   contenders run interleaved within each repeat, and tabular and tracking runs follow an
   uncounted warm-up run (imports, caches, any compilation); each DQN contender starts in a
   fresh process and a sweep is timed cold, end to end, as a user runs them.
-- **Tabular.** All four contenders use qlab's tuned settings for the grid
+- **Tabular.** All contenders use qlab's tuned settings for the grid
   (`conf/hparams/tabular_q_griddy*.yaml`: lr, gamma, epsilon schedule, episode budget). The
   notebook-style loop (`benchmarks/notebook_baseline.py`: a dict Q table keyed by pickled
   observations, `np.where` to find the agent, the episodic backward update) and qlab run the
   grid world; the plain gymnasium loop runs `FrozenLake-v1` (`is_slippery=False`) of the same
   size with a numpy Q table and online Q-learning, with 10x the episode budget (it starts in
   one corner and rarely finds the goal by chance). qlab is driven through the objects
-  `qlab.train.run` builds (env, agent, schedule, runner), tracking off. Greedy policies are
+  `qlab.train.run` builds (env, agent, schedule), tracking off, trained twice: by the
+  compiled fast path (`qlab fast`, `qlab.fastpath`, what `qlab-train` runs for tabular
+  agents) and by the numpy reference runner (`qlab numpy`, `fast=off`; bit for bit the
+  same results). The fast path's start-up (numba compiling its kernels into an empty cache,
+  or loading them from a filled one) is timed apart, in fresh processes. Greedy policies are
   checked against value iteration's optimal actions after every episode (qlab: its own
   `eval/optimal_fraction`), the checking time not counted; "time to optimal" is the training
   time up to the first check after which the policy stays optimal to the end of the budget

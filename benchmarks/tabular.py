@@ -9,8 +9,14 @@ the episode budget, read from the composed config so they follow any retuning):
 - ``gymnasium FrozenLake``: a plain ``gymnasium.make("FrozenLake-v1", is_slippery=False)``
   loop with a numpy Q table and online Q-learning (a different MDP of the same size: holes
   end episodes; its "optimal" is checked against its own Q*);
-- ``qlab R=1`` and ``qlab R=64``: qlab's env, agent, schedule and runner, built as
-  ``qlab.train.run`` builds them, tracking off.
+- ``qlab fast R=1`` and ``qlab fast R=64``: qlab's env, agent and schedule, built as
+  ``qlab.train.run`` builds them, tracking off, trained by the compiled fast path
+  (:mod:`qlab.fastpath`, what ``qlab-train`` runs by default for tabular agents);
+- ``qlab numpy R=1`` and ``qlab numpy R=64``: the same, trained by the numpy reference
+  runner (``fast=off``), which gives bit for bit the same results.
+
+The fast path's start-up cost (numba compiling its kernels, or loading them from its cache)
+is measured apart, in fresh processes: once with an empty kernel cache, once with a full one.
 
 Every contender's greedy policy is checked against value iteration's optimal actions after
 every ``eval_every`` episodes (qlab: its own ``eval/optimal_fraction``); checking time is not
@@ -202,10 +208,12 @@ def run_gym(hp: Settings, seed: int, eval_every: int = 1, budget_factor: int = 1
     return _result(steps, seconds, checks)
 
 
-def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1) -> dict:
-    """qlab's runner with the objects ``qlab.train.run`` builds, tracking off; evaluation
-    (qlab's exact evaluator) every ``eval_every`` episodes, its time not counted."""
-    from qlab import agents, envs, exploration, runner
+def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1,
+             fast: bool = False) -> dict:
+    """qlab's runner (``fast``: the compiled fast path) with the objects ``qlab.train.run``
+    builds, tracking off; evaluation (qlab's exact evaluator) every ``eval_every`` episodes,
+    its time not counted."""
+    from qlab import agents, envs, exploration, fastpath, runner
     from qlab.config import validate
 
     c = validate(compose(_overrides(hp.size) + [
@@ -216,9 +224,10 @@ def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1) -> dic
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
     ev = TimedEvaluator(runner.Evaluator(env.model, agent.gamma))
+    train = fastpath.choose("on" if fast else "off", env, agent, schedule)
     ev.start()
-    hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, ev, listeners=(),
-                        flush_seconds=c.tracking.flush_seconds, total_steps=c.total_steps)
+    hist = train(env, agent, schedule, c.episodes, c.eval_every, ev, listeners=(),
+                 flush_seconds=c.tracking.flush_seconds, total_steps=c.total_steps)
     seconds = time.perf_counter() - ev.t0 - ev.spent
     steps = float(np.nansum(hist.train["train/episode_length"]))
     times, episodes = [], []
@@ -239,30 +248,34 @@ def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1) -> dic
 
 def measure(sizes=(4, 8), repeats: int = 5, batch_repeats: int = 3, replicas: int = 64,
             episodes: int | None = None, eval_every: int = 1, warmup: bool = True,
-            progress=None) -> list[Row]:
+            startup: bool = True, progress=None) -> list[Row]:
     """The tabular rows for each grid size: medians over ``repeats`` seeds (``batch_repeats``
-    for R = ``replicas``), contenders interleaved within each repeat."""
+    for R = ``replicas``), contenders interleaved within each repeat; with ``startup``, the
+    fast path's start-up cost (fresh processes)."""
     say = progress or (lambda msg: None)
     rows: list[Row] = []
-    batch = f"qlab R={replicas}"
+    qlab = {f"qlab {path} R={r}": (r, path == "fast")
+            for r in (1, replicas) for path in ("fast", "numpy")}
+    batches = {who for who, (r, _) in qlab.items() if r == replicas}
     for size in sizes:
         hp = settings(size, episodes)
-        runs: dict[str, list[dict]] = {NOTEBOOK: [], GYM: [], "qlab R=1": [], batch: []}
         contenders = {
             NOTEBOOK: lambda s, hp=hp: run_notebook(hp, s, eval_every),
             GYM: lambda s, hp=hp: run_gym(hp, s, eval_every, GYM_BUDGET),
-            "qlab R=1": lambda s, hp=hp: run_qlab(hp, s, 1, eval_every),
-            batch: lambda s, hp=hp: run_qlab(hp, s * replicas, replicas, eval_every),
         }
+        for who, (r, fast) in qlab.items():
+            contenders[who] = (lambda s, hp=hp, r=r, fast=fast:
+                               run_qlab(hp, s * r, r, eval_every, fast))
+        runs: dict[str, list[dict]] = {who: [] for who in contenders}
         if warmup:  # imports, caches, any compilation: not counted
             small = replace(hp, episodes=min(hp.episodes, 5))
             run_notebook(small, 10_000, eval_every)
             run_gym(small, 10_000, eval_every, 1)
-            run_qlab(small, 10_000, 1, eval_every)
-            run_qlab(small, 10_000, replicas, eval_every)
+            for r, fast in qlab.values():
+                run_qlab(small, 10_000, r, eval_every, fast)
         for rep in range(repeats):
             for who, fn in contenders.items():
-                if who == batch and rep >= batch_repeats:
+                if who in batches and rep >= batch_repeats:
                     continue
                 say(f"tabular {size}x{size}: {who}, repeat {rep + 1}")
                 runs[who].append(fn(rep))
@@ -279,23 +292,87 @@ def measure(sizes=(4, 8), repeats: int = 5, batch_repeats: int = 3, replicas: in
             note = f"optimal in {solved}/{len(rs)} runs"
             if solved:
                 note += f", median episode {median(eps_):g}"
-            if who == batch:
+            if who in batches:
                 note = (f"all {replicas} replicas optimal in {solved}/{len(rs)} runs"
                         + (f", last at episode {median(eps_):g} (median)" if solved else ""))
             tto_rows.append(Row(section, "time to optimal policy", who, median_time(tto), "s",
                                 [t for t in tto if t is not None], note=note))
-            if who == batch:
+            if who in batches:
                 per = [None if t is None else t / replicas for t in tto]
-                tto_rows.append(Row(section, "time to optimal policy", f"{batch} per replica",
+                tto_rows.append(Row(section, "time to optimal policy", f"{who} per replica",
                                     median_time(per), "s", [t for t in per if t is not None],
                                     note=f"the time until all {replicas} are optimal / "
                                          f"{replicas}"))
         add_ratios(sps_rows, NOTEBOOK, higher_is_better=True)
         add_ratios(tto_rows, NOTEBOOK, higher_is_better=False)
         for r in sps_rows:
-            if r.who == batch and replicas == 64:
+            if r.who == f"qlab fast R={replicas}" and replicas == 64:
                 check_target(r, ">=", 250)
-            if r.who == "qlab R=1":
+            if r.who == "qlab fast R=1":
                 check_target(r, ">=", 10)
         rows += sps_rows + tto_rows
+    if startup:
+        rows += measure_startup(say)
     return rows
+
+
+# ------------------------------------------------------------------------- fast path start-up
+
+def fast_startup(cache_dir: str) -> dict:
+    """Worker: in this fresh process, with numba's kernel cache in ``cache_dir``, the seconds
+    to import numba and to run a first (3-episode, R = 1) fast-path training — compiling the
+    kernels or loading them from the cache, whichever ``cache_dir`` allows (the training
+    itself takes well under a millisecond)."""
+    import os
+
+    os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    t0 = time.perf_counter()
+    import numba  # noqa: F401
+
+    t1 = time.perf_counter()
+    from qlab import agents, envs, exploration, fastpath
+    from qlab.config import validate
+
+    c = validate(compose(["agent=tabular_q", "episodes=3", "tracking.enabled=false"]))
+    env = envs.make(c.env, [0])
+    agent = agents.make(c.agent, env, [0])
+    schedule = exploration.make(c.exploration, 1)
+    t2 = time.perf_counter()
+    fastpath.train(env, agent, schedule, c.episodes, c.eval_every)
+    return {"import": t1 - t0, "first_call": time.perf_counter() - t2}
+
+
+def measure_startup(say, cold_runs: int = 2, cached_runs: int = 3) -> list[Row]:
+    """Rows of the fast path's start-up cost: a fresh process with an empty kernel cache
+    (numba compiles; once per machine) and with a filled one (every later process)."""
+    import tempfile
+
+    from benchmarks.common import run_worker
+
+    out: dict[str, list[dict]] = {"cold": [], "cached": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(cold_runs):
+            say(f"tabular fast path start-up: empty cache, run {i + 1}")
+            out["cold"].append(run_worker("benchmarks.tabular", {
+                "kind": "fast_startup", "cache_dir": f"{tmp}/cold{i}"}))
+        for i in range(cached_runs):
+            say(f"tabular fast path start-up: cached, run {i + 1}")
+            out["cached"].append(run_worker("benchmarks.tabular", {
+                "kind": "fast_startup", "cache_dir": f"{tmp}/cold0"}))
+    section = "tabular fast path start-up"
+    rows = []
+    for key, who in (("cold", "empty kernel cache (compile)"),
+                     ("cached", "kernel cache filled")):
+        first = [r["first_call"] for r in out[key]]
+        imp = median([r["import"] for r in out[key]])
+        rows.append(Row(section, "first training's extra time", who, median(first), "s", first,
+                        note=f"{len(first)} fresh processes; plus {imp:.2f} s to import numba"))
+    return rows
+
+
+HANDLERS = {"fast_startup": fast_startup}
+
+if __name__ == "__main__":
+    from benchmarks.common import worker_main
+
+    worker_main(HANDLERS)

@@ -57,15 +57,17 @@ def test_stable_index_and_timed_evaluator() -> None:
 
 def test_tabular_section_smoke() -> None:
     rows = tabular.measure(sizes=(4,), repeats=1, batch_repeats=1, replicas=2, episodes=6,
-                           warmup=False)
+                           warmup=False, startup=False)
     sps = by(rows, "env steps/s")
-    assert set(sps) == {"notebook", "gymnasium FrozenLake", "qlab R=1", "qlab R=2"}
+    assert set(sps) == {"notebook", "gymnasium FrozenLake", "qlab fast R=1", "qlab numpy R=1",
+                        "qlab fast R=2", "qlab numpy R=2"}
     for r in sps.values():
         assert r.value > 0 and r.ratio > 0 and r.baseline == "notebook"
     assert sps["notebook"].ratio == 1.0
-    assert sps["qlab R=1"].target == ">= 10x" and sps["qlab R=1"].met is not None
+    assert sps["qlab fast R=1"].target == ">= 10x" and sps["qlab fast R=1"].met is not None
+    assert sps["qlab numpy R=1"].target is None
     tto = by(rows, "time to optimal")
-    assert "qlab R=2 per replica" in tto
+    assert {"qlab fast R=2 per replica", "qlab numpy R=2 per replica"} <= set(tto)
     for r in tto.values():
         assert r.value is None or r.value > 0
 
@@ -75,10 +77,21 @@ def test_qlab_tabular_run_counts_every_replicas_steps() -> None:
     one = tabular.run_qlab(hp, seed=0, replicas=1)
     two = tabular.run_qlab(hp, seed=0, replicas=2)
     assert one["steps"] > 40 and two["steps"] > one["steps"]
+    fast = tabular.run_qlab(hp, seed=0, replicas=2, fast=True)  # the same training, compiled
+    assert fast["steps"] == two["steps"] and fast["solved"] == two["solved"]
     assert two["replicas"] == 2 and 0 <= two["solved"] <= 2
     if one["time_to_optimal"] is not None:
         assert 0 < one["time_to_optimal"] <= one["seconds"]
         assert 0 <= one["episodes_to_optimal"] < 40
+
+
+@pytest.mark.slow  # compiles the kernels from scratch in a fresh process
+def test_fast_path_startup_rows() -> None:
+    rows = tabular.measure_startup(lambda msg: None, cold_runs=1, cached_runs=1)
+    assert [r.who for r in rows] == ["empty kernel cache (compile)", "kernel cache filled"]
+    for r in rows:
+        assert r.section == "tabular fast path start-up" and r.value > 0 and r.unit == "s"
+        assert "to import numba" in r.note
 
 
 TINY_DQN = ["agent.learning_starts=100", "agent.train_freq=50", "agent.gradient_steps=2",

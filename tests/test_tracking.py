@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -182,3 +183,56 @@ def test_flatten() -> None:
               "tracking": {"uri": None}}
     assert tracking.flatten(nested) == {"agent.lr": "0.1", "agent.hidden": "[64, 64]",
                                         "seed": "3", "env.kwargs": "{}", "tracking.uri": "None"}
+
+
+def test_curve_steps_thin_by_doubling_strides() -> None:
+    M = 8
+    steps = tracking.curve_steps(0, 40, M)
+    # every episode below M, every 2nd in [M, 2M), every 4th in [2M, 4M), every 8th after
+    expected = [*range(0, 8), *range(8, 16, 2), *range(16, 32, 4), *range(32, 40, 8)]
+    assert steps.tolist() == expected
+    # chunked calls (as the flushes make them) pick the same episodes as one call
+    chunks = np.concatenate([tracking.curve_steps(a, b, M) for a, b in
+                             [(0, 3), (3, 9), (9, 10), (10, 33), (33, 40)]])
+    assert chunks.tolist() == expected
+    assert tracking.curve_steps(0, 40, None).tolist() == list(range(40))
+    # a long run logs ~ M * (1 + log2(N / M) / 2) points, not N
+    assert tracking.curve_steps(0, 100_000, 1000).size == 4282
+
+
+def test_thinned_curves_keep_last_episode_and_full_table(compose_cfg, shared_store, experiment,
+                                                         tmp_path: Path) -> None:
+    R, episodes, M = 2, 23, 5
+    cfg = compose_cfg([f"replicas={R}", f"episodes={episodes}", "eval_every=5",
+                       f"tracking.uri={shared_store}", f"experiment_name={experiment}",
+                       f"tracking.max_points={M}", "tracking.flush_seconds=1e-9"])
+    hist, run_ids = qlab.train.run(cfg)
+    client = MlflowClient(shared_store)
+    logged = [0, 1, 2, 3, 4, 6, 8, 12, 16, 22]  # curve_steps(0, 23, 5) and the last episode
+    for k, run_id in enumerate(run_ids):
+        for key in TRAIN_KEYS:
+            steps, values = steps_and_values(client, run_id, key)
+            assert steps == logged, key
+            np.testing.assert_array_equal(values, hist.train[key][k, logged], err_msg=key)
+        for key in EVAL_KEYS:  # evaluations are never thinned
+            steps, _ = steps_and_values(client, run_id, key)
+            assert steps == [4, 9, 14, 19, 22], key
+        # the final metric value (what the UI's table and the sweep summary show) is the last
+        run = client.get_run(run_id)
+        assert run.data.metrics["train/episode_return"] == hist.train[
+            "train/episode_return"][k, -1]
+        dst = tmp_path / run_id
+        dst.mkdir()
+        table = pd.read_csv(client.download_artifacts(run_id, "episodes.csv", str(dst)),
+                            index_col="episode", float_precision="round_trip")
+        assert table.index.tolist() == list(range(episodes))
+        for key in TRAIN_KEYS:  # every episode, bit-exact through the CSV
+            np.testing.assert_array_equal(table[key.removeprefix("train/")].to_numpy(),
+                                          hist.train[key][k], err_msg=key)
+
+
+def test_max_points_must_be_positive(compose_cfg) -> None:
+    from qlab.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"^tracking.max_points=0: must be >= 1$"):
+        validate(compose_cfg(["tracking.max_points=0"]))

@@ -98,6 +98,10 @@ class TrackingConfig:
     enabled: bool = True  # false: train without MLflow
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI or sqlite at the root
     flush_seconds: float = 2.0  # how often buffered metrics are written while training
+    # train/* curves: every episode up to this many points per run, then thinned (every 2nd
+    # episode up to 2x, every 4th up to 4x, ...); the full table is the episodes.csv artifact.
+    # null: every episode
+    max_points: int | None = 1000
 
 
 @dataclass
@@ -113,6 +117,7 @@ class QlabConfig:
     eval_every: int = 50  # greedy evaluation every this many episodes (and after the last)
     total_steps: int | None = None  # env-step budget per replica, ends training early (null: none)
     eval_episodes: int = 10  # greedy rollouts per evaluation on envs without a model
+    fast: str = "auto"  # compiled tabular fast path (qlab.fastpath): auto | on | off
     experiment_name: str = "qlab"  # MLflow experiment
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -207,7 +212,7 @@ def _check_tabular_env(e: EnvConfig, agent: str) -> None:
 
 def validate(cfg: DictConfig) -> QlabConfig:
     """The typed config, or :class:`ConfigError` naming the first bad key."""
-    from qlab import agents, exploration
+    from qlab import agents, exploration, fastpath
 
     _check_keys(cfg)
     c: QlabConfig = OmegaConf.to_object(cfg)
@@ -243,4 +248,7 @@ def validate(cfg: DictConfig) -> QlabConfig:
     _check_range("exploration.min", x.min, 0, x.start)
     _check_range("exploration.duration", x.duration, 1)
     _check_range("tracking.flush_seconds", c.tracking.flush_seconds, 0, lo_open=True)
+    if c.tracking.max_points is not None:
+        _check_range("tracking.max_points", c.tracking.max_points, 1)
+    fastpath.check_config(c.fast, a.name)
     return c

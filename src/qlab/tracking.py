@@ -1,6 +1,16 @@
 """MLflow tracking: one run per replica, params from the resolved config, metrics buffered
 and written with ``log_batch``, artifacts at the end, and a terminal status on every exit.
 
+What goes to MLflow's metric store, and why not everything: MLflow's sqlite store ingests
+only ~5-13k points/s through ``log_batch`` (its ORM builds an object per point), so a job of
+64 replicas x 5000 episodes x 5 curves (1.6M points) would spend minutes writing what its
+training did in seconds; and the UI's charts fetch at most 320 sampled points per line
+anyway. So the per-episode curves (``train/*``) are logged for every episode up to
+``max_points``, then thinned by doubling strides (every 2nd episode up to 2 x max_points,
+every 4th up to 4 x, ...), always with each replica's last episode; ``eval/*`` points are
+all logged. The complete per-episode table of every replica is kept beside them as the run
+artifact ``episodes.csv`` (written when the run ends, whatever its status).
+
 It knows nothing of agents: it is handed a :class:`~qlab.runner.History` and arrays to save.
 """
 
@@ -18,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -72,28 +83,46 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
+def curve_steps(lo: int, hi: int, max_points: int | None) -> np.ndarray:
+    """The episodes in [lo, hi) whose ``train/*`` points go to MLflow: all of them below
+    ``max_points`` (or with ``max_points`` None), then every 2nd up to 2 x max_points, every
+    4th up to 4 x, ... (so a run of N episodes logs about max_points x (1 + log2(N /
+    max_points) / 2) points per curve). Deterministic in the episode index alone, so a
+    resumed run picks the same ones."""
+    e = np.arange(lo, hi)
+    if not max_points:
+        return e
+    stride = np.ones_like(e)
+    far = e >= max_points
+    stride[far] = 2 ** (np.floor(np.log2(e[far] / max_points)).astype(np.int64) + 1)
+    return e[e % stride == 0]
+
+
 class Tracker:
     """The MLflow runs of one job's replicas; ``update(history)`` logs what is new."""
 
-    def __init__(self, client: MlflowClient, run_ids: Sequence[str]) -> None:
+    def __init__(self, client: MlflowClient, run_ids: Sequence[str],
+                 max_points: int | None = None) -> None:
         self.client = client
         self.run_ids = list(run_ids)
+        self.max_points = max_points
         self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
-        self.history = None  # the last history seen: kept locally if the store goes away
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
+        self._last_logged = np.full(len(run_ids), -1, dtype=np.int64)
+        self._history = None  # the last history seen (also kept locally if the store goes)
 
     def update(self, history) -> None:
-        """Write every metric point recorded since the last call (one log_batch per run)."""
+        """Write the metric points recorded since the last call (one log_batch per run)."""
         self.failed.update(history.failed)
-        self.history = history
+        self._history = history
         now = int(time.time() * 1000)
         for k, run_id in enumerate(self.run_ids):
             lo, hi = self._train_sent[k], history.done[k]
             elo, ehi = self._eval_sent[k], history.evals_done[k]
-            metrics = [Metric(key, float(v), now, int(step))
-                       for key, table in history.train.items()
-                       for step, v in zip(range(lo, hi), table[k, lo:hi], strict=True)]
+            steps = curve_steps(lo, hi, self.max_points)
+            metrics = [Metric(key, float(table[k, e]), now, int(e))
+                       for key, table in history.train.items() for e in steps]
             metrics += [Metric(key, float(v), now, int(step))
                         for key, table in history.evals.items()
                         for step, v in zip(history.eval_steps[k, elo:ehi], table[k, elo:ehi],
@@ -101,6 +130,29 @@ class Tracker:
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
             self._train_sent[k], self._eval_sent[k] = hi, ehi
+            if steps.size:
+                self._last_logged[k] = steps[-1]
+
+    def _close_history(self) -> None:
+        """Each replica's last episode as a point (if thinning skipped it), and its whole
+        per-episode table as the artifact ``episodes.csv``."""
+        h = self._history
+        if h is None:
+            return
+        now = int(time.time() * 1000)
+        for k, run_id in enumerate(self.run_ids):
+            last = int(h.done[k]) - 1
+            if last > self._last_logged[k]:
+                self.client.log_batch(run_id, synchronous=True, metrics=[
+                    Metric(key, float(table[k, last]), now, last)
+                    for key, table in h.train.items()])
+                self._last_logged[k] = last
+            table = pd.DataFrame({key.removeprefix("train/"): t[k, :last + 1]
+                                  for key, t in h.train.items()})
+            table.index.name = "episode"
+            with tempfile.TemporaryDirectory() as tmp:
+                table.to_csv(Path(tmp) / "episodes.csv")
+                self.client.log_artifact(run_id, str(Path(tmp) / "episodes.csv"))
 
     def log_replica_files(self, write: Callable[[int, Path], None]) -> None:
         """``write(k, directory)`` fills a fresh directory per replica; its files become
@@ -127,6 +179,11 @@ class Tracker:
         which end FAILED with their own reason. ``error`` goes to a tag, ``traceback`` to
         an artifact."""
         failed = failed or {}
+        try:
+            self._close_history()
+        except Exception as exc:  # the runs must still end, with the first error kept
+            error = error or f"writing the final metrics failed: {type(exc).__name__}: {exc}"
+            status = "FAILED"
         for k, run_id in enumerate(self.run_ids):
             reason = failed.get(k, error)
             if reason is not None:
@@ -142,6 +199,11 @@ class Tracker:
         first error talking to the store stops the attempt. Returns that error, if any."""
         failed = failed or {}
         try:
+            self._close_history()  # the last point and episodes.csv, if the store allows
+        except Exception as exc:  # noqa: BLE001
+            if "Max retries exceeded" in str(exc):  # the server is gone: no more waiting
+                return exc
+        try:
             for k, run_id in enumerate(self.run_ids):
                 self.client.set_tag(run_id, "error", failed.get(k, error)[:4000])
                 if traceback is not None:
@@ -156,7 +218,7 @@ class Tracker:
         """Every metric point of the last history, one CSV (key, step, value) per run, in
         ``directory``: what is kept when the store goes away mid-run."""
         directory.mkdir(parents=True, exist_ok=True)
-        h = self.history
+        h = self._history
         for k, run_id in enumerate(self.run_ids):
             with open(directory / f"{run_id}.csv", "w", newline="") as f:
                 out = csv.writer(f)
@@ -185,13 +247,15 @@ class NullTracker:
 
 @contextlib.contextmanager
 def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
-              replicas: Sequence[Mapping[str, str]], run_names: Sequence[str]) -> Iterator[Tracker]:
+              replicas: Sequence[Mapping[str, str]], run_names: Sequence[str],
+              max_points: int | None = None) -> Iterator[Tracker]:
     """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
     (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
 
     A store that cannot be used raises :class:`~qlab.store.StoreError` (one line): before any
     run exists when :func:`qlab.store.check` sees it, else with the runs ended FAILED and, if
-    the store went away altogether, every metric point saved to ``./qlab-unsent/``."""
+    the store went away altogether, every metric point saved to ``./qlab-unsent/``.
+    ``max_points``: see :func:`curve_steps`."""
     store.check(uri)
     client = client_for(uri)
     record = provenance.collect()
@@ -211,7 +275,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     except Exception as exc:
         Tracker(client, run_ids).finish_after_error("FAILED", f"{type(exc).__name__}: {exc}")
         raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}") from exc
-    tracker = Tracker(client, run_ids)
+    tracker = Tracker(client, run_ids, max_points)
     try:
         yield tracker
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
@@ -252,4 +316,5 @@ def _keep_locally(tracker: Tracker, uri: str, exc: BaseException) -> StoreError:
                       f"{len(tracker.run_ids)} run(s) saved to {saved}/<run id>.csv")
 
 
-__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "StoreError"]
+__all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "curve_steps",
+           "StoreError"]

@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from qlab import agents, envs, exploration, runner, sweep, tracking
+from qlab import agents, envs, exploration, fastpath, runner, sweep, tracking
 from qlab.config import CONF_DIR, ConfigError, QlabConfig, register, validate
 
 register()
@@ -53,6 +53,7 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     env = envs.make(c.env, seeds)
     agent = agents.make(c.agent, env, seeds)
     schedule = exploration.make(c.exploration, c.replicas)
+    trainer = fastpath.choose(c.fast, env, agent, schedule)  # runner.train or its compiled twin
     if env.model is not None:
         evaluator = runner.Evaluator(env.model, agent.gamma)
     else:  # no model (CartPole): greedy rollouts on separate eval env copies
@@ -69,12 +70,13 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         ctx = contextlib.nullcontext(tracking.NullTracker())
     else:
         uri = c.tracking.uri or tracking.default_uri()
-        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names)
+        ctx = tracking.open_runs(uri, c.experiment_name, tracking.flatten(resolved), replicas, names,
+                                 max_points=c.tracking.max_points)
     try:
         with _sigterm_as_interrupt(), ctx as tracker:
-            hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
-                                listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
-                                total_steps=c.total_steps)
+            hist = trainer(env, agent, schedule, c.episodes, c.eval_every, evaluator,
+                           listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
+                           total_steps=c.total_steps)
             if evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal",
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
