@@ -3,8 +3,9 @@ one line and no half-written runs instead of a hang or a traceback.
 
 - Accepted: ``sqlite:////absolute/path.db`` (its directory must exist and be writable, and
   so must the ``mlruns/`` artifact directory beside it if present), ``http(s)://`` tracking
-  servers (probed: they must answer within :data:`PROBE_TIMEOUT` seconds and accept our
-  credentials and Host header), and SQL databases (``postgresql://``, ``mysql://``, ...).
+  servers (probed: they must take a connection within :data:`PROBE_TIMEOUT` seconds,
+  answer, and accept our credentials and Host header), and SQL databases
+  (``postgresql://``, ``mysql://``, ...).
 - Refused: MLflow's file store (``file:///...`` or a bare path: it writes wherever the path
   points, and MLflow is retiring it), relative sqlite paths (they depend on the working
   directory, which differs between launchers), in-memory sqlite, and other schemes.
@@ -21,7 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-PROBE_TIMEOUT = 5.0  # seconds for the reachability probe of a tracking server
+# The reachability probe of a tracking server: seconds to connect (a dead or unreachable
+# server fails here), then to answer (a live server just started, or busy, may be slow).
+PROBE_TIMEOUT = 5.0
+PROBE_READ_TIMEOUT = 30.0
 # MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s timeout) keep a job
 # waiting ~4 minutes per request on a dead server; these give up after ~10 s.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -98,11 +102,13 @@ def _probe_server(uri: str) -> None:
     try:
         resp = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
                             params={"max_results": 1}, auth=auth, headers=headers,
-                            timeout=PROBE_TIMEOUT)
+                            timeout=(PROBE_TIMEOUT, PROBE_READ_TIMEOUT))
     except requests.RequestException as exc:
         reason = type(exc).__name__
-        if isinstance(exc, requests.Timeout):
-            reason = f"no answer within {PROBE_TIMEOUT:g} s"
+        if isinstance(exc, requests.ConnectTimeout):
+            reason = f"no connection within {PROBE_TIMEOUT:g} s"
+        elif isinstance(exc, requests.Timeout):
+            reason = f"no answer within {PROBE_READ_TIMEOUT:g} s"
         elif isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower():
             reason = "connection refused"
         raise StoreError(f"tracking.uri={uri}: no MLflow server answers there ({reason}); start "
