@@ -15,6 +15,7 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from qlab.runner import EVAL_KEYS, TRAIN_KEYS
@@ -100,6 +101,7 @@ def test_four_processes_into_one_fresh_sqlite_store(tmp_path: Path) -> None:
     assert_everything_arrived(uri, "concurrent", tmp_path / "mlflow.db")
 
 
+@pytest.mark.slow  # ~70 s here: a server start and 80 runs over HTTP
 def test_four_processes_into_one_server(qlab_server, tmp_path: Path, experiment) -> None:
     write_concurrently(qlab_server.uri, experiment, tmp_path)
     assert_everything_arrived(qlab_server.uri, experiment, qlab_server.db)

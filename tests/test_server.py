@@ -24,13 +24,27 @@ def get(uri: str, host: str | None = None, auth: tuple[str, str] | None = None) 
                         timeout=30).status_code
 
 
-def test_locked_down_server_refuses_a_foreign_host_header(qlab_server) -> None:
-    port = qlab_server.uri.rsplit(":", 1)[1]
-    assert get(qlab_server.uri) == 200
-    assert get(qlab_server.uri, host=f"localhost:{port}") == 200
-    assert get(qlab_server.uri, host="evil.example.com") == 403
+def test_locked_down_server_refuses_a_foreign_host_header(auth_server) -> None:
+    """On a running server (the authenticated one: the same --allowed-hosts as without
+    --auth, see test_command_line); the Host check comes before the login."""
+    uri, _ = auth_server
+    port, admin = uri.rsplit(":", 1)[1], ("admin", PASSWORD)
+    assert get(uri, auth=admin) == 200
+    assert get(uri, host=f"localhost:{port}", auth=admin) == 200
+    assert get(uri, host="evil.example.com", auth=admin) == 403
+    assert get(uri, host="evil.example.com") == 403
     # MLflow's own default admits private addresses (DNS rebinding from the LAN); not here.
-    assert get(qlab_server.uri, host=f"192.168.1.10:{port}") == 403
+    assert get(uri, host=f"192.168.1.10:{port}", auth=admin) == 403
+
+
+def test_command_line() -> None:
+    """make server and make server-auth: loopback bind, the same Host allow-list."""
+    for auth in ([], ["--auth"]):
+        cmd = qlab.server.command(qlab.server.parse_args(["--port", "5123", *auth]))
+        assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+        assert cmd[cmd.index("--allowed-hosts") + 1] == qlab.server.allowed_hosts(
+            "127.0.0.1", 5123, "")
+        assert ("--app-name" in cmd) == bool(auth)
 
 
 def test_allowed_hosts() -> None:
