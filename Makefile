@@ -17,8 +17,10 @@ EXP ?= epsilon_decay
 # The server's own store (MLFLOW_TRACKING_URI may point at the server itself).
 BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow.db
 ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
+# Extra Host headers the server accepts (the names clients use for it), comma-separated.
+ALLOWED_HOSTS ?=
 
-.PHONY: help setup train sweep test test-slow lint ui server clean cartpole report play bench bench-quick
+.PHONY: help setup train sweep test test-slow lint ui server server-auth clean cartpole report play bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -73,10 +75,15 @@ lint: setup ## Lint with ruff
 ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(HOST) --port $(PORT)
 
-server: setup ## MLflow tracking server on http://$(HOST):$(PORT): sqlite backend, proxied artifacts
-	$(BIN)/mlflow server --backend-store-uri "$(BACKEND_STORE_URI)" \
-		--artifacts-destination "$(ARTIFACTS_DESTINATION)" --serve-artifacts \
-		--host $(HOST) --port $(PORT)
+SERVER_ARGS = --backend-store-uri "$(BACKEND_STORE_URI)" \
+	--artifacts-destination "$(ARTIFACTS_DESTINATION)" --host $(HOST) --port $(PORT) \
+	--allowed-hosts "$(ALLOWED_HOSTS)"
+
+server: setup ## Locked-down MLflow server on http://$(HOST):$(PORT) (loopback Host headers + ALLOWED_HOSTS), no login
+	$(BIN)/qlab-server $(SERVER_ARGS)
+
+server-auth: setup ## The same with MLflow's basic-auth login; admin password from env MLFLOW_AUTH_ADMIN_PASSWORD
+	$(BIN)/qlab-server --auth $(SERVER_ARGS)
 
 clean: ## Remove the venv, caches and Hydra outputs (keeps mlflow.db and mlruns/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun build src/*.egg-info

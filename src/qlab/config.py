@@ -191,15 +191,22 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
             _check_keys(child, f"{prefix}{key}.")
 
 
+def _check_env_id(env_id: str) -> None:
+    """Only registered ids: gymnasium.make("module:Env-v0") would import ``module`` first."""
+    import gymnasium
+
+    from qlab import envs  # noqa: F401 - registers qlab/Griddy-v0
+
+    if env_id not in gymnasium.registry:
+        _fail("env.id", env_id, "not a registered gymnasium env id (module:id imports "
+              "are refused)" if ":" in env_id else "not a registered gymnasium env id")
+
+
 def _check_tabular_env(e: EnvConfig, agent: str) -> None:
     """Tabular agents index their table by state: refuse an env without a discrete state (no
     exact model) here, so the preflight check stops a sweep before any job runs."""
-    import gymnasium
+    from qlab import envs
 
-    from qlab import envs  # registers qlab/Griddy-v0
-
-    if e.id not in gymnasium.registry:
-        _fail("env.id", e.id, "not a registered gymnasium env id")
     if envs.make_model(e) is None:
         raise ConfigError(f"env={e.name} ({e.id}) has no discrete state: agent={agent} needs a "
                           "grid world or toy-text env (griddy*, frozenlake*, cliffwalking, taxi); "
@@ -230,6 +237,7 @@ def validate(cfg: DictConfig) -> QlabConfig:
                   "height * width must be >= 2")
     if e.max_steps is not None:
         _check_range("env.max_steps", e.max_steps, 1)
+    _check_env_id(e.id)
     _check_in("agent.name", a.name, agents.NAMES)
     _check_range("agent.lr", a.lr, 0, lo_open=True)
     _check_range("agent.gamma", a.gamma, 0, 1)

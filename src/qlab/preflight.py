@@ -17,8 +17,9 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from qlab import fused
+from qlab import fused, store
 from qlab.config import CONF_DIR, ConfigError, options, register
+from qlab.tracking import default_uri
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
@@ -79,11 +80,37 @@ def _sweeper(overrides: Sequence[str]) -> tuple[list[str], list[str] | None]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     given = {o.get_key_element().lstrip("+~") for o in parsed}
     cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    _check_targets(cfg.hydra)
     params = cfg.hydra.sweeper.get("params") or {}
     keys = None
     if cfg.hydra.sweeper.get("_target_", "").endswith(".FusedSweeper"):
         keys = list(cfg.hydra.sweeper.get("fuse") or [])
     return [f"{k}={v}" for k, v in params.items() if k not in given], keys
+
+
+# What Hydra may instantiate from its own config: its plugins and qlab's callbacks. A
+# ``_target_`` elsewhere (``+hydra.callbacks.x._target_=os.system``, or one in a config
+# file) would run arbitrary code; qlab's own keys refuse ``_target_`` as an unknown key.
+TARGET_PREFIXES = ("qlab.", "hydra._internal.", "hydra_plugins.")
+
+
+def _check_targets(node, path: str = "hydra") -> None:
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        items = [(str(k), node._get_node(k)) for k in node.keys()]
+    elif isinstance(node, ListConfig):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return
+    for key, child in items:
+        if key == "_target_":
+            target = str(child._value())
+            if not target.startswith(TARGET_PREFIXES):
+                raise ConfigError(f"{path}._target_={target!r}: Hydra may only instantiate "
+                                  f"{', '.join(p + '*' for p in TARGET_PREFIXES)}")
+        elif isinstance(child, DictConfig | ListConfig):
+            _check_targets(child, f"{path}.{key}")
 
 
 def check(overrides: Sequence[str]) -> list[str]:
@@ -99,11 +126,20 @@ def check(overrides: Sequence[str]) -> list[str]:
                 jobs = fused.fuse(jobs, fuse_keys)
         except (HydraException, OmegaConfBaseException, ConfigError) as exc:
             return [explain(exc)]
+        uris: list[str] = []
         for job in jobs:
             try:
-                fused.batch(compose(config_name="config", overrides=job))
+                c = fused.batch(compose(config_name="config", overrides=job)).config
             except (HydraException, OmegaConfBaseException, ConfigError) as exc:
                 line = explain(exc)
                 if line not in errors:
                     errors.append(line)
+            else:
+                if c.tracking.enabled and (c.tracking.uri or default_uri()) not in uris:
+                    uris.append(c.tracking.uri or default_uri())
+    for uri in uris if not errors else []:  # the store every job will write to
+        try:
+            store.check(uri)
+        except store.StoreError as exc:
+            errors.append(str(exc))
     return errors

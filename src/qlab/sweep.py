@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from qlab import tracking
+from qlab import provenance, tracking
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
 SWEEP_ENV = "QLAB_SWEEP_ID"
@@ -69,7 +69,7 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return
         uri = config.tracking.uri or tracking.default_uri()
-        client = MlflowClient(tracking_uri=uri)
+        client = tracking.client_for(uri)
         exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)
@@ -83,7 +83,8 @@ class SweepCallback(Callback):
             client.update_run(run_id, status="RUNNING")
         else:
             parent = client.create_run(exp_id, tags={"sweep_id": sweep_id, "qlab.role": "sweep",
-                                                     SWEEP_KEY_TAG: key},
+                                                     SWEEP_KEY_TAG: key,
+                                                     **provenance.tags(provenance.collect())},
                                        run_name=f"sweep-{config.experiment_name}-{sweep_id}")
             run_id = parent.info.run_id
             client.log_param(run_id, "overrides", " ".join(overrides)[:6000])

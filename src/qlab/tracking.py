@@ -17,7 +17,9 @@ It knows nothing of agents: it is handed a :class:`~qlab.runner.History` and arr
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -31,7 +33,9 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from qlab import provenance, store
 from qlab.config import ROOT
+from qlab.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -51,6 +55,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)
     return out
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client of ``uri``. Creating one opens (and, the first time, creates and migrates)
+    the store, which processes starting together must do one at a time."""
+    with store.creation_lock(uri):
+        return MlflowClient(tracking_uri=uri)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -105,7 +116,7 @@ class Tracker:
         # per run, the last episode whose train/* points are all in the store
         self._last_logged = np.array([min((v for key, v in m.items() if key.startswith("train/")),
                                           default=-1) for m in self._logged], dtype=np.int64)
-        self._history = None
+        self._history = None  # the last history seen (also kept locally if the store goes)
 
     def update(self, history) -> None:
         """Write the metric points recorded since the last call (one log_batch per run)."""
@@ -192,6 +203,47 @@ class Tracker:
                 self.client.log_text(run_id, traceback, "traceback.txt")
             self.client.set_terminated(run_id, "FAILED" if k in failed else status)
 
+    def finish_after_error(self, status: str, error: str, traceback: str | None = None,
+                           failed: Mapping[int, str] | None = None) -> Exception | None:
+        """:meth:`finish` when something already went wrong: the traceback artifact is
+        optional (a full or read-only artifact store must not leave runs RUNNING), and the
+        first error talking to the store stops the attempt. Returns that error, if any."""
+        failed = failed or {}
+        try:
+            self._close_history()  # the last point and episodes.csv, if the store allows
+        except Exception as exc:  # noqa: BLE001
+            if "Max retries exceeded" in str(exc):  # the server is gone: no more waiting
+                return exc
+        try:
+            for k, run_id in enumerate(self.run_ids):
+                self.client.set_tag(run_id, "error", failed.get(k, error)[:4000])
+                if traceback is not None:
+                    with contextlib.suppress(OSError, MlflowException):
+                        self.client.log_text(run_id, traceback, "traceback.txt")
+                self.client.set_terminated(run_id, "FAILED" if k in failed else status)
+        except Exception as exc:  # noqa: BLE001 - the store itself is gone
+            return exc
+        return None
+
+    def save_local(self, directory: Path) -> Path:
+        """Every metric point of the last history, one CSV (key, step, value) per run, in
+        ``directory``: what is kept when the store goes away mid-run."""
+        directory.mkdir(parents=True, exist_ok=True)
+        h = self._history
+        for k, run_id in enumerate(self.run_ids):
+            with open(directory / f"{run_id}.csv", "w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["key", "step", "value"])
+                if h is None:
+                    continue
+                for key, table in h.train.items():
+                    out.writerows((key, step, repr(float(table[k, step])))
+                                  for step in range(h.done[k]))
+                for key, table in h.evals.items():
+                    out.writerows((key, int(h.eval_steps[k, i]), repr(float(table[k, i])))
+                                  for i in range(h.evals_done[k]))
+        return directory
+
 
 class NullTracker:
     """Stands in when tracking is disabled."""
@@ -211,34 +263,58 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
               resume_ids: Sequence[str] | None = None) -> Iterator[Tracker]:
     """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
     (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
+
+    A store that cannot be used raises :class:`~qlab.store.StoreError` (one line): before any
+    run exists when :func:`qlab.store.check` sees it, else with the runs ended FAILED and, if
+    the store went away altogether, every metric point saved to ``./qlab-unsent/``.
     ``max_points``: see :func:`curve_steps`. ``resume_ids``: continue these existing runs
     instead (see :func:`reopen`)."""
-    client = MlflowClient(tracking_uri=uri)
-    if resume_ids:
-        tracker = Tracker(client, resume_ids, max_points, reopen(client, resume_ids))
-    else:
-        exp_id = get_or_create_experiment(client, experiment_name, uri)
-        run_ids = []
-        for own, name in zip(replicas, run_names, strict=True):
-            run = client.create_run(exp_id, run_name=name,
-                                    tags={k: str(v) for k, v in own["tags"].items()})
-            run_ids.append(run.info.run_id)
-            merged = {**params, **own["params"]}
-            items = [Param(k, v) for k, v in merged.items()]
-            for i in range(0, len(items), PARAMS_PER_BATCH):
-                client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
-        tracker = Tracker(client, run_ids, max_points)
+    store.check(uri)
+    client = client_for(uri)
+    record = provenance.collect()
+    run_ids: list[str] = []
+    logged = None
+    try:
+        if resume_ids:
+            logged = reopen(client, resume_ids)
+            run_ids = list(resume_ids)
+        else:
+            exp_id = get_or_create_experiment(client, experiment_name, uri)
+            for own, name in zip(replicas, run_names, strict=True):
+                run = client.create_run(exp_id, run_name=name, tags={
+                    **provenance.tags(record), **{k: str(v) for k, v in own["tags"].items()}})
+                run_ids.append(run.info.run_id)
+                merged = {**params, **own["params"]}
+                items = [Param(k, v) for k, v in merged.items()]
+                for i in range(0, len(items), PARAMS_PER_BATCH):
+                    client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
+                # Written first: an unwritable artifact store shows before any training.
+                client.log_text(run.info.run_id, provenance.to_json(record), provenance.ARTIFACT)
+    except Exception as exc:
+        Tracker(client, run_ids).finish_after_error("FAILED", f"{type(exc).__name__}: {exc}")
+        raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}") from exc
+    tracker = Tracker(client, run_ids, max_points, logged)
     try:
         yield tracker
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
-        tracker.finish("KILLED", error=type(exc).__name__, failed=tracker.failed)
+        lost = tracker.finish_after_error("KILLED", type(exc).__name__, failed=tracker.failed)
+        if lost is not None:
+            print(f"qlab: {_keep_locally(tracker, uri, lost)}", file=sys.stderr)
         raise
     except BaseException as exc:
-        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc())
+        lost = tracker.finish_after_error("FAILED", f"{type(exc).__name__}: {exc}",
+                                          traceback=traceback.format_exc())
+        if lost is not None:
+            raise _keep_locally(tracker, uri, lost) from exc
+        if isinstance(exc, OSError | MlflowException):  # the store failed, e.g. a full disk
+            raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}; the runs "
+                             "ended FAILED") from exc
         raise
     else:
-        tracker.finish("FINISHED", failed=tracker.failed)
+        try:
+            tracker.finish("FINISHED", failed=tracker.failed)
+        except Exception as exc:  # the store went away at the very end
+            raise _keep_locally(tracker, uri, exc) from exc
 
 
 def reopen(client: MlflowClient, run_ids: Sequence[str]) -> list[dict[str, int]]:
@@ -255,5 +331,22 @@ def reopen(client: MlflowClient, run_ids: Sequence[str]) -> list[dict[str, int]]
     return logged
 
 
+UNSENT_DIR = Path("qlab-unsent")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if "Max retries exceeded" in text:  # urllib3's words for a server that is gone
+        text = text.split(" failed with exception")[0] + ": no connection, retries exhausted"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _keep_locally(tracker: Tracker, uri: str, exc: BaseException) -> StoreError:
+    """The store went away: save the metrics locally, say where (one line)."""
+    saved = tracker.save_local(UNSENT_DIR.resolve())
+    return StoreError(f"lost the tracking store {uri} ({_one_line(exc)}); every metric point of "
+                      f"{len(tracker.run_ids)} run(s) saved to {saved}/<run id>.csv")
+
+
 __all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "curve_steps",
-           "reopen"]
+           "reopen", "StoreError"]

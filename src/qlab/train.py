@@ -145,6 +145,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (ConfigError, ResumeError, CheckpointError) as exc:
         print(f"qlab-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except tracking.StoreError as exc:  # see qlab.store; runs were ended, metrics kept
+        print(f"qlab-train: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except ReplicaFailure as exc:
         if sweep.in_sweep():
             raise  # Hydra records the failed job; the sweep goes on

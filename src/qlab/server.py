@@ -1,0 +1,159 @@
+"""``qlab-server``: a locked-down MLflow tracking server (``make server``, ``make server-auth``).
+
+    qlab-server                       # http://127.0.0.1:5000, sqlite store, proxied artifacts
+    MLFLOW_AUTH_ADMIN_PASSWORD=... qlab-server --auth      # MLflow's basic-auth app
+
+It runs ``mlflow server`` with:
+
+- the bind address ``--host`` (127.0.0.1 by default: only this machine connects);
+- MLflow's Host-header check (``--allowed-hosts``) limited to the loopback names plus the
+  names given with ``--allowed-hosts`` (MLflow's own default also admits every private IP);
+  binding a public interface without naming the hosts clients use is refused;
+- with ``--auth``, MLflow's ``basic-auth`` app: every request needs a user and password.
+  The admin user's password comes from ``MLFLOW_AUTH_ADMIN_PASSWORD`` only (nothing is
+  shipped, nothing is written to disk): unset, empty, shorter than 12 characters or MLflow's
+  old default is refused. The auth config (an ini file without the password) goes to a
+  temporary file; the user database defaults to ``mlflow-auth.db`` beside the sqlite store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from qlab.config import ROOT
+
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own variable, read by its auth app
+USERNAME_ENV = "MLFLOW_AUTH_ADMIN_USERNAME"
+MIN_PASSWORD = 12  # MLflow's password policy
+LEGACY_PASSWORD = "password1234"  # what MLflow < 3.x shipped in basic_auth.ini
+PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+
+class ServerError(ValueError):
+    """Bad server settings; the message is one line."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="qlab-server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--backend-store-uri", default=f"sqlite:///{ROOT / 'mlflow.db'}")
+    p.add_argument("--artifacts-destination", default=str(ROOT / "mlartifacts"))
+    p.add_argument("--allowed-hosts", default="",
+                   help="extra comma-separated Host headers to accept (the names clients use "
+                        "for this server, e.g. mlflow-host,mlflow-host:5000)")
+    p.add_argument("--workers", default=None, help="server worker processes (MLflow's default: 4)")
+    p.add_argument("--auth", action="store_true",
+                   help=f"require a login (MLflow basic-auth); admin password from ${PASSWORD_ENV}")
+    p.add_argument("--auth-db-uri", default=None,
+                   help="user database (default: mlflow-auth.db beside a sqlite store)")
+    p.add_argument("--default-permission", default="READ", choices=PERMISSIONS,
+                   help="what a logged-in user may do with others' experiments (default READ)")
+    return p.parse_args(argv)
+
+
+def allowed_hosts(host: str, port: int, extra: str) -> str:
+    """The Host headers the server accepts: loopback names (with and without the port), the
+    bind address if it is a name or a specific address, and ``extra``."""
+    names = [h.strip() for h in extra.split(",") if h.strip()]
+    if host in ("0.0.0.0", "::", "") and not names:
+        raise ServerError(f"--host {host or '0.0.0.0'} accepts connections from other machines: "
+                          "name the host names they use with --allowed-hosts (e.g. "
+                          f"mlflow-host,mlflow-host:{port}); make server ALLOWED_HOSTS=...")
+    if host not in ("0.0.0.0", "::", "", *LOOPBACK):
+        names.append(host)
+    out: list[str] = []
+    for name in [*LOOPBACK, *names]:
+        has_port = "]:" in name if name.startswith("[") else ":" in name
+        for h in (name,) if has_port else (name, f"{name}:{port}"):
+            if h not in out:
+                out.append(h)
+    return ",".join(out)
+
+
+def admin_password() -> str:
+    """The admin password from the environment, or :class:`ServerError`."""
+    password = os.environ.get(PASSWORD_ENV, "")
+    if not password:
+        raise ServerError(f"--auth needs the admin password in ${PASSWORD_ENV} (unset or empty); "
+                          "qlab ships no default password")
+    if password == LEGACY_PASSWORD:
+        raise ServerError(f"${PASSWORD_ENV} is MLflow's old published default; choose another")
+    if len(password) < MIN_PASSWORD:
+        raise ServerError(f"${PASSWORD_ENV} is too short: MLflow needs at least {MIN_PASSWORD} "
+                          "characters")
+    return password
+
+
+def auth_db_uri(backend_store_uri: str) -> str:
+    if backend_store_uri.startswith("sqlite:///"):
+        db = Path(backend_store_uri[len("sqlite:///"):])
+        return f"sqlite:///{db.parent / 'mlflow-auth.db'}"
+    return f"sqlite:///{ROOT / 'mlflow-auth.db'}"
+
+
+def auth_ini(database_uri: str, default_permission: str, admin: str) -> str:
+    """MLflow's basic-auth config, without the password (MLflow reads it from the env)."""
+    return ("[mlflow]\n"
+            f"default_permission = {default_permission}\n"
+            f"database_uri = {database_uri}\n"
+            f"admin_username = {admin}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
+def command(args: argparse.Namespace) -> list[str]:
+    """The ``mlflow server`` command line."""
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
+           "--backend-store-uri", args.backend_store_uri,
+           "--artifacts-destination", args.artifacts_destination, "--serve-artifacts",
+           "--host", args.host, "--port", str(args.port),
+           "--allowed-hosts", allowed_hosts(args.host, args.port, args.allowed_hosts)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.auth:
+        cmd += ["--app-name", "basic-auth"]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ)
+    try:
+        cmd = command(args)
+        if args.auth:
+            admin_password()
+    except ServerError as exc:
+        print(f"qlab-server: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    with tempfile.TemporaryDirectory(prefix="qlab-server-") as tmp:
+        if args.auth:
+            ini = Path(tmp) / "basic_auth.ini"
+            ini.write_text(auth_ini(args.auth_db_uri or auth_db_uri(args.backend_store_uri),
+                                    args.default_permission, env.get(USERNAME_ENV) or "admin"))
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+            # CSRF key shared by this server's workers; set it yourself for several servers.
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
+        mode = "login required (basic-auth)" if args.auth else "no login"
+        print(f"qlab-server: http://{args.host}:{args.port}, {mode}, accepted Host headers: "
+              f"{cmd[cmd.index('--allowed-hosts') + 1]}", file=sys.stderr, flush=True)
+        proc = subprocess.Popen(cmd, env=env)
+
+        def forward(signum, frame):
+            proc.send_signal(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
+        code = proc.wait()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Is a tracking store usable? Checked before any run exists, so a bad ``tracking.uri`` gives
+one line and no half-written runs instead of a hang or a traceback.
+
+- Accepted: ``sqlite:////absolute/path.db`` (its directory must exist and be writable, and
+  so must the ``mlruns/`` artifact directory beside it if present), ``http(s)://`` tracking
+  servers (probed: they must take a connection within :data:`PROBE_TIMEOUT` seconds,
+  answer, and accept our credentials and Host header), and SQL databases
+  (``postgresql://``, ``mysql://``, ...).
+- Refused: MLflow's file store (``file:///...`` or a bare path: it writes wherever the path
+  points, and MLflow is retiring it), relative sqlite paths (they depend on the working
+  directory, which differs between launchers), in-memory sqlite, and other schemes.
+
+:func:`check` also shortens MLflow's HTTP retries (unless the user set them): by default
+MLflow retries a dead server for minutes per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+# The reachability probe of a tracking server: seconds to connect (a dead or unreachable
+# server fails here), then to answer (a live server just started, or busy, may be slow).
+PROBE_TIMEOUT = 5.0
+PROBE_READ_TIMEOUT = 30.0
+# MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s timeout) keep a job
+# waiting ~4 minutes per request on a dead server; these give up after ~10 s.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+SQL_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used; the message is one line naming it and why."""
+
+
+def configure_http() -> None:
+    """Shorter MLflow HTTP retries for this process, unless set in the environment."""
+    for var, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+
+
+def check(uri: str) -> None:
+    """Raise :class:`StoreError` if ``uri`` is not a usable tracking store."""
+    scheme = urlparse(uri).scheme.lower()
+    if scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("http", "https"):
+        configure_http()
+        _probe_server(uri)
+    elif scheme.split("+")[0] in SQL_SCHEMES:
+        return
+    elif scheme in ("", "file") or len(scheme) == 1:  # a bare path (or C:\ on Windows)
+        raise StoreError(f"tracking.uri={uri!r}: MLflow's file store is not supported; use "
+                         "sqlite:////absolute/path/mlflow.db or http(s)://host:port")
+    else:
+        raise StoreError(f"tracking.uri={uri!r}: unsupported scheme {scheme!r}; use "
+                         "sqlite:////absolute/path/mlflow.db, http(s)://host:port or a "
+                         "postgresql:// / mysql:// database")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for in-memory)."""
+    rest = uri[len("sqlite://"):]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        return None
+    return Path(rest[1:].split("?")[0])
+
+
+def _check_sqlite(uri: str) -> None:
+    db = sqlite_path(uri)
+    if db is None:
+        raise StoreError(f"tracking.uri={uri!r}: an in-memory sqlite store keeps nothing; use "
+                         "sqlite:////absolute/path/mlflow.db")
+    if not db.is_absolute():
+        raise StoreError(f"tracking.uri={uri!r}: a relative sqlite path depends on the working "
+                         f"directory; use an absolute one: sqlite:///{db.absolute()}")
+    if not db.parent.is_dir():
+        raise StoreError(f"tracking.uri={uri!r}: directory {db.parent} does not exist")
+    target = db if db.exists() else db.parent
+    if not os.access(target, os.W_OK):
+        raise StoreError(f"tracking.uri={uri!r}: {target} is not writable")
+    artifacts = db.parent / "mlruns"
+    if artifacts.exists() and not os.access(artifacts, os.W_OK | os.X_OK):
+        raise StoreError(f"tracking.uri={uri!r}: artifact directory {artifacts} is not writable")
+
+
+def _probe_server(uri: str) -> None:
+    """One quick request without retries: the server answers, and accepts us."""
+    import requests
+
+    base = uri.rstrip("/")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None
+    headers = {}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        resp = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
+                            params={"max_results": 1}, auth=auth, headers=headers,
+                            timeout=(PROBE_TIMEOUT, PROBE_READ_TIMEOUT))
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        if isinstance(exc, requests.ConnectTimeout):
+            reason = f"no connection within {PROBE_TIMEOUT:g} s"
+        elif isinstance(exc, requests.Timeout):
+            reason = f"no answer within {PROBE_READ_TIMEOUT:g} s"
+        elif isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower():
+            reason = "connection refused"
+        raise StoreError(f"tracking.uri={uri}: no MLflow server answers there ({reason}); start "
+                         "one (make server) or fix tracking.uri / MLFLOW_TRACKING_URI") from None
+    if resp.status_code == 401:
+        who = f"user {user!r} was refused" if user else "no credentials given"
+        raise StoreError(f"tracking.uri={uri}: the server requires a login ({who}); set "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if resp.status_code == 403 and "Host header" in resp.text:
+        raise StoreError(f"tracking.uri={uri}: the server refuses the Host header "
+                         f"{urlparse(uri).netloc!r}; add it to the server's --allowed-hosts")
+    if resp.status_code == 403:
+        raise StoreError(f"tracking.uri={uri}: user {user!r} may not read experiments there "
+                         "(HTTP 403)")
+    if resp.status_code != 200:
+        raise StoreError(f"tracking.uri={uri}: not an MLflow tracking server "
+                         f"(HTTP {resp.status_code} from {base}/api/2.0/mlflow/experiments/search)")
+
+
+@contextlib.contextmanager
+def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
+    """Hold an inter-process lock (``<db>.lock`` beside a sqlite store) while MLflow opens the
+    store: it creates and migrates the schema on first use, and processes doing that at once
+    fail ("table ... already exists", alembic errors). A no-op for other stores."""
+    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{db}.lock", timeout=timeout):
+        yield
+
+
+__all__ = ["StoreError", "check", "configure_http", "creation_lock", "sqlite_path"]
