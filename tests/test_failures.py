@@ -85,7 +85,8 @@ def test_sigterm_ends_runs_killed_with_metrics(tmp_path: Path) -> None:
     try:
         while time.monotonic() < deadline:  # wait until metrics are flowing
             time.sleep(0.5)
-            exp = client.get_experiment_by_name("sigterm") if Path(tmp_path / "mlflow.db").exists() else None
+            exp = (client.get_experiment_by_name("sigterm")
+                   if Path(tmp_path / "mlflow.db").exists() else None)
             runs = client.search_runs([exp.experiment_id]) if exp else []
             if len(runs) == 2 and all(client.get_metric_history(r.info.run_id, "train/q_delta")
                                       for r in runs):

@@ -22,7 +22,8 @@ QUICK = ["episodes=6", "eval_every=3"]
 AGENTS, DECAYS, SEEDS = ("tabular_mc", "tabular_q", "dqn"), ("0.99", "0.995", "0.999"), range(5)
 
 
-def qlab_train(args: list[str], uri: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def qlab_train(args: list[str], uri: str, cwd: Path,
+               timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
     env["MLFLOW_TRACKING_URI"] = uri
     return subprocess.run([str(BIN / "qlab-train"), *args], cwd=cwd, env=env, text=True,
@@ -161,7 +162,8 @@ def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str) -> None:
         for r in kids:
             for key in r.data.metrics:
                 if key != "train/sps":
-                    hist = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, key))
+                    hist = sorted((m.step, m.value)
+                                  for m in client.get_metric_history(r.info.run_id, key))
                     out[(r.data.tags["seed"], key)] = hist
         return out
 

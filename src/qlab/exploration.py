@@ -39,7 +39,8 @@ class Schedule:
         elif self.kind == "constant":
             eps = np.broadcast_to(self.start, np.shape(t)).astype(np.float64)
         else:
-            raise ValueError(f"exploration.name={self.kind!r}: must be exponential, linear or constant")
+            raise ValueError(f"exploration.name={self.kind!r}: must be exponential, linear or "
+                             "constant")
         return np.maximum(eps, self.minimum)
 
 

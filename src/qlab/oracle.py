@@ -1,4 +1,5 @@
-"""Ground truth for finite MDPs: value iteration (Q*, V*, optimal actions) and exact policy evaluation."""
+"""Ground truth for finite MDPs: value iteration (Q*, V*, optimal actions) and exact policy
+evaluation."""
 
 from __future__ import annotations
 

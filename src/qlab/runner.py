@@ -292,7 +292,8 @@ def _non_finite(train: dict[str, np.ndarray], k: int, e: int, keys: Sequence[str
 
 
 def episodes_to_optimal(history: History) -> np.ndarray:
-    """(R,) the first evaluated episode after which the greedy policy stays optimal (NaN if never)."""
+    """(R,) the first evaluated episode after which the greedy policy stays optimal (NaN if
+    never)."""
     opt = history.evals.get("eval/optimal_fraction")
     out = np.full(history.replicas, math.nan)
     if opt is None:

@@ -10,7 +10,8 @@ import numpy as np
 
 @dataclass(frozen=True, eq=False)
 class TabularModel:
-    """A finite MDP: taking action ``a`` in state ``s`` leads to outcome ``k`` with ``prob[s, a, k]``.
+    """A finite MDP: taking action ``a`` in state ``s`` leads to outcome ``k`` with
+    ``prob[s, a, k]``.
 
     Every outcome array has shape (S, A, K); K is the largest number of outcomes of any
     (state, action). Unused outcome slots have probability 0.
