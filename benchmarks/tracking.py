@@ -5,9 +5,9 @@ Both go through ``qlab.train.run`` whole: with tracking on that includes creatin
 its params, every metric point, the artifacts (config, Q table, value heatmap, episodes.csv)
 and closing it. Checkpoints (which exist only for tracked runs) are off in both, so the
 figure is MLflow's cost alone. The store is created and warmed up first (its one-time schema
-migration is not a cost
-of tracking a run), runs alternate off / on, and the overhead is the median over pairs of
-(on - off) / off: the wall time tracking adds, as a share of the untracked run's.
+migration is not a cost of tracking a run), runs alternate off / on, and the overhead is the
+median over pairs of (on - off) / off: the wall time tracking adds, as a share of the
+untracked run's.
 """
 
 from __future__ import annotations
