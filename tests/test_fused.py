@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 from qlab import fused, preflight, train
 from qlab.analysis import load_sweep
 from qlab.config import ConfigError
-from qlab.resume import CKPT_TAG, HASH_TAG, JOB_TAG
+from qlab.resume import CKPT_TAG, HASH_TAG, JOB_TAG, REPLICA_TAG
 
-JOB_TAGS = (JOB_TAG, HASH_TAG, CKPT_TAG)
+JOB_TAGS = (JOB_TAG, HASH_TAG, CKPT_TAG, REPLICA_TAG)
 
 BIN = Path(sys.executable).parent
 AGENTS, DECAYS, SEEDS = ("tabular_mc", "tabular_q", "dqn"), ("0.99", "0.995", "0.999"), range(5)

@@ -495,3 +495,29 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, ml
             assert r.info.end_time == first[r.info.run_id].info.end_time
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta")]
         assert sorted(steps) == list(range(60))
+
+
+# ------------------------------------------------------------------ a fused job
+
+def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
+    """A fused job's replicas share seeds (two decays x seeds 0-1): its runs are matched to
+    replicas by their own index, not by seed, so it resumes and ends as an uninterrupted
+    one."""
+    from qlab import fused, preflight
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (job,) = fused.fuse(preflight.job_overrides(
+        [*SMALL, "exploration.decay=0.9,0.97", f"tracking.uri={uri}", "experiment_name=fj"]))
+    stop_job(compose_cfg, job)
+    client = MlflowClient(uri)
+    killed = job_runs(client, "fj")
+    assert len(killed) == 4 and {r.info.status for r in killed} == {"KILLED"}
+    hist, run_ids = qlab.train.run(compose_cfg([*job, f"resume={killed[0].info.run_id}"]))
+    alone, _ = qlab.train.run(compose_cfg([*job, "tracking.enabled=false"]))
+    assert_same_history(hist, alone)
+    for k, run_id in enumerate(run_ids):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["exploration.decay"] == ("0.9" if k < 2 else "0.97")
+        steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
+        assert sorted(steps) == list(range(100))

@@ -129,11 +129,7 @@ class _Streams:
         block = UNIFORM_BLOCK if block is None else block
         state = rand.state()
         left = state["buf"]
-        self.gens = []
-        for st in state["gens"]:
-            gen = np.random.Generator(getattr(np.random, st["bit_generator"])())
-            gen.bit_generator.state = st
-            self.gens.append(gen)
+        self.gens = [generator_from_state(st) for st in state["gens"]]
         n = left.shape[1]
         self.buf = np.empty((len(self.gens), max(block, n)))
         self.buf[:, :n] = left

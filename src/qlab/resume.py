@@ -34,6 +34,7 @@ from qlab.config import ROOT
 JOB_TAG = "qlab.job_id"
 HASH_TAG = "qlab.config_hash"
 CKPT_TAG = "qlab.checkpoint"
+REPLICA_TAG = "qlab.replica"  # a run's replica index in its job (fused jobs repeat seeds)
 LOCK_NAME = "lock"
 
 
@@ -108,9 +109,15 @@ class Plan:
             pass
 
 
+def _replica(run) -> int:
+    """The run's replica index in its job (runs made before the tag: their seed's order)."""
+    tags = run.data.tags
+    return int(tags.get(REPLICA_TAG, tags.get("seed", 0)))
+
+
 def _job_runs(client: MlflowClient, exp_id: str, job_id: str) -> list:
     runs = client.search_runs([exp_id], f"tags.`{JOB_TAG}` = '{job_id}'", max_results=10_000)
-    return sorted(runs, key=lambda r: int(r.data.tags.get("seed", 0)))
+    return sorted(runs, key=_replica)
 
 
 def _jobs(client: MlflowClient, exp_id: str, filter_string: str) -> dict[str, list]:
@@ -125,7 +132,7 @@ def _jobs(client: MlflowClient, exp_id: str, filter_string: str) -> dict[str, li
     jobs: dict[str, list] = {}
     for r in sorted(runs, key=lambda r: -r.info.start_time):
         jobs.setdefault(r.data.tags[JOB_TAG], []).append(r)
-    return {j: sorted(rs, key=lambda r: int(r.data.tags.get("seed", 0))) for j, rs in jobs.items()}
+    return {j: sorted(rs, key=_replica) for j, rs in jobs.items()}
 
 
 def _has_checkpoint(runs: list) -> bool:

@@ -68,7 +68,8 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
     trainer = fastpath.choose(c.fast, env, agent, schedule)
     replicas = [{"params": batch.params(k),
                  "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                          **sweep.job_tags(), **batch.tags, **(job.tags if job else {})}}
+                          resume.REPLICA_TAG: k, **sweep.job_tags(), **batch.tags,
+                          **(job.tags if job else {})}}
                 for k, s in enumerate(seeds)]
     names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
     bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
