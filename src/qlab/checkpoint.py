@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from qlab.config import flatten
+
 FORMAT = "qlab-checkpoint"
 VERSION = 1
 FILE_NAME = "checkpoint.npz"
@@ -55,20 +57,10 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_dotted(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (excluded keys aside),
     as ``key=old->new``."""
-    da, db = _dotted(identity(a)), _dotted(identity(b))
+    da, db = flatten(identity(a)), flatten(identity(b))
     return [f"{k}={da.get(k, '<unset>')}->{db.get(k, '<unset>')}"
             for k in sorted(set(da) | set(db)) if da.get(k, "<unset>") != db.get(k, "<unset>")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,18 @@ def register() -> None:
     cs.store(group="exploration", name="base_exploration", node=ExplorationConfig)
     for name, schema in AGENT_SCHEMAS.items():
         cs.store(group="agent", name=f"base_{name}", node=schema)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> dotted keys (``agent.lr``) with string values, as MLflow stores them."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
 
 
 def options(group: str) -> list[str]:

@@ -125,7 +125,7 @@ class Batch:
 
     def params(self, k: int) -> dict[str, str]:
         """Replica k's MLflow params: its point's config flattened, and its own seed."""
-        from qlab.tracking import flatten
+        from qlab.config import flatten
 
         return {**flatten(self.resolved[k]), "seed": str(self.seeds[k])}
 
@@ -169,7 +169,7 @@ def batch(cfg: DictConfig) -> Batch:
 def _check_only_fusable_differ(resolved: list[dict]) -> None:
     """Points must agree on every non-fusable value (an interpolation of a fused key, e.g.
     ``eval_every: ${seed}``, would make them differ): refuse rather than train them wrong."""
-    from qlab.tracking import flatten
+    from qlab.config import flatten
 
     flat = [flatten(r) for r in resolved]
     for key in sorted(set().union(*flat) - set(FUSABLE)):

@@ -25,7 +25,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from qlab import provenance, store
-from qlab.config import ROOT
+from qlab.config import ROOT, flatten
 from qlab.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -43,18 +42,6 @@ PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
 def default_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else an absolute sqlite store at the project root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> dotted keys (``agent.lr``) with string values, as MLflow stores them."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = str(v)
-    return out
 
 
 def client_for(uri: str) -> MlflowClient:
