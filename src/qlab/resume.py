@@ -27,7 +27,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab import checkpoint
+from qlab import checkpoint, store
 from qlab.checkpoint import CheckpointError
 from qlab.config import ROOT
 
@@ -46,8 +46,9 @@ def checkpoint_root(checkpoint_dir: str | None, uri: str) -> Path:
     """``checkpoint_dir``, else ``checkpoints/`` beside a sqlite store, else at the project root."""
     if checkpoint_dir:
         return Path(checkpoint_dir).expanduser().resolve()
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).resolve().parent / "checkpoints"
+    db = store.sqlite_path(uri)
+    if db is not None:
+        return db.resolve().parent / "checkpoints"
     return ROOT / "checkpoints"
 
 

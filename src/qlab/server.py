@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from qlab.config import ROOT
+from qlab.store import sqlite_path
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own variable, read by its auth app
@@ -94,8 +95,8 @@ def admin_password() -> str:
 
 
 def auth_db_uri(backend_store_uri: str) -> str:
-    if backend_store_uri.startswith("sqlite:///"):
-        db = Path(backend_store_uri[len("sqlite:///"):])
+    db = sqlite_path(backend_store_uri)
+    if db is not None:
         return f"sqlite:///{db.parent / 'mlflow-auth.db'}"
     return f"sqlite:///{ROOT / 'mlflow-auth.db'}"
 

@@ -64,7 +64,9 @@ def check(uri: str) -> None:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for in-memory)."""
+    """The database file of a ``sqlite:///`` URI (None for in-memory or another store)."""
+    if not uri.startswith("sqlite://"):
+        return None
     rest = uri[len("sqlite://"):]
     if not rest.startswith("/") or rest in ("/", "/:memory:"):
         return None
@@ -133,7 +135,7 @@ def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
     """Hold an inter-process lock (``<db>.lock`` beside a sqlite store) while MLflow opens the
     store: it creates and migrates the schema on first use, and processes doing that at once
     fail ("table ... already exists", alembic errors). A no-op for other stores."""
-    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    db = sqlite_path(uri)
     if db is None:
         yield
         return

@@ -58,8 +58,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = store.sqlite_path(uri)
+    if db is not None:
         location = (db.parent / "mlruns").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
