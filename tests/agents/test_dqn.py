@@ -9,7 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from qlab import agents, envs, exploration, runner, train
-from qlab.agents.dqn import DQN, BatchedMLP, clip_grad_norm_per_replica, load_q_network, mlp
+from qlab.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
+from qlab.agents.optim import clip_adam
 from qlab.agents.tabular import Transition
 from qlab.config import CONF_DIR, register, validate
 
@@ -64,40 +65,105 @@ def test_per_replica_init_equals_single_replica_runs():
     assert torch.equal(batch.params, batch.target)
 
 
-def test_grad_clipping_is_per_replica():
-    g = torch.randn(3, 50)
-    g[0] *= 100.0  # only this replica exceeds the norm
-    g[1] *= 1e-3 / g[1].norm()
-    expected = []
-    for k in range(3):
-        p = torch.nn.Parameter(torch.zeros(50))
-        p.grad = g[k].clone()
-        torch.nn.utils.clip_grad_norm_([p], max_norm=1.0)
-        expected.append(p.grad)
-    clipped = g.clone()
-    norms = clip_grad_norm_per_replica(clipped, 1.0)
-    torch.testing.assert_close(norms, g.norm(dim=1))
-    torch.testing.assert_close(clipped, torch.stack(expected), rtol=1e-6, atol=0)
-    assert clipped[0].norm() == pytest.approx(1.0, rel=1e-5)
-    assert torch.equal(clipped[1], g[1])  # the small replica is untouched
-
-
-def test_adam_matches_torch_adam_per_replica():
-    agent = DQN(4, 2, [0, 1], lr=0.01)
-    ref = [torch.nn.Parameter(agent.params[k].clone()) for k in range(2)]
-    opts = [torch.optim.Adam([p], lr=0.01) for p in ref]
+def test_clip_adam_equals_torch_clip_grad_norm_and_adam_per_replica():
+    """The compiled step equals torch.nn.utils.clip_grad_norm_ + torch.optim.Adam applied to
+    each replica alone: own lr, own step count (a masked replica skips steps), only the norm
+    of a replica over max_norm is clipped."""
+    R, P = 3, 300
+    params = torch.randn(R, P)
+    m, v, t = torch.zeros(R, P), torch.zeros(R, P), torch.zeros(R, dtype=torch.int64)
+    lrs = np.array([0.01, 0.003, 0.05])
+    ref = [torch.nn.Parameter(params[k].clone()) for k in range(R)]
+    opts = [torch.optim.Adam([p], lr=float(lr)) for p, lr in zip(ref, lrs, strict=True)]
     gen = torch.Generator().manual_seed(0)
-    for step in range(5):
-        grad = torch.randn(agent.params.shape, generator=gen)
-        mask = torch.tensor([True, step % 2 == 0])  # replica 1 skips odd steps
-        agent._adam(grad.clone(), mask)
-        for k in range(2):
-            if mask[k]:
-                ref[k].grad = grad[k].clone()
-                opts[k].step()
+    for step in range(6):
+        grad = torch.randn(R, P, generator=gen)
+        grad[0] *= 100.0  # over max_norm: clipped
+        grad[2] *= 1e-3  # under it: untouched
+        rows = np.array([0, 2] if step % 2 else [0, 1, 2])  # replica 1 skips odd steps
+        norms = clip_adam(params.numpy(), m.numpy(), v.numpy(), grad[rows].numpy().copy(),
+                          rows, t.numpy(), lrs, 1.0)
+        np.testing.assert_allclose(norms, grad[rows].norm(dim=1).numpy(), rtol=1e-5)
+        for k in rows:
+            ref[k].grad = grad[k].clone()
+            torch.nn.utils.clip_grad_norm_([ref[k]], max_norm=1.0)
+            opts[k].step()
+    for k in range(R):
+        torch.testing.assert_close(params[k], ref[k].detach(), rtol=1e-5, atol=1e-6)
+    assert t.tolist() == [6, 3, 6]
+
+
+def test_huber_grad_equals_autograd():
+    net = BatchedMLP([5, 16, 8, 3])
+    flat = torch.stack([net.init(torch.Generator().manual_seed(s)) for s in range(4)])
+    x = torch.randn(4, 7, 5)
+    action = torch.randint(0, 3, (4, 7, 1))
+    y = torch.randn(4, 7) * 3.0  # errors on both sides of the Huber knee
+    grad = torch.empty_like(flat)
+    q, loss = net.huber_grad(flat, x, action, y, grad)
+    p = flat.clone().requires_grad_(True)
+    q_ref = net.forward(p, x).gather(2, action)[..., 0]
+    loss_ref = torch.nn.functional.smooth_l1_loss(q_ref, y, reduction="none").mean(dim=1)
+    loss_ref.sum().backward()
+    torch.testing.assert_close(q, q_ref.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(loss, loss_ref.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
+    """One burst of ``gradient_steps`` (batched minibatches, targets from one forward pass,
+    hand-written backward, compiled clip + Adam) against the textbook loop on each replica's
+    own nn.Sequential: per step a fresh minibatch, target from the fixed target network, Huber
+    loss, autograd, clip_grad_norm_, torch.optim.Adam."""
+    obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+    G, B = 5, 8
+    agent = DQN(5, 3, [0, 1], observations=obs_table, hidden=(16, 16), lr=np.array([0.01, 0.02]),
+                gamma=np.array([0.9, 0.5]), learning_starts=0, batch_size=B, train_freq=10,
+                gradient_steps=G, target_update=1000, double=double, max_grad_norm=0.5)
+    agent.params += 0.1 * torch.randn(agent.params.shape)  # online != target
+    rng = np.random.default_rng(1)
+    for _ in range(9):  # fill the buffers without training (step 10 trains)
+        s = rng.integers(0, 12, 2)
+        agent.learn(Transition(s, rng.integers(0, 3, 2), rng.standard_normal(2),
+                               rng.integers(0, 12, 2), rng.random(2) < 0.3,
+                               np.array([False, False]), np.array([True, True])))
+    before, target = agent.params.clone(), agent.target.clone()
+    replay = agent.buffer._rand.state()
+    s = rng.integers(0, 12, 2)
+    upd = agent.learn(Transition(s, np.array([0, 1]), np.array([1.0, -1.0]), s,
+                                 np.array([False, True]), np.array([False, False]),
+                                 np.array([True, True])))
+    agent.buffer._rand.load_state(replay)  # draw the burst's minibatches again, one by one
+    nets = []
     for k in range(2):
-        torch.testing.assert_close(agent.params[k], ref[k].detach(), rtol=1e-5, atol=1e-7)
-    assert agent._t.tolist() == [5, 3]
+        net, tgt = mlp([5, 16, 16, 3]), mlp([5, 16, 16, 3])
+        net.load_state_dict(agent.net.state_dict(before[k]))
+        tgt.load_state_dict(agent.net.state_dict(target[k]))
+        nets.append((net, tgt, torch.optim.Adam(net.parameters(), lr=[0.01, 0.02][k])))
+    losses = np.zeros(2)
+    for _ in range(G):
+        b = agent.buffer.sample(B)
+        for k, (net, tgt, opt) in enumerate(nets):
+            x, xn = torch.from_numpy(b.obs[k]), torch.from_numpy(b.next_obs[k])
+            with torch.no_grad():
+                a_next = (net(xn) if double else tgt(xn)).argmax(dim=1, keepdim=True)
+                v_next = tgt(xn).gather(1, a_next)[:, 0]
+                y = (torch.from_numpy(b.reward[k]) + [0.9, 0.5][k]
+                     * (1.0 - torch.from_numpy(b.terminated[k]).float()) * v_next)
+            q = net(x).gather(1, torch.from_numpy(b.action[k])[:, None])[:, 0]
+            loss = torch.nn.functional.smooth_l1_loss(q, y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+            opt.step()
+            losses[k] += loss.item()
+    for k, (net, _, _) in enumerate(nets):
+        expected = agent.net.state_dict(agent.params[k])
+        for name, value in net.state_dict().items():
+            torch.testing.assert_close(expected[name], value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(upd.stats["td_loss"], losses, rtol=1e-5)
+    assert upd.stats_count.tolist() == [G, G] and upd.count.tolist() == [G * B, G * B]
 
 
 @pytest.mark.parametrize("double", [False, True])

@@ -53,23 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qlab.agents.optim import clip_adam
 from qlab.agents.replay import ReplayBuffer
 from qlab.agents.tabular import Transition, Updates
 from qlab.checkpoint import load_array
 from qlab.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
-
-
-def clip_grad_norm_per_replica(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Scale each replica's row of ``grad`` (R, P) in place so its L2 norm is at most
-    ``max_norm`` (``torch.nn.utils.clip_grad_norm_`` applied to each replica alone); returns
-    the norms before clipping (R,)."""
-    norm = grad.norm(dim=1, keepdim=True)
-    grad.mul_((max_norm / (norm + CLIP_EPS)).clamp(max=1.0))
-    return norm[:, 0]
 
 
 class BatchedMLP:
@@ -99,6 +87,33 @@ class BatchedMLP:
             if i < len(views) - 1:
                 x = torch.relu(x)
         return x
+
+    def huber_grad(self, flat: torch.Tensor, x: torch.Tensor, action: torch.Tensor,
+                   y: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DQN loss of each replica and its gradient, by hand-written backpropagation.
+
+        ``x`` (R, B, in), ``action`` (R, B, 1) int64, targets ``y`` (R, B): the loss of
+        replica k is ``smooth_l1(Q(x, a; flat[k]) - y).mean()`` over its B pairs (Huber,
+        beta 1). Its gradient with respect to ``flat[k]`` is written into ``grad`` (R, P).
+        Returns (Q(x, a) (R, B), loss (R,)). The same products autograd would form (tests
+        compare the two), without autograd's graph: backward is 2 batched matmuls per layer."""
+        views = self.views(flat)
+        acts = [x]  # each layer's input; ReLU outputs after the first
+        for i, (w, b) in enumerate(views):
+            h = torch.baddbmm(b, acts[-1], w)
+            acts.append(h.relu_() if i < len(views) - 1 else h)
+        q = acts[-1].gather(2, action)[..., 0]
+        diff = q - y
+        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)
+        # d loss / d q: smooth_l1's derivative is clamp(diff, -1, 1) at beta 1.
+        delta = torch.zeros_like(acts[-1]).scatter_(
+            2, action, (diff.clamp(-1.0, 1.0) / diff.shape[1])[..., None])
+        for i, (gw, gb) in reversed(list(enumerate(self.views(grad)))):
+            gw.copy_(torch.bmm(acts[i].transpose(1, 2), delta))
+            gb.copy_(delta.sum(dim=1, keepdim=True))
+            if i > 0:
+                delta = torch.bmm(delta, views[i][0].transpose(1, 2)).mul_(acts[i] > 0)
+        return q, loss
 
     def init(self, generator: torch.Generator) -> torch.Tensor:
         """One replica's parameters (P,), each layer as ``torch.nn.Linear`` initialises it:
@@ -228,83 +243,58 @@ class DQN:
         return upd
 
     def _train(self, due: np.ndarray) -> Updates:
-        """``gradient_steps`` steps for the replicas in ``due``; sums of the metrics."""
-        mask = torch.from_numpy(due)
-        abs_delta = torch.zeros(self.replicas, dtype=torch.float64)
-        loss_sum = torch.zeros(self.replicas, dtype=torch.float64)
-        q_sum = torch.zeros(self.replicas, dtype=torch.float64)
-        for _ in range(self.gradient_steps):
-            d, loss, q_mean = self._gradient_step(mask)
-            abs_delta += d
-            loss_sum += loss
-            q_sum += q_mean
-        maskf = mask.double()
-        n = float(self.gradient_steps)
-        return Updates((abs_delta * maskf).numpy(), (maskf * n * self.batch_size).numpy(),
-                       {"td_loss": (loss_sum * maskf).numpy(), "q_mean": (q_sum * maskf).numpy()},
-                       (maskf * n).numpy())
+        """``gradient_steps`` steps for the replicas in ``due``; sums of the metrics.
 
-    def _gradient_step(self, mask: torch.Tensor):
-        """One Adam step on a fresh minibatch per replica (rows outside ``mask`` unchanged).
-        Returns per-replica (sum |ΔQ(s, a)| over the batch, Huber loss, mean Q(s, a)), 0
-        outside ``mask``. Only the rows in ``mask`` are computed: replicas that finished (or
-        wait) cost nothing, which matters when replicas run for very different step counts
-        (a fused sweep's epsilon decays); each row's arithmetic is the same either way."""
-        rows = None if bool(mask.all()) else mask.nonzero()[:, 0]
-        b = self.buffer.sample(self.batch_size, used=mask.numpy(), only_used=rows is not None)
-        obs, next_obs, action, reward, terminated = (
-            torch.from_numpy(x) for x in (b.obs, b.next_obs, b.action, b.reward, b.terminated))
-        action = action[..., None]
-        params, target, gamma = self.params, self.target, self._gamma_t
-        if rows is not None:
-            params, target, gamma = params[rows], target[rows], gamma[rows]
+        Only the rows in ``due`` are computed: replicas that finished (or wait) cost nothing,
+        which matters when replicas run for very different step counts (a fused sweep's
+        epsilon decays); each row's arithmetic is the same either way. No env step and no
+        target refresh happen inside a burst, so every minibatch of the burst is drawn at
+        once (the same numbers as drawing them one by one: a replica's stream is sequential
+        and its buffer does not change) and, without double DQN, every target y comes from
+        one forward pass of the (fixed) target network over all the burst's next states."""
+        R, G, B = self.replicas, self.gradient_steps, self.batch_size
+        rows = np.arange(R) if due.all() else np.flatnonzero(due)
+        subset = len(rows) < R
+        idx = torch.from_numpy(rows)
+        s = self.buffer.sample(G * B, used=due, only_used=subset)
+        n = len(rows)
+        obs = torch.from_numpy(s.obs).view(n, G, B, self.obs_dim)
+        next_obs = torch.from_numpy(s.next_obs).view(n, G * B, self.obs_dim)
+        action = torch.from_numpy(s.action).view(n, G, B, 1)
+        reward = torch.from_numpy(s.reward).view(n, G, B)
+        cont = (~torch.from_numpy(s.terminated)).float().view(n, G, B)
+        gamma = self._gamma_t[idx] if subset else self._gamma_t  # (n, 1)
+        target = self.target[idx] if subset else self.target
         with torch.no_grad():
-            q_next = self.net.forward(target, next_obs)
-            if self.double:
-                a_next = self.net.forward(params, next_obs).argmax(dim=2, keepdim=True)
-                v_next = q_next.gather(2, a_next)[..., 0]
-            else:
-                v_next = q_next.max(dim=2).values
-            cont = 1.0 - terminated.float()
-            y = reward + gamma * cont * v_next
-        params.requires_grad_(True)
-        q = self.net.forward(params, obs).gather(2, action)[..., 0]  # (R', B)
-        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)  # (R',)
-        (grad,) = torch.autograd.grad(loss.sum(), params)
-        params.requires_grad_(False)
-        with torch.no_grad():
-            clip_grad_norm_per_replica(grad, self.max_grad_norm)
-            self._adam(grad, mask)
-            after = self.params if rows is None else self.params[rows]
-            q_after = self.net.forward(after, obs).gather(2, action)[..., 0]
-            out = [(q_after - q).abs().sum(dim=1), loss.detach(), q.detach().mean(dim=1)]
-        if rows is not None:
-            out = [torch.zeros(self.replicas, dtype=x.dtype).index_put_((rows,), x) for x in out]
-        return tuple(x.double() for x in out)
-
-    def _adam(self, grad: torch.Tensor, mask: torch.Tensor) -> None:
-        """Adam (as torch.optim.Adam computes it), per replica, on the rows in ``mask``;
-        ``grad`` holds every replica's row (R, P) or only those rows, in order."""
-        b1, b2 = ADAM_BETAS
-        if bool(mask.all()):
-            rows = slice(None)
-            p, m, v = self.params, self._m, self._v
-        else:
-            rows = mask.nonzero()[:, 0]
-            p, m, v = self.params[rows], self._m[rows], self._v[rows]
-            if grad.shape[0] == self.replicas:
-                grad = grad[rows]
-        self._t[rows] += 1
-        t = self._t[rows].double()
-        m.mul_(b1).add_(grad, alpha=1 - b1)
-        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        bc1 = (1 - b1 ** t).float()[:, None]
-        bc2_sqrt = (1 - b2 ** t).sqrt().float()[:, None]
-        denom = (v.sqrt() / bc2_sqrt).add_(ADAM_EPS)
-        step_size = self._lr_t[rows][:, None] / bc1  # (R', 1): lr / (1 - b1^t)
-        p.addcdiv_(m * step_size, denom, value=-1.0)
-        if not isinstance(rows, slice):
-            self.params[rows], self._m[rows], self._v[rows] = p, m, v
+            if not self.double:
+                v_next = self.net.forward(target, next_obs).max(dim=2).values.view(n, G, B)
+                y_all = reward + gamma[:, :, None] * cont * v_next
+            grad = torch.empty(n, self.net.n_params)
+            stats = torch.empty(G, 3, n)  # sum |ΔQ(s, a)|, loss, mean Q(s, a) per step
+            params_np, m_np, v_np = self.params.numpy(), self._m.numpy(), self._v.numpy()
+            t_np, grad_np = self._t.numpy(), grad.numpy()
+            for g in range(G):
+                params = self.params[idx] if subset else self.params
+                if self.double:
+                    x_next = next_obs.view(n, G, B, -1)[:, g]
+                    a_next = self.net.forward(params, x_next).argmax(dim=2, keepdim=True)
+                    v_next = self.net.forward(target, x_next).gather(2, a_next)[..., 0]
+                    y = reward[:, g] + gamma * cont[:, g] * v_next
+                else:
+                    y = y_all[:, g]
+                q, loss = self.net.huber_grad(params, obs[:, g], action[:, g], y, grad)
+                clip_adam(params_np, m_np, v_np, grad_np, rows, t_np, self.lr, self.max_grad_norm)
+                after = self.params[idx] if subset else self.params
+                q_after = self.net.forward(after, obs[:, g]).gather(2, action[:, g])[..., 0]
+                stats[g, 0] = (q_after - q).abs().sum(dim=1)
+                stats[g, 1] = loss
+                stats[g, 2] = q.mean(dim=1)
+        sums = stats.double().sum(dim=0).numpy()  # (3, n)
+        out = np.zeros((3, R))
+        out[:, rows] = sums
+        count = np.zeros(R)
+        count[rows] = G
+        return Updates(out[0], count * B, {"td_loss": out[1], "q_mean": out[2]}, count)
 
     @torch.no_grad()
     def _update_target(self, mask: torch.Tensor) -> None:
