@@ -54,6 +54,8 @@ def test_batched_forward_equals_each_replicas_own_network():
         single.load_state_dict(net.state_dict(rows[k]))
         torch.testing.assert_close(out[k], single(x[k]), rtol=0, atol=1e-6)
         assert torch.equal(out[k], net.forward(flat[k:k + 1], x[k:k + 1])[0])
+    np.testing.assert_allclose(net.forward_numpy(flat.numpy(), x.numpy()), out.numpy(),
+                               rtol=0, atol=1e-6)  # numpy's, for acting
 
 
 def test_per_replica_init_equals_single_replica_runs():
@@ -100,7 +102,7 @@ def test_huber_grad_equals_autograd():
     action = torch.randint(0, 3, (4, 7, 1))
     y = torch.randn(4, 7) * 3.0  # errors on both sides of the Huber knee
     grad = torch.empty_like(flat)
-    q, loss = net.huber_grad(flat, x, action, y, grad)
+    q, loss, _ = net.huber_grad(flat, x, action, y, grad)
     p = flat.clone().requires_grad_(True)
     q_ref = net.forward(p, x).gather(2, action)[..., 0]
     loss_ref = torch.nn.functional.smooth_l1_loss(q_ref, y, reduction="none").mean(dim=1)
