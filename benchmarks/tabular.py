@@ -23,8 +23,9 @@ every ``eval_every`` episodes (qlab: its own ``eval/optimal_fraction``); checkin
 counted. qlab's steps/s come from a second run of the same seed evaluated as ``qlab-train``
 evaluates by default (every 25 episodes): the fast path's compiled loop returns to Python at
 each evaluation, so evaluating after every episode of a 4x4 grid (~10 steps) measures that
-hand-back more than training; its rate is shown too ("evaluated every episode"). "Time to optimal" is the training time up to the first check after which the policy
-stays optimal to the end of the budget. For R = 64 it is the time until all 64 replicas are
+hand-back more than training; its rate is shown too ("evaluated every episode"). "Time to
+optimal" is the training time up to the first check after which the policy stays optimal to
+the end of the budget. For R = 64 it is the time until all 64 replicas are
 optimal, also shown divided by 64 (per replica). Steps/s counts every replica's steps.
 """
 
@@ -312,7 +313,7 @@ def measure(sizes=(4, 8), repeats: int = 5, batch_repeats: int = 3, replicas: in
                 dense = [r["dense_steps"] / r["dense_seconds"] for r in rs]
                 sps_rows.append(Row(section, "env steps/s", f"{who}, evaluated every episode",
                                     median(dense), "steps/s", dense,
-                                    note=f"the runs timed to the optimal policy below; the "
+                                    note="the runs timed to the optimal policy below; the "
                                          "kernel stops at every evaluation"))
             tto = [r["time_to_optimal"] for r in rs]
             solved = sum(t is not None for t in tto)
