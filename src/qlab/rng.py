@@ -26,6 +26,7 @@ def derive_seed(seed: int, stream: int, *more: int) -> int:
 
 
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+_ANY_SEED = np.random.SeedSequence(0)  # overwritten at once by the state
 
 
 def generator_from_state(state: dict) -> np.random.Generator:
@@ -34,7 +35,7 @@ def generator_from_state(state: dict) -> np.random.Generator:
     if kind not in BIT_GENERATORS:
         raise ValueError(f"random generator of kind {kind!r}: expected one of "
                          + ", ".join(BIT_GENERATORS))
-    bit = getattr(np.random, kind)()
+    bit = getattr(np.random, kind)(_ANY_SEED)  # a fixed seed: no OS entropy, 2-3x faster
     bit.state = state
     return np.random.Generator(bit)
 
