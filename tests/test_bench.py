@@ -60,7 +60,9 @@ def test_tabular_section_smoke() -> None:
                            warmup=False, startup=False)
     sps = by(rows, "env steps/s")
     assert set(sps) == {"notebook", "gymnasium FrozenLake", "qlab fast R=1", "qlab numpy R=1",
-                        "qlab fast R=2", "qlab numpy R=2"}
+                        "qlab fast R=2", "qlab numpy R=2", "qlab fast R=1, evaluated every episode",
+                        "qlab fast R=2, evaluated every episode"}
+    assert "evaluated every 25 (qlab's default)" in sps["qlab fast R=2"].note
     for r in sps.values():
         assert r.value > 0 and r.ratio > 0 and r.baseline == "notebook"
     assert sps["notebook"].ratio == 1.0
@@ -134,9 +136,16 @@ def test_sb3_gets_qlabs_hyperparameters() -> None:
 
 def test_tracking_section_smoke() -> None:
     rows = tracking.measure(episodes=10, repeats=1)
-    over = by(rows, "overhead")["MLflow on vs off"]
+    (over,) = [r for r in rows if r.metric == "overhead of tracking"]
     assert math.isfinite(over.value) and over.target == "<= 10%" and over.met is not None
     assert by(rows, "wall time")["MLflow on (sqlite)"].value > 0
+    floor = by(rows, "MLflow's floor: one empty run")["MLflow (sqlite)"]
+    assert 0 < floor.value < by(rows, "wall time")["MLflow on (sqlite)"].value
+    assert len(floor.samples) == 5
+    command = by(rows, "qlab-train command")
+    assert command["MLflow on (sqlite)"].value > 0 and command["MLflow off"].value > 0
+    whole = by(rows, "overhead of tracking, whole command")["MLflow on vs off"]
+    assert math.isfinite(whole.value)
 
 
 def test_sweep_section_smoke() -> None:
