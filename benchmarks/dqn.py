@@ -108,6 +108,45 @@ def run_sb3(seed: int, steps: int, overrides: Sequence[str] = ()) -> dict:
             "final_returns": [float(np.mean(returns))], "threads": torch.get_num_threads()}
 
 
+def bursts(replicas: list[int], repeats: int, overrides: list[str]) -> list[dict]:
+    """Where a DQN gradient step's time goes, for each R in ``replicas``: an agent with qlab's
+    CartPole config, its replay buffers holding 5,000 random transitions, times ``repeats``
+    bursts (``gradient_steps`` steps of every replica), then one burst under torch's
+    profiler gives the time spent in matrix products (baddbmm, bmm, mm, addmm)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from qlab import agents, envs
+    from qlab.config import validate
+
+    c = validate(compose([*BASE, *overrides]))
+    out = []
+    for R in replicas:
+        seeds = list(range(R))
+        agent = agents.make(c.agent, envs.make(c.env, seeds), seeds)  # sets torch's threads
+        rng = np.random.default_rng(0)
+        D, every = agent.obs_dim, np.ones(R, dtype=bool)
+        for _ in range(5000):
+            agent.buffer.add(rng.standard_normal((R, D)).astype(np.float32),
+                             rng.integers(0, agent.n_actions, R), np.ones(R, np.float32),
+                             rng.standard_normal((R, D)).astype(np.float32),
+                             rng.random(R) < 0.05, every)
+        agent._train(every)  # warm-up: the optimiser kernel's compilation or cache load
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            agent._train(every)
+            times.append(time.perf_counter() - t)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            agent._train(every)
+        matmul = sum(e.self_cpu_time_total for e in prof.key_averages()
+                     if e.key in ("aten::baddbmm", "aten::bmm", "aten::mm", "aten::addmm"))
+        steps = agent.gradient_steps * R
+        out.append({"replicas": R, "step_us": [1e6 * x / steps for x in times],
+                    "matmul_us": matmul / steps, "threads": torch.get_num_threads()})
+    return out
+
+
 def qlab_runs(seeds: list[int], replicas: int, steps: int, overrides: list[str]) -> list[dict]:
     return [run_qlab(s, replicas, steps, overrides) for s in seeds]
 
@@ -116,7 +155,7 @@ def sb3_runs(seeds: list[int], steps: int, overrides: list[str]) -> list[dict]:
     return [run_sb3(s, steps, overrides) for s in seeds]
 
 
-HANDLERS = {"qlab": qlab_runs, "sb3": sb3_runs}
+HANDLERS = {"qlab": qlab_runs, "sb3": sb3_runs, "bursts": bursts}
 
 
 def have_sb3() -> bool:
@@ -188,7 +227,31 @@ def measure(steps: int = 50_000, sb3_repeats: int = 3, replicas: int = 8,
     add_ratios(tput, tput[0].who, higher_is_better=True)
     check_target(tput[1], ">=", 4)
     rows += sps + ret + tput
+    say(f"DQN: where a gradient step's time goes, R=1 and R={replicas}")
+    rows += burst_rows(section, call("bursts", replicas=[1, replicas], repeats=5), replicas)
     return rows
+
+
+def burst_rows(section: str, prof: list[dict], replicas: int) -> list[Row]:
+    """Per replica, a gradient step's wall time and its matrix products' time at R = 1 and R =
+    ``replicas``, and the bound that puts on batching: R replicas in one job can only save
+    what is not matrix products (their flops grow with R), so one replica-step of the batch
+    costs at least its matmul time."""
+    one, many = prof
+    metric = "gradient step per replica (CartPole net, batch 64)"
+    wall = [Row(section, metric, f"qlab R={p['replicas']}", median(p["step_us"]), "us",
+                p["step_us"], note=f"{len(p['step_us'])} bursts of 128 steps; "
+                                   f"{p['threads']} torch thread(s)") for p in prof]
+    add_ratios(wall, "qlab R=1", higher_is_better=False)
+    mm = [Row(section, "of which matrix products", f"qlab R={p['replicas']}", p["matmul_us"],
+              "us", note=f"{100 * p['matmul_us'] / median(p['step_us']):.0f}% of the step "
+                         "(torch profiler, one burst)") for p in prof]
+    bound = median(one["step_us"]) / many["matmul_us"]
+    ceiling = Row(section, f"ceiling of R={replicas}'s gain over R=1 (same threads)",
+                  f"R=1 step / R={replicas} matmul time", bound, "x",
+                  note=f"an R={replicas} job still does every replica's matrix products; "
+                       "batching saves only the rest of the step")
+    return wall + mm + [ceiling]
 
 
 if __name__ == "__main__":

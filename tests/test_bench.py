@@ -180,3 +180,15 @@ def test_report_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
                      "--json", str(js)]) == 0
     assert "overhead of tracking" in out.read_text()
     assert json.loads(js.read_text())["mode"] == "quick"
+
+
+def test_dqn_burst_profile_rows() -> None:
+    prof = dqn.bursts([1, 2], 2, TINY_DQN)
+    assert [p["replicas"] for p in prof] == [1, 2]
+    for p in prof:
+        assert len(p["step_us"]) == 2 and 0 < p["matmul_us"] < max(p["step_us"])
+    rows = dqn.burst_rows("DQN", prof, 2)
+    wall = by(rows, "gradient step per replica")
+    assert wall["qlab R=1"].ratio == 1.0 and wall["qlab R=2"].ratio > 0
+    (ceiling,) = [r for r in rows if r.metric.startswith("ceiling")]
+    assert ceiling.value == pytest.approx(wall["qlab R=1"].value / prof[1]["matmul_us"])

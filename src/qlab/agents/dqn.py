@@ -209,7 +209,6 @@ class DQN:
         self._m = torch.zeros_like(self.params)  # Adam first moments
         self._v = torch.zeros_like(self.params)  # Adam second moments
         self._t = torch.zeros(R, dtype=torch.int64)  # Adam steps, per replica
-        self._lr_t = torch.tensor(self.lr, dtype=torch.float32)
         self._gamma_t = torch.tensor(self.gamma, dtype=torch.float32)[:, None]
         self.steps = np.zeros(R, dtype=np.int64)  # env steps learned from, per replica
         self._rows = np.arange(R)
