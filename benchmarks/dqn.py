@@ -228,7 +228,10 @@ def measure(steps: int = 50_000, sb3_repeats: int = 3, replicas: int = 8,
     check_target(tput[1], ">=", 4)
     rows += sps + ret + tput
     say(f"DQN: where a gradient step's time goes, R=1 and R={replicas}")
-    rows += burst_rows(section, call("bursts", replicas=[1, replicas], repeats=5), replicas)
+    spec = {"replicas": [1, replicas], "repeats": 5, "overrides": list(overrides)}
+    prof = (bursts(**spec) if in_process
+            else run_worker("benchmarks.dqn", {"kind": "bursts", **spec}))
+    rows += burst_rows(section, prof, replicas)
     return rows
 
 

@@ -115,8 +115,13 @@ METHOD = """\
   `qlab.train.run` builds (env, agent, schedule), tracking off, trained twice: by the
   compiled fast path (`qlab fast`, `qlab.fastpath`, what `qlab-train` runs for tabular
   agents) and by the numpy reference runner (`qlab numpy`, `fast=off`; bit for bit the
-  same results). The fast path's start-up (numba compiling its kernels into an empty cache,
-  or loading them from a filled one) is timed apart, in fresh processes. Greedy policies are
+  same results). qlab's steps/s come from runs evaluated as `qlab-train` evaluates by
+  default (every 25 episodes); its time to optimal from a second run of the same seed
+  evaluated after every episode, whose steps/s is shown too ("evaluated every episode"): the
+  compiled loop hands back to Python at each evaluation, which on the 4x4 grid (~10 steps an
+  episode) measures that hand-back more than training. The fast path's start-up (numba
+  compiling its kernels into an empty cache, or loading them from a filled one) is timed
+  apart, in fresh processes. Greedy policies are
   checked against value iteration's optimal actions after every episode (qlab: its own
   `eval/optimal_fraction`), the checking time not counted; "time to optimal" is the training
   time up to the first check after which the policy stays optimal to the end of the budget
@@ -131,11 +136,19 @@ METHOD = """\
   (qlab's one greedy evaluation at the end is not counted; SB3 trains without evaluating).
   The final greedy return is the mean of 10 greedy episodes. The R = 1 runs (seeds 0-7) run
   one after another and are also the sequential baseline of the R = 8 job (seeds 0-7).
+  "Gradient step per replica" times bursts of 128 gradient steps alone (replay buffers
+  holding 5,000 random transitions) at R = 1 and R = 8, and torch's profiler gives the part
+  spent in matrix products (baddbmm, bmm); an R-replica job does R times those products, so
+  R=1's step over R=8's matrix-product time per replica is a ceiling on what batching can
+  gain in learning at the same thread count.
 - **Tracking.** `qlab.train.run` whole, with tracking on (a sqlite store in a temp dir,
   created beforehand) and off, alternating, checkpoints off in both (`checkpoint_every=0`);
   the overhead is (on - off) / off per pair. It includes the fixed cost of a run (creating
   it, params, provenance, artifacts incl. the value heatmap, closing it), which dwarfs a
-  1000-episode 4x4 run on the compiled path (~10 ms of training).
+  1000-episode 4x4 run on the compiled path (~6 ms of training). "MLflow's floor" is creating
+  and ending an empty run in the same store: no design that records a run at all costs less.
+  The `qlab-train` command rows time the whole command in a fresh process, as a user waits
+  for it (interpreter, imports, composition, training, tracking).
 - **Sweeps.** `qlab-train +experiment=epsilon_decay` as a subprocess, in a temp dir with its
   own sqlite store (created beforehand) and Hydra output dir; the store is checked for the
   runs it should hold.

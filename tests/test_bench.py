@@ -108,6 +108,8 @@ def test_dqn_section_smoke() -> None:
     tput = by(rows, "throughput")
     assert tput["qlab R=2 in one job"].ratio > 0
     assert tput["qlab R=2 in one job"].target == ">= 4x"
+    step = by(rows, "gradient step per replica")
+    assert set(step) == {"qlab R=1", "qlab R=2"} and step["qlab R=2"].ratio > 0
     ret = by(rows, "final greedy return")
     # Replica k of the batch is seed k: the same final returns as the R=1 runs.
     assert ret["qlab R=2"].samples == pytest.approx(ret["qlab R=1"].samples)
@@ -183,7 +185,8 @@ def test_report_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_dqn_burst_profile_rows() -> None:
-    prof = dqn.bursts([1, 2], 2, TINY_DQN)
+    prof = common.run_worker("benchmarks.dqn", {"kind": "bursts", "replicas": [1, 2],
+                                                "repeats": 2, "overrides": TINY_DQN})
     assert [p["replicas"] for p in prof] == [1, 2]
     for p in prof:
         assert len(p["step_us"]) == 2 and 0 < p["matmul_us"] < max(p["step_us"])
