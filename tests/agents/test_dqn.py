@@ -169,6 +169,35 @@ def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
 
 
 @pytest.mark.parametrize("double", [False, True])
+def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, monkeypatch):
+    """A burst too large to draw at once (BURST_VALUES) is drawn a few steps at a time: the
+    same minibatches, the same updates, the same metrics."""
+    from qlab.agents import dqn
+
+    obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+
+    def burst():
+        agent = DQN(5, 3, [0, 1, 2], observations=obs_table, hidden=(16,), learning_starts=0,
+                    batch_size=4, train_freq=20, gradient_steps=7, double=double)
+        rng = np.random.default_rng(1)
+        for _ in range(20):
+            s = rng.integers(0, 12, 3)
+            upd = agent.learn(Transition(s, rng.integers(0, 3, 3), rng.standard_normal(3),
+                                         rng.integers(0, 12, 3), rng.random(3) < 0.3,
+                                         np.zeros(3, dtype=bool), np.array([True, True, False])))
+        return agent, upd
+
+    whole, upd_whole = burst()
+    monkeypatch.setattr(dqn, "BURST_VALUES", 2 * 2 * 4 * 5)  # 2 steps of 2 replicas at a time
+    pieces, upd_pieces = burst()
+    torch.testing.assert_close(pieces.params, whole.params, rtol=0, atol=1e-6)
+    assert torch.equal(pieces._t, whole._t) and pieces._t.tolist() == [7, 7, 0]
+    np.testing.assert_allclose(upd_pieces.abs_delta, upd_whole.abs_delta, rtol=1e-6)
+    for key in DQN.stat_keys:
+        np.testing.assert_allclose(upd_pieces.stats[key], upd_whole.stats[key], rtol=1e-6)
+
+
+@pytest.mark.parametrize("double", [False, True])
 def test_inactive_replicas_do_not_learn_or_store(double):
     obs = np.eye(4, dtype=np.float32)
     agent = DQN(4, 2, [0, 1], observations=obs, learning_starts=0, batch_size=4,

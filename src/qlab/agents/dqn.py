@@ -60,6 +60,7 @@ from qlab.checkpoint import load_array
 from qlab.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
 
 TARGET_ROWS = 1024  # rows per replica per forward pass when computing a burst's targets
+BURST_VALUES = 1 << 24  # observation values of a burst's minibatches drawn at once (64 MB)
 
 
 class BatchedMLP:
@@ -268,56 +269,64 @@ class DQN:
         Only the rows in ``due`` are computed: replicas that finished (or wait) cost nothing,
         which matters when replicas run for very different step counts (a fused sweep's
         epsilon decays); each row's arithmetic is the same either way. No env step and no
-        target refresh happen inside a burst, so every minibatch of the burst is drawn at
-        once (the same numbers as drawing them one by one: a replica's stream is sequential
-        and its buffer does not change) and, without double DQN, every target y comes from
-        one forward pass of the (fixed) target network over all the burst's next states."""
-        R, G, B = self.replicas, self.gradient_steps, self.batch_size
+        target refresh happen inside a burst, so its minibatches are drawn many steps at once
+        (the same numbers as drawing them one by one: a replica's stream is sequential and
+        its buffer does not change; up to ``BURST_VALUES`` observation values at a time) and,
+        without double DQN, their targets y come from one forward pass of the (fixed) target
+        network over all those steps' next states."""
+        R, G, B, D = self.replicas, self.gradient_steps, self.batch_size, self.obs_dim
         rows = np.arange(R) if due.all() else np.flatnonzero(due)
         subset = len(rows) < R
         idx = torch.from_numpy(rows)
-        s = self.buffer.sample(G * B, used=due, only_used=subset)
         n = len(rows)
-        obs = torch.from_numpy(s.obs).view(n, G, B, self.obs_dim)
-        next_obs = torch.from_numpy(s.next_obs).view(n, G * B, self.obs_dim)
-        action = torch.from_numpy(s.action).view(n, G, B, 1)
-        reward = torch.from_numpy(s.reward).view(n, G, B)
-        cont = (~torch.from_numpy(s.terminated)).float().view(n, G, B)
+        per = max(1, min(G, BURST_VALUES // (n * B * max(D, 1))))  # steps drawn at once
         gamma = self._gamma_t[idx] if subset else self._gamma_t  # (n, 1)
         target = self.target[idx] if subset else self.target
+        grad = torch.empty(n, self.net.n_params)
+        stats = torch.empty(G, 3, n)  # sum |ΔQ(s, a)|, loss, mean Q(s, a) per step
+        params_np, m_np, v_np = self.params.numpy(), self._m.numpy(), self._v.numpy()
+        t_np, grad_np = self._t.numpy(), grad.numpy()
+        prev = None  # the previous step's (x, a, Q(x, a) before its update)
         with torch.no_grad():
-            if not self.double:  # in slices of ~TARGET_ROWS rows: activations stay in cache
-                step = max(1, TARGET_ROWS // B) * B
-                v_next = torch.cat([self.net.forward(target, next_obs[:, i:i + step]).amax(dim=2)
-                                    for i in range(0, G * B, step)], dim=1).view(n, G, B)
-                y_all = reward + gamma[:, :, None] * cont * v_next
-            grad = torch.empty(n, self.net.n_params)
-            stats = torch.empty(G, 3, n)  # sum |ΔQ(s, a)|, loss, mean Q(s, a) per step
-            params_np, m_np, v_np = self.params.numpy(), self._m.numpy(), self._v.numpy()
-            t_np, grad_np = self._t.numpy(), grad.numpy()
-            q_prev = None
-            for g in range(G):
-                params = self.params[idx] if subset else self.params
-                if self.double:
-                    x_next = next_obs.view(n, G, B, -1)[:, g]
-                    a_next = self.net.forward(params, x_next).argmax(dim=2, keepdim=True)
-                    v_next = self.net.forward(target, x_next).gather(2, a_next)[..., 0]
-                    y = reward[:, g] + gamma * cont[:, g] * v_next
-                else:
-                    y = y_all[:, g]
-                # The previous minibatch rides along: its Q under these (updated) parameters.
-                q, loss, out_prev = self.net.huber_grad(params, obs[:, g], action[:, g], y, grad,
-                                                        also=obs[:, g - 1] if g else None)
-                if g:
-                    q_after = out_prev.gather(2, action[:, g - 1])[..., 0]
-                    stats[g - 1, 0] = (q_after - q_prev).abs().sum(dim=1)
-                clip_adam(params_np, m_np, v_np, grad_np, rows, t_np, self.lr, self.max_grad_norm)
-                stats[g, 1] = loss
-                stats[g, 2] = q.mean(dim=1)
-                q_prev = q
+            for g0 in range(0, G, per):
+                k = min(per, G - g0)
+                s = self.buffer.sample(k * B, used=due, only_used=subset)
+                obs = torch.from_numpy(s.obs).view(n, k, B, D)
+                next_obs = torch.from_numpy(s.next_obs).view(n, k * B, D)
+                action = torch.from_numpy(s.action).view(n, k, B, 1)
+                reward = torch.from_numpy(s.reward).view(n, k, B)
+                cont = (~torch.from_numpy(s.terminated)).float().view(n, k, B)
+                if not self.double:  # in slices of ~TARGET_ROWS rows: activations stay in cache
+                    rows_at_once = max(1, TARGET_ROWS // B) * B
+                    v_next = torch.cat(
+                        [self.net.forward(target, next_obs[:, i:i + rows_at_once]).amax(dim=2)
+                         for i in range(0, k * B, rows_at_once)], dim=1).view(n, k, B)
+                    y_all = reward + gamma[:, :, None] * cont * v_next
+                for j in range(k):
+                    g = g0 + j
+                    params = self.params[idx] if subset else self.params
+                    if self.double:
+                        x_next = next_obs.view(n, k, B, D)[:, j]
+                        a_next = self.net.forward(params, x_next).argmax(dim=2, keepdim=True)
+                        v_next = self.net.forward(target, x_next).gather(2, a_next)[..., 0]
+                        y = reward[:, j] + gamma * cont[:, j] * v_next
+                    else:
+                        y = y_all[:, j]
+                    # The previous minibatch rides along: its Q under these (updated) params.
+                    q, loss, out_prev = self.net.huber_grad(
+                        params, obs[:, j], action[:, j], y, grad,
+                        also=None if prev is None else prev[0])
+                    if prev is not None:
+                        q_after = out_prev.gather(2, prev[1])[..., 0]
+                        stats[g - 1, 0] = (q_after - prev[2]).abs().sum(dim=1)
+                    clip_adam(params_np, m_np, v_np, grad_np, rows, t_np, self.lr,
+                              self.max_grad_norm)
+                    stats[g, 1] = loss
+                    stats[g, 2] = q.mean(dim=1)
+                    prev = (obs[:, j], action[:, j], q)
             after = self.params[idx] if subset else self.params
-            q_after = self.net.forward(after, obs[:, G - 1]).gather(2, action[:, G - 1])[..., 0]
-            stats[G - 1, 0] = (q_after - q_prev).abs().sum(dim=1)
+            q_after = self.net.forward(after, prev[0]).gather(2, prev[1])[..., 0]
+            stats[G - 1, 0] = (q_after - prev[2]).abs().sum(dim=1)
         sums = stats.double().sum(dim=0).numpy()  # (3, n)
         out = np.zeros((3, R))
         out[:, rows] = sums
