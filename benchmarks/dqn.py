@@ -143,7 +143,9 @@ def bursts(replicas: list[int], repeats: int, overrides: list[str]) -> list[dict
                      if e.key in ("aten::baddbmm", "aten::bmm", "aten::mm", "aten::addmm"))
         steps = agent.gradient_steps * R
         out.append({"replicas": R, "step_us": [1e6 * x / steps for x in times],
-                    "matmul_us": matmul / steps, "threads": torch.get_num_threads()})
+                    "matmul_us": matmul / steps, "threads": torch.get_num_threads(),
+                    "gradient_steps": agent.gradient_steps, "batch": agent.batch_size,
+                    "net": "-".join(map(str, agent.net.sizes))})
     return out
 
 
@@ -241,10 +243,10 @@ def burst_rows(section: str, prof: list[dict], replicas: int) -> list[Row]:
     what is not matrix products (their flops grow with R), so one replica-step of the batch
     costs at least its matmul time."""
     one, many = prof
-    metric = "gradient step per replica (CartPole net, batch 64)"
+    metric = f"gradient step per replica ({one['net']} net, batch {one['batch']})"
     wall = [Row(section, metric, f"qlab R={p['replicas']}", median(p["step_us"]), "us",
-                p["step_us"], note=f"{len(p['step_us'])} bursts of 128 steps; "
-                                   f"{p['threads']} torch thread(s)") for p in prof]
+                p["step_us"], note=f"{len(p['step_us'])} bursts of {p['gradient_steps']} "
+                                   f"steps; {p['threads']} torch thread(s)") for p in prof]
     add_ratios(wall, "qlab R=1", higher_is_better=False)
     mm = [Row(section, "of which matrix products", f"qlab R={p['replicas']}", p["matmul_us"],
               "us", note=f"{100 * p['matmul_us'] / median(p['step_us']):.0f}% of the step "
