@@ -248,15 +248,12 @@ def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1,
             "solved": len(solved), "replicas": c.replicas}
 
 
-def run_qlab_twice(hp: Settings, seed: int, replicas: int, eval_every: int,
-                   fast: bool) -> dict:
-    """Steps/s from a run evaluated as ``qlab-train`` evaluates by default (config
-    ``eval_every``), time to optimal from a run evaluated every ``eval_every`` episodes (the
-    same seed, so the same training: evaluation does not change it). The two differ only for
-    the fast path, whose compiled loop hands back to Python at every evaluation."""
-    from qlab.config import validate
-
-    default = int(validate(compose(_overrides(hp.size))).eval_every)
+def run_qlab_twice(hp: Settings, seed: int, replicas: int, eval_every: int, fast: bool,
+                   default: int) -> dict:
+    """Steps/s from a run evaluated as ``qlab-train`` evaluates by default (every ``default``
+    episodes), time to optimal from a run evaluated every ``eval_every`` episodes (the same
+    seed, so the same training: evaluation does not change it). The two differ only for the
+    fast path, whose compiled loop hands back to Python at every evaluation."""
     timed = run_qlab(hp, seed, replicas, default, fast)
     dense = run_qlab(hp, seed, replicas, eval_every, fast)
     return {**dense, "steps": timed["steps"], "seconds": timed["seconds"], "eval_every": default,
@@ -271,6 +268,8 @@ def measure(sizes=(4, 8), repeats: int = 5, batch_repeats: int = 3, replicas: in
     """The tabular rows for each grid size: medians over ``repeats`` seeds (``batch_repeats``
     for R = ``replicas``), contenders interleaved within each repeat; with ``startup``, the
     fast path's start-up cost (fresh processes)."""
+    from qlab.config import validate
+
     say = progress or (lambda msg: None)
     rows: list[Row] = []
     qlab = {f"qlab {path} R={r}": (r, path == "fast")
@@ -282,9 +281,10 @@ def measure(sizes=(4, 8), repeats: int = 5, batch_repeats: int = 3, replicas: in
             NOTEBOOK: lambda s, hp=hp: run_notebook(hp, s, eval_every),
             GYM: lambda s, hp=hp: run_gym(hp, s, eval_every, GYM_BUDGET),
         }
+        default = int(validate(compose(_overrides(size))).eval_every)  # qlab-train's
         for who, (r, fast) in qlab.items():
-            contenders[who] = (lambda s, hp=hp, r=r, fast=fast:
-                               run_qlab_twice(hp, s * r, r, eval_every, fast))
+            contenders[who] = (lambda s, hp=hp, r=r, fast=fast, default=default:
+                               run_qlab_twice(hp, s * r, r, eval_every, fast, default))
         runs: dict[str, list[dict]] = {who: [] for who in contenders}
         if warmup:  # imports, caches, any compilation: not counted
             small = replace(hp, episodes=min(hp.episodes, 5))

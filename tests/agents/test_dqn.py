@@ -102,7 +102,7 @@ def test_huber_grad_equals_autograd():
     action = torch.randint(0, 3, (4, 7, 1))
     y = torch.randn(4, 7) * 3.0  # errors on both sides of the Huber knee
     grad = torch.empty_like(flat)
-    q, loss, _ = net.huber_grad(flat, x, action, y, grad)
+    q, loss, _ = net.huber_grad(flat, x, action, y, net.views(grad))
     p = flat.clone().requires_grad_(True)
     q_ref = net.forward(p, x).gather(2, action)[..., 0]
     loss_ref = torch.nn.functional.smooth_l1_loss(q_ref, y, reduction="none").mean(dim=1)

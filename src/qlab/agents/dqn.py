@@ -103,13 +103,15 @@ class BatchedMLP:
         return x
 
     def huber_grad(self, flat: torch.Tensor, x: torch.Tensor, action: torch.Tensor,
-                   y: torch.Tensor, grad: torch.Tensor, also: torch.Tensor | None = None
+                   y: torch.Tensor, grad: list[tuple[torch.Tensor, torch.Tensor]],
+                   also: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The DQN loss of each replica and its gradient, by hand-written backpropagation.
 
         ``x`` (R, B, in), ``action`` (R, B, 1) int64, targets ``y`` (R, B): the loss of
         replica k is ``smooth_l1(Q(x, a; flat[k]) - y).mean()`` over its B pairs (Huber,
-        beta 1). Its gradient with respect to ``flat[k]`` is written into ``grad`` (R, P).
+        beta 1). Its gradient with respect to ``flat[k]`` is written into ``grad``, the
+        :meth:`views` of an (R, P) tensor (made once per burst, not per step).
         ``also`` (R, B', in): more inputs sent through the same forward pass, outside the
         loss (a DQN burst passes the previous step's minibatch, for its Q after that step).
         Returns (Q(x, a) (R, B), loss (R,), the network's outputs for ``also`` (R, B', out)
@@ -130,7 +132,7 @@ class BatchedMLP:
         # d loss / d q: smooth_l1's derivative is clamp(diff, -1, 1) at beta 1.
         delta = torch.zeros_like(acts[-1]).scatter_(
             2, action, (diff.clamp(-1.0, 1.0) / diff.shape[1])[..., None])
-        for i, (gw, gb) in reversed(list(enumerate(self.views(grad)))):
+        for i, (gw, gb) in reversed(list(enumerate(grad))):
             torch.bmm(acts[i].transpose(1, 2), delta, out=gw)
             torch.sum(delta, dim=1, keepdim=True, out=gb)
             if i > 0:
@@ -283,6 +285,7 @@ class DQN:
         gamma = self._gamma_t[idx] if subset else self._gamma_t  # (n, 1)
         target = self.target[idx] if subset else self.target
         grad = torch.empty(n, self.net.n_params)
+        grad_views = self.net.views(grad)
         stats = torch.empty(G, 3, n)  # sum |ΔQ(s, a)|, loss, mean Q(s, a) per step
         params_np, m_np, v_np = self.params.numpy(), self._m.numpy(), self._v.numpy()
         t_np, grad_np = self._t.numpy(), grad.numpy()
@@ -314,7 +317,7 @@ class DQN:
                         y = y_all[:, j]
                     # The previous minibatch rides along: its Q under these (updated) params.
                     q, loss, out_prev = self.net.huber_grad(
-                        params, obs[:, j], action[:, j], y, grad,
+                        params, obs[:, j], action[:, j], y, grad_views,
                         also=None if prev is None else prev[0])
                     if prev is not None:
                         q_after = out_prev.gather(2, prev[1])[..., 0]
