@@ -521,3 +521,58 @@ def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
         assert run.data.params["exploration.decay"] == ("0.9" if k < 2 else "0.97")
         steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
         assert sorted(steps) == list(range(100))
+
+
+def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> None:
+    """Ctrl-C arriving while the trainer writes its last metrics (signals are deferred then)
+    is acted on once the job is complete: the runs end FINISHED, the checkpoint is gone, and
+    the interrupt still stops the process (a sweep does not go on to its next job)."""
+    from qlab.stopping import GracefulStop
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg([*SMALL, f"tracking.uri={uri}", "experiment_name=late",
+                       f"checkpoint_dir={tmp_path}/ckpt"])
+    real_update = runner.ProgressBar.update
+
+    def update(self, history):  # the final flush: all episodes done
+        real_update(self, history)
+        if history.done.sum() == 2 * 100:
+            GracefulStop._handle(STOP[0], signal.SIGINT, None)
+
+    STOP = []
+    real_enter = GracefulStop.__enter__
+
+    def enter(self):
+        STOP[:] = [self]
+        return real_enter(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner.ProgressBar, "update", update)
+        mp.setattr(GracefulStop, "__enter__", enter)
+        with pytest.raises(KeyboardInterrupt):
+            qlab.train.run(cfg)
+    runs = job_runs(MlflowClient(uri), "late")
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert not list((tmp_path / "ckpt").rglob("checkpoint.npz"))
+
+
+def test_a_failed_final_write_fails_the_job_and_keeps_its_checkpoint(tmp_path,
+                                                                    compose_cfg) -> None:
+    """episodes.csv cannot be written at the end (say, a full artifact store): the runs end
+    FAILED with why, the job raises StoreError (non-zero exit), and its checkpoint stays."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg([*SMALL, f"tracking.uri={uri}", "experiment_name=lastwrite",
+                       f"checkpoint_dir={tmp_path}/ckpt"])
+
+    def full(self):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracking.Tracker, "_close_history", full)
+        with pytest.raises(tracking.StoreError, match="writing the final metrics failed: "
+                                                      "OSError.*No space left"):
+            qlab.train.run(cfg)
+    runs = job_runs(MlflowClient(uri), "lastwrite")
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert all("No space left" in r.data.tags["error"] for r in runs)
+    assert len(list((tmp_path / "ckpt").rglob("checkpoint.npz"))) == 1

@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 
 from qlab import runner
+from qlab.agents import TABULAR
 from qlab.config import ConfigError
 from qlab.exploration import KINDS, Schedule
 from qlab.rng import ReplicaUniforms, generator_from_state
 from qlab.runner import TRAIN_KEYS, History, Listener
 
 MODES = ("auto", "on", "off")
-TABULAR_AGENTS = ("tabular_q", "tabular_mc")
 UNIFORM_BLOCK = 4096  # numbers drawn per replica at a time, as ReplicaUniforms
 EPISODE_CAPACITY = 256  # initial episode buffer (steps), doubled when full
 FIRST_LIMIT = 16  # episodes per replica in the first chunk
@@ -61,8 +61,8 @@ def check_config(fast: str, agent: str) -> None:
     if fast not in MODES:
         raise ConfigError(f"fast={fast!r}: must be one of {', '.join(MODES)} "
                           "(quote 'on' / 'off' in YAML files)")
-    if fast == "on" and agent not in TABULAR_AGENTS:
-        raise ConfigError(f"fast='on': the compiled fast path runs {' and '.join(TABULAR_AGENTS)}"
+    if fast == "on" and agent not in TABULAR:
+        raise ConfigError(f"fast='on': the compiled fast path runs {' and '.join(TABULAR)}"
                           f" only, not agent={agent}; use fast=auto or fast=off")
 
 
@@ -125,8 +125,8 @@ class _Streams:
     buffered numbers first, then its generators' draws); row k is refilled from replica k's
     own generator, whatever the other replicas have used."""
 
-    def __init__(self, rand: ReplicaUniforms, block: int | None = None) -> None:
-        block = UNIFORM_BLOCK if block is None else block
+    def __init__(self, rand: ReplicaUniforms) -> None:
+        block = UNIFORM_BLOCK
         state = rand.state()
         left = state["buf"]
         self.gens = [generator_from_state(st) for st in state["gens"]]

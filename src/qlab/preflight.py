@@ -68,14 +68,10 @@ def _no_such_key(key: str, cause: OmegaConfBaseException) -> str:
     return f"{key}: no such key; {hint}allowed {where}keys: {', '.join(allowed)}"
 
 
-def sweeper_params(overrides: Sequence[str]) -> list[str]:
-    """Sweeps a config itself declares (``hydra.sweeper.params`` of a named experiment) for
-    keys the command line does not set; the command line wins, as in Hydra's basic sweeper."""
-    return _sweeper(overrides)[0]
-
-
 def _sweeper(overrides: Sequence[str]) -> tuple[list[str], list[str] | None]:
-    """(:func:`sweeper_params`, the keys the sweeper fuses: None unless ``hydra/sweeper=fused``)."""
+    """(The sweeps a config itself declares — ``hydra.sweeper.params`` of a named experiment —
+    for keys the command line does not set, as overrides: the command line wins, as in Hydra's
+    basic sweeper; the keys the sweeper fuses: None unless ``hydra/sweeper=fused``)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     given = {o.get_key_element().lstrip("+~") for o in parsed}

@@ -158,7 +158,8 @@ def plan_job(uri: str, experiment_name: str, spec: str | None, resolved: dict[st
     ``params`` are the run params this job logs (flattened resolved config)."""
     if not spec:
         return plan(None, None, spec, resolved, params, root, uri)
-    client = MlflowClient(tracking_uri=uri)
+    store.check(uri)  # one line for a bad store, before MLflow opens (or migrates) it
+    client = store.client_for(uri)
     exp = client.get_experiment_by_name(experiment_name)
     return plan(client, exp.experiment_id if exp else None, spec, resolved, params, root, uri)
 

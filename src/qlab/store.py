@@ -145,4 +145,14 @@ def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
         yield
 
 
-__all__ = ["StoreError", "check", "configure_http", "creation_lock", "sqlite_path"]
+def client_for(uri: str):
+    """An ``MlflowClient`` of ``uri``. Creating one opens (and, the first time, creates and
+    migrates) the store, which processes starting together must do one at a time."""
+    from mlflow.tracking import MlflowClient
+
+    with creation_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
+__all__ = ["StoreError", "check", "client_for", "configure_http", "creation_lock",
+           "sqlite_path"]

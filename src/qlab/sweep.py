@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from qlab import provenance, tracking
+from qlab import provenance, store, tracking
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
 SWEEP_ENV = "QLAB_SWEEP_ID"
@@ -69,7 +69,7 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return
         uri = config.tracking.uri or tracking.default_uri()
-        client = tracking.client_for(uri)
+        client = store.client_for(uri)
         exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)

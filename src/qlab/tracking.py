@@ -44,13 +44,6 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 
 
-def client_for(uri: str) -> MlflowClient:
-    """A client of ``uri``. Creating one opens (and, the first time, creates and migrates)
-    the store, which processes starting together must do one at a time."""
-    with store.creation_lock(uri):
-        return MlflowClient(tracking_uri=uri)
-
-
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment ``name``, created if missing. For a sqlite store its artifacts
     go to ``mlruns/`` beside the database, wherever the process runs."""
@@ -166,28 +159,29 @@ class Tracker:
                 continue  # logged before a resume
             self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step))])
 
-    def log_text(self, name: str, text: str) -> None:
-        """The same text file as an artifact of every run."""
-        for run_id in self.run_ids:
-            self.client.log_text(run_id, text, name)
-
-    def finish(self, status: str, error: str | None = None, traceback: str | None = None,
-               failed: Mapping[int, str] | None = None) -> None:
-        """End every run with ``status``, except replicas in ``failed`` (index -> reason),
-        which end FAILED with their own reason. ``error`` goes to a tag, ``traceback`` to
-        an artifact."""
-        failed = failed or {}
+    def finish(self, failed: Mapping[int, str]) -> None:
+        """Write each run's last points and ``episodes.csv``, then end the runs FINISHED,
+        except replicas in ``failed`` (index -> reason), FAILED with their own reason. If the
+        final write fails the runs still end, FAILED with why, and :class:`StoreError` says
+        so: the job is not complete (its checkpoint stays for a resume)."""
         try:
             self._close_history()
-        except Exception as exc:  # the runs must still end, with the first error kept
-            error = error or f"writing the final metrics failed: {type(exc).__name__}: {exc}"
-            status = "FAILED"
+        except Exception as exc:
+            reason = f"writing the final metrics failed: {_one_line(exc)}"
+            self._end("FAILED", reason, failed)
+            raise StoreError(f"{reason}; the runs ended FAILED") from exc
+        self._end("FINISHED", None, failed)
+
+    def _end(self, status: str, error: str | None, failed: Mapping[int, str],
+             traceback: str | None = None) -> None:
+        """Tag (``error``, or a failed replica's own reason) and end every run."""
         for k, run_id in enumerate(self.run_ids):
             reason = failed.get(k, error)
             if reason is not None:
                 self.client.set_tag(run_id, "error", reason[:4000])
-            if traceback is not None:
-                self.client.log_text(run_id, traceback, "traceback.txt")
+            if traceback is not None:  # optional: a full artifact store must not stop this
+                with contextlib.suppress(OSError, MlflowException):
+                    self.client.log_text(run_id, traceback, "traceback.txt")
             self.client.set_terminated(run_id, "FAILED" if k in failed else status)
 
     def finish_after_error(self, status: str, error: str, traceback: str | None = None,
@@ -202,12 +196,7 @@ class Tracker:
             if "Max retries exceeded" in str(exc):  # the server is gone: no more waiting
                 return exc
         try:
-            for k, run_id in enumerate(self.run_ids):
-                self.client.set_tag(run_id, "error", failed.get(k, error)[:4000])
-                if traceback is not None:
-                    with contextlib.suppress(OSError, MlflowException):
-                        self.client.log_text(run_id, traceback, "traceback.txt")
-                self.client.set_terminated(run_id, "FAILED" if k in failed else status)
+            self._end(status, error, failed, traceback)
         except Exception as exc:  # noqa: BLE001 - the store itself is gone
             return exc
         return None
@@ -240,7 +229,6 @@ class NullTracker:
     def update(self, history) -> None: ...
     def log_replica_files(self, write: Callable[[int, Path], None]) -> None: ...
     def log_values(self, key: str, values: np.ndarray, step: int) -> None: ...
-    def log_text(self, name: str, text: str) -> None: ...
 
 
 @contextlib.contextmanager
@@ -257,14 +245,14 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     ``max_points``: see :func:`curve_steps`. ``resume_ids``: continue these existing runs
     instead (see :func:`reopen`)."""
     store.check(uri)
-    client = client_for(uri)
+    client = store.client_for(uri)
     record = provenance.collect()
     run_ids: list[str] = []
     logged = None
     try:
         if resume_ids:
+            run_ids = list(resume_ids)  # ended again below if reopening fails part-way
             logged = reopen(client, resume_ids)
-            run_ids = list(resume_ids)
         else:
             exp_id = get_or_create_experiment(client, experiment_name, uri)
             for own, name in zip(replicas, run_names, strict=True):
@@ -277,6 +265,9 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
                     client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
                 # Written first: an unwritable artifact store shows before any training.
                 client.log_text(run.info.run_id, provenance.to_json(record), provenance.ARTIFACT)
+    except KeyboardInterrupt as exc:  # Ctrl-C while the runs are being made: none RUNNING
+        Tracker(client, run_ids).finish_after_error("KILLED", type(exc).__name__)
+        raise
     except Exception as exc:
         Tracker(client, run_ids).finish_after_error("FAILED", f"{type(exc).__name__}: {exc}")
         raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}") from exc
@@ -299,7 +290,9 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
         raise
     else:
         try:
-            tracker.finish("FINISHED", failed=tracker.failed)
+            tracker.finish(tracker.failed)
+        except StoreError:
+            raise
         except Exception as exc:  # the store went away at the very end
             raise _keep_locally(tracker, uri, exc) from exc
 

@@ -54,32 +54,32 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
             c.eval_episodes)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # the job's (a fused job: all points)
-    job = None
-    if c.tracking.enabled:  # checkpoints and resume go with tracked runs
-        uri = c.tracking.uri or tracking.default_uri()
-        job = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
-                              resume.checkpoint_root(c.checkpoint_dir, uri))
-        if job.skip:
+    job = bar = None
+    try:  # from here on a job holds its lock: released whatever happens
+        if c.tracking.enabled:  # checkpoints and resume go with tracked runs
+            uri = c.tracking.uri or tracking.default_uri()
+            job = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
+                                  resume.checkpoint_root(c.checkpoint_dir, uri))
+            if job.skip:
+                resume.announce(job)
+                return None, job.run_ids
+            resume.restore(job, env, agent, evaluator, c.episodes, c.eval_every)
             resume.announce(job)
-            return None, job.run_ids
-        resume.restore(job, env, agent, evaluator, c.episodes, c.eval_every)
-        resume.announce(job)
-    # runner.train or its compiled twin (fast=auto|on|off): they checkpoint and resume alike
-    trainer = fastpath.choose(c.fast, env, agent, schedule)
-    replicas = [{"params": batch.params(k),
-                 "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                          resume.REPLICA_TAG: k, **sweep.job_tags(), **batch.tags,
-                          **(job.tags if job else {})}}
-                for k, s in enumerate(seeds)]
-    names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
-    bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
-    if not c.tracking.enabled:
-        ctx = contextlib.nullcontext(tracking.NullTracker())
-    else:
-        ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names,
-                                 max_points=c.tracking.max_points, resume_ids=job.run_ids)
-    stop = GracefulStop()
-    try:
+        # runner.train or its compiled twin (fast=auto|on|off): they checkpoint and resume alike
+        trainer = fastpath.choose(c.fast, env, agent, schedule)
+        replicas = [{"params": batch.params(k),
+                     "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
+                              resume.REPLICA_TAG: k, **sweep.job_tags(), **batch.tags,
+                              **(job.tags if job else {})}}
+                    for k, s in enumerate(seeds)]
+        names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
+        bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
+        if not c.tracking.enabled:
+            ctx = contextlib.nullcontext(tracking.NullTracker())
+        else:
+            ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names,
+                                     max_points=c.tracking.max_points, resume_ids=job.run_ids)
+        stop = GracefulStop()
         with stop, ctx as tracker:
             ckpt = None
             if job is not None and c.checkpoint_every:
@@ -109,8 +109,11 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
                     tracker.log_replica_files(heatmap)
         if job is not None:
             job.finished()  # training is complete: its checkpoint has no more use
+        if stop.pending is not None:  # a signal during the last flush: the job is done; stop
+            raise stop.pending
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if job is not None:
             job.release()
     print(summary(c, hist), file=sys.stderr)

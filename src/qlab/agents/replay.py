@@ -15,7 +15,7 @@ import numpy as np
 from qlab.checkpoint import load_array
 from qlab.rng import ReplicaUniforms
 
-FIELDS = ("obs", "next_obs", "action", "reward", "terminated", "pos", "size")
+FIELDS = ("obs", "next_obs", "action", "reward", "terminated")  # the per-transition arrays
 
 
 class ReplaySample(NamedTuple):
@@ -91,7 +91,7 @@ class ReplayBuffer:
         """The filled slots (up to the fullest replica's fill count; the rest are still
         zeros), the write pointers and fill counts, and the sampling stream."""
         n = int(self.size.max(initial=0))
-        return {**{k: getattr(self, k)[:, :n].copy() for k in FIELDS[:5]},
+        return {**{k: getattr(self, k)[:, :n].copy() for k in FIELDS},
                 "pos": self.pos.copy(), "size": self.size.copy(), "rand": self._rand.state()}
 
     def load_state_dict(self, d: dict) -> None:
@@ -101,7 +101,7 @@ class ReplayBuffer:
                 | (self.size > self.capacity)).any():
             raise ValueError("agent.buffer.pos/size out of range")
         n = int(self.size.max(initial=0))
-        for k in FIELDS[:5]:
+        for k in FIELDS:
             full = getattr(self, k)
             full[...] = 0
             full[:, :n] = load_array(f"agent.buffer.{k}", d[k], full[:, :n])
