@@ -172,3 +172,17 @@ def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str) -> None:
     assert ha.keys() == hb.keys()
     for k in ha:
         assert np.array_equal(np.array(ha[k]), np.array(hb[k]), equal_nan=True), k
+
+
+def test_a_rerun_that_changes_only_resume_safe_keys_is_the_same_sweep() -> None:
+    """resume=auto reruns may change what a checkpoint does not depend on (resume,
+    checkpoints, fast, tracking.*): still the same sweep, so the same parent run."""
+    from qlab.sweep import sweep_key
+
+    base = ["+experiment=epsilon_decay", "episodes=30", "agent=tabular_q,dqn"]
+    same = [*base, "resume=auto", "checkpoint_every=5", "fast=off",
+            "tracking.flush_seconds=9", "+checkpoint_dir=/tmp/x"]
+    assert sweep_key(list(reversed(same))) == sweep_key(base)
+    assert sweep_key([*base, "seed=1"]) != sweep_key(base)
+    assert sweep_key(["+experiment=epsilon_decay", "episodes=31", "agent=tabular_q,dqn"]) \
+        != sweep_key(base)

@@ -100,10 +100,16 @@ class SweepCallback(Callback):
 
 
 def sweep_key(overrides: list[str]) -> str:
-    """What makes two sweep command lines the same sweep: their overrides, ``resume`` aside."""
+    """What makes two sweep command lines the same sweep: their overrides, except those a
+    resume may change (``checkpoint.EXCLUDED``: resume, checkpoints, fast, tracking.*)."""
     import hashlib
 
-    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+    from qlab.checkpoint import EXCLUDED
+
+    def may_change(o: str) -> bool:
+        return o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in EXCLUDED
+
+    kept = sorted(o for o in overrides if not may_change(o))
     return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16]
 
 
