@@ -186,3 +186,24 @@ def test_a_rerun_that_changes_only_resume_safe_keys_is_the_same_sweep() -> None:
     assert sweep_key([*base, "seed=1"]) != sweep_key(base)
     assert sweep_key(["+experiment=epsilon_decay", "episodes=31", "agent=tabular_q,dqn"]) \
         != sweep_key(base)
+
+
+def test_a_sweep_counts_only_each_replicas_latest_attempt() -> None:
+    """A job restarted afresh by a resume=auto rerun leaves its old KILLED runs under the
+    parent: the sweep's status and summary use the newest run per config and replica."""
+    from types import SimpleNamespace
+
+    from qlab.resume import HASH_TAG, REPLICA_TAG
+    from qlab.sweep import latest_attempts
+
+    def run(run_id, start, status, cfg=None, replica=None):
+        tags = {} if cfg is None else {HASH_TAG: cfg, REPLICA_TAG: str(replica)}
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, start_time=start,
+                                                    status=status), data=SimpleNamespace(tags=tags))
+
+    runs = [run("a0-old", 1, "KILLED", "a", 0), run("a1-old", 1, "KILLED", "a", 1),
+            run("b0", 2, "FINISHED", "b", 0), run("a0", 5, "FINISHED", "a", 0),
+            run("a1", 5, "FINISHED", "a", 1), run("untagged", 3, "FAILED")]
+    kept = latest_attempts(runs)
+    assert [r.info.run_id for r in kept] == ["b0", "untagged", "a0", "a1"]
+    assert [r.info.status for r in latest_attempts(runs[:5])] == ["FINISHED"] * 3

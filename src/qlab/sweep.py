@@ -159,13 +159,29 @@ def summary_table(runs: list, group_by: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def latest_attempts(runs: list) -> list:
+    """Each job replica's newest run: a ``resume=auto`` rerun that starts a job afresh (it
+    stopped before its first checkpoint) leaves the old KILLED/FAILED runs under the parent,
+    and they no longer speak for the sweep. Runs are matched by config hash and replica."""
+    from qlab.resume import HASH_TAG, REPLICA_TAG
+
+    newest: dict[tuple, Any] = {}
+    for r in runs:
+        tags = r.data.tags
+        key = ((tags[HASH_TAG], tags.get(REPLICA_TAG)) if HASH_TAG in tags
+               else (r.info.run_id,))
+        if key not in newest or r.info.start_time > newest[key].info.start_time:
+            newest[key] = r
+    return sorted(newest.values(), key=lambda r: r.info.start_time)
+
+
 def finish(failed: bool = False) -> None:
     """Close the parent run of this process's sweep (no-op when there is none)."""
     if not _active:
         return
     client, run_id = _active["client"], _active["run_id"]
     try:
-        runs = children(client, _active["exp_id"], run_id)
+        runs = latest_attempts(children(client, _active["exp_id"], run_id))
         failed = failed or any(r.info.status != "FINISHED" for r in runs)
         table = summary_table(runs, _active["group_by"])
         if not table.empty:
