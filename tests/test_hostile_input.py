@@ -246,3 +246,15 @@ def test_server_killed_mid_run(launch_server, tmp_path: Path) -> None:
         rows = (tmp_path / "qlab-unsent" / f"{run_id}.csv").read_text().splitlines()
         steps = [int(r.split(",")[1]) for r in rows[1:] if r.startswith("train/q_delta,")]
         assert steps == list(range(len(steps))) and len(steps) >= n
+
+
+def test_an_existing_sqlite_file_in_a_read_only_directory_is_refused(tmp_path, monkeypatch):
+    """sqlite writes its journal beside the database: a writable file in a read-only
+    directory cannot be used (os.access stubbed: as root every path is writable)."""
+    from qlab import store
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    monkeypatch.setattr(store.os, "access", lambda p, mode: Path(p) != tmp_path)
+    with pytest.raises(store.StoreError, match=f"{tmp_path} is not writable"):
+        store.check(f"sqlite:///{db}")

@@ -145,3 +145,18 @@ def test_no_git_no_failure(monkeypatch, tmp_path: Path) -> None:
     assert provenance.git_state() is None
     tags = provenance.tags({**provenance.collect(), "git": None})
     assert "qlab.git_commit" not in tags and tags["qlab.version"]
+
+
+def test_a_qlab_inside_another_repository_records_no_commit(monkeypatch, tmp_path: Path) -> None:
+    """An installed qlab whose files sit inside some other git checkout (a .venv in a user's
+    project) must not report that project's commit as qlab's."""
+    import subprocess
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    (tmp_path / "site-packages").mkdir()
+    monkeypatch.setattr(provenance, "ROOT", tmp_path / "site-packages")
+    assert provenance.git_state() is None
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)  # the checkout's own root: recorded
+    assert len(provenance.git_state()["commit"]) == 40

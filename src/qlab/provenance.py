@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from qlab.config import ROOT
@@ -39,7 +40,11 @@ def _git(*args: str) -> str | None:
 
 
 def git_state() -> dict[str, Any] | None:
-    """The source checkout's commit, branch and dirty flag; None if it is not a git checkout."""
+    """The source checkout's commit, branch and dirty flag; None if qlab's source root is not
+    the top of a git checkout (an installed qlab inside some other repository is not)."""
+    top = _git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != ROOT.resolve():
+        return None
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return None

@@ -83,9 +83,10 @@ def _check_sqlite(uri: str) -> None:
                          f"directory; use an absolute one: sqlite:///{db.absolute()}")
     if not db.parent.is_dir():
         raise StoreError(f"tracking.uri={uri!r}: directory {db.parent} does not exist")
-    target = db if db.exists() else db.parent
-    if not os.access(target, os.W_OK):
-        raise StoreError(f"tracking.uri={uri!r}: {target} is not writable")
+    # sqlite writes its journal beside the database, so the directory must be writable too
+    for target in (db.parent, db) if db.exists() else (db.parent,):
+        if not os.access(target, os.W_OK):
+            raise StoreError(f"tracking.uri={uri!r}: {target} is not writable")
     artifacts = db.parent / "mlruns"
     if artifacts.exists() and not os.access(artifacts, os.W_OK | os.X_OK):
         raise StoreError(f"tracking.uri={uri!r}: artifact directory {artifacts} is not writable")
