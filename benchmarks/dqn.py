@@ -38,9 +38,9 @@ BASE = ["env=cartpole", "agent=dqn", "tracking.enabled=false"]
 
 def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()) -> dict:
     """One qlab job of ``replicas`` replicas (seeds seed..), ``steps`` env steps each."""
-    from qlab import agents, envs, exploration, runner
     from qlab.config import validate
-    from qlab.envs.gym_vector import make_gym
+    from qlab.core import agents, envs, exploration, runner
+    from qlab.core.envs.gym_vector import make_gym
 
     c = validate(compose([*BASE, f"seed={seed}", f"replicas={replicas}",
                           f"total_steps={steps}", *overrides]))
@@ -82,8 +82,8 @@ def run_sb3(seed: int, steps: int, overrides: Sequence[str] = ()) -> dict:
     from stable_baselines3 import DQN
 
     from qlab.config import validate
-    from qlab.envs.gym_vector import make_gym
-    from qlab.rng import EVAL_STREAM, derive_seed
+    from qlab.core.envs.gym_vector import make_gym
+    from qlab.core.rng import EVAL_STREAM, derive_seed
 
     c = validate(compose([*BASE, *overrides]))
     if c.agent.threads > 0:
@@ -116,8 +116,8 @@ def bursts(replicas: list[int], repeats: int, overrides: list[str]) -> list[dict
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from qlab import agents, envs
     from qlab.config import validate
+    from qlab.core import agents, envs
 
     c = validate(compose([*BASE, *overrides]))
     out = []

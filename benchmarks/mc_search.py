@@ -1,6 +1,6 @@
 """Hyperparameter search for tabular Monte-Carlo control against issue 3's targets.
 
-Trains on the compiled fast path (:func:`qlab.fastpath.train`), one batch per
+Trains on the compiled fast path (:func:`qlab.core.fastpath.train`), one batch per
 (first_visit, init): every (lr, gamma, schedule) point of the grid x every seed is one
 replica (the agent and the schedule take per-replica parameters). At the end each replica's
 greedy policy is scored exactly on the env's model, as tests/test_solves.py scores it:
@@ -26,11 +26,11 @@ import time
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from qlab import envs, fastpath
-from qlab.agents.mc import TabularMC
 from qlab.config import CONF_DIR, register, validate
-from qlab.exploration import Schedule
-from qlab.oracle import policy_value, value_iteration
+from qlab.core import envs, fastpath
+from qlab.core.agents.mc import TabularMC
+from qlab.core.exploration import Schedule
+from qlab.core.oracle import policy_value, value_iteration
 
 TOLERANCE = 0.02
 

@@ -112,8 +112,8 @@ METHOD = """\
   grid world; the plain gymnasium loop runs `FrozenLake-v1` (`is_slippery=False`) of the same
   size with a numpy Q table and online Q-learning, with 10x the episode budget (it starts in
   one corner and rarely finds the goal by chance). qlab is driven through the objects
-  `qlab.train.run` builds (env, agent, schedule), tracking off, trained twice: by the
-  compiled fast path (`qlab fast`, `qlab.fastpath`, what `qlab-train` runs for tabular
+  `qlab.app.train.run` builds (env, agent, schedule), tracking off, trained twice: by the
+  compiled fast path (`qlab fast`, `qlab.core.fastpath`, what `qlab-train` runs for tabular
   agents) and by the numpy reference runner (`qlab numpy`, `fast=off`; bit for bit the
   same results). qlab's steps/s come from runs evaluated as `qlab-train` evaluates by
   default (every 25 episodes); its time to optimal from a second run of the same seed
@@ -141,7 +141,7 @@ METHOD = """\
   spent in matrix products (baddbmm, bmm); an R-replica job does R times those products, so
   R=1's step over R=8's matrix-product time per replica is a ceiling on what batching can
   gain in learning at the same thread count.
-- **Tracking.** `qlab.train.run` whole, with tracking on (a sqlite store in a temp dir,
+- **Tracking.** `qlab.app.train.run` whole, with tracking on (a sqlite store in a temp dir,
   created beforehand) and off, alternating, checkpoints off in both (`checkpoint_every=0`);
   the overhead is (on - off) / off per pair. It includes the fixed cost of a run (creating
   it, params, provenance, artifacts incl. the value heatmap, closing it), which dwarfs a

@@ -27,9 +27,9 @@ LAUNCHERS = ("basic", "joblib")  # variants: LAUNCHER or LAUNCHER-unfused (hydra
 
 
 def qlab_train() -> list[str]:
-    """The ``qlab-train`` beside this interpreter, else ``python -m qlab.train``."""
+    """The ``qlab-train`` beside this interpreter, else ``python -m qlab.app.train``."""
     script = Path(sys.executable).with_name("qlab-train")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "qlab.train"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qlab.app.train"]
 
 
 def create_store(uri: str) -> None:

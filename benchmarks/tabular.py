@@ -10,8 +10,8 @@ the episode budget, read from the composed config so they follow any retuning):
   loop with a numpy Q table and online Q-learning (a different MDP of the same size: holes
   end episodes; its "optimal" is checked against its own Q*);
 - ``qlab fast R=1`` and ``qlab fast R=64``: qlab's env, agent and schedule, built as
-  ``qlab.train.run`` builds them, tracking off, trained by the compiled fast path
-  (:mod:`qlab.fastpath`, what ``qlab-train`` runs by default for tabular agents);
+  ``qlab.app.train.run`` builds them, tracking off, trained by the compiled fast path
+  (:mod:`qlab.core.fastpath`, what ``qlab-train`` runs by default for tabular agents);
 - ``qlab numpy R=1`` and ``qlab numpy R=64``: the same, trained by the numpy reference
   runner (``fast=off``), which gives bit for bit the same results.
 
@@ -114,8 +114,8 @@ def _result(steps: float, seconds: float, checks: list[tuple[int, float, bool]])
 
 def run_notebook(hp: Settings, seed: int, eval_every: int = 1) -> dict:
     """The notebook-style loop on the grid; its greedy policy checked against Q*."""
-    from qlab import envs, oracle
     from qlab.config import validate
+    from qlab.core import envs, oracle
 
     c = validate(compose(_overrides(hp.size)))
     model = envs.make_model(c.env)
@@ -189,8 +189,8 @@ def run_gym(hp: Settings, seed: int, eval_every: int = 1, budget_factor: int = 1
     hp = replace(hp, episodes=hp.episodes * budget_factor)
     import gymnasium
 
-    from qlab import oracle
-    from qlab.envs.toytext import toy_text_model
+    from qlab.core import oracle
+    from qlab.core.envs.toytext import toy_text_model
 
     kwargs = {"is_slippery": False, "map_name": f"{hp.size}x{hp.size}"}
     model = toy_text_model("FrozenLake-v1", kwargs)
@@ -214,11 +214,11 @@ def run_gym(hp: Settings, seed: int, eval_every: int = 1, budget_factor: int = 1
 
 def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1,
              fast: bool = False) -> dict:
-    """qlab's runner (``fast``: the compiled fast path) with the objects ``qlab.train.run``
+    """qlab's runner (``fast``: the compiled fast path) with the objects ``qlab.app.train.run``
     builds, tracking off; evaluation (qlab's exact evaluator) every ``eval_every`` episodes,
     its time not counted."""
-    from qlab import agents, envs, exploration, fastpath, runner
     from qlab.config import validate
+    from qlab.core import agents, envs, exploration, fastpath, runner
 
     c = validate(compose(_overrides(hp.size) + [
         "agent=tabular_q", f"replicas={replicas}", f"seed={seed}", f"episodes={hp.episodes}",
@@ -358,8 +358,8 @@ def fast_startup(cache_dir: str) -> dict:
     import numba  # noqa: F401
 
     t1 = time.perf_counter()
-    from qlab import agents, envs, exploration, fastpath
     from qlab.config import validate
+    from qlab.core import agents, envs, exploration, fastpath
 
     c = validate(compose(["agent=tabular_q", "episodes=3", "tracking.enabled=false"]))
     env = envs.make(c.env, [0])

@@ -1,7 +1,7 @@
-"""Tracking section: a 1000-episode tabular run (``qlab.train.run``, the default tabular_q on
+"""Tracking section: a 1000-episode tabular run (``qlab.app.train.run``, the default tabular_q on
 the 4x4 grid, R = 1) with MLflow on — a real sqlite store in a temp dir — against off.
 
-Both go through ``qlab.train.run`` whole: with tracking on that includes creating the run,
+Both go through ``qlab.app.train.run`` whole: with tracking on that includes creating the run,
 its params, every metric point, the artifacts (config, Q table, value heatmap, episodes.csv)
 and closing it. Checkpoints (which exist only for tracked runs) are off in both, so the
 figure is MLflow's cost alone. The store is created and warmed up first (its one-time schema
@@ -35,8 +35,8 @@ SECTION = "tracking"
 
 def run_once(uri: str, tracking: bool, episodes: int, seed: int,
              overrides: Sequence[str] = ()) -> float:
-    """Wall seconds of one ``qlab.train.run`` (its one-line summary swallowed)."""
-    import qlab.train
+    """Wall seconds of one ``qlab.app.train.run`` (its one-line summary swallowed)."""
+    import qlab.app.train
 
     cfg = compose(["agent=tabular_q", "env=griddy", f"episodes={episodes}", f"seed={seed}",
                    "experiment_name=bench-tracking", f"tracking.enabled={str(tracking).lower()}",
@@ -44,7 +44,7 @@ def run_once(uri: str, tracking: bool, episodes: int, seed: int,
     cfg.tracking.uri = uri
     with contextlib.redirect_stderr(io.StringIO()):
         t = time.perf_counter()
-        qlab.train.run(cfg)
+        qlab.app.train.run(cfg)
         return time.perf_counter() - t
 
 
@@ -64,7 +64,7 @@ def empty_run_seconds(uri: str, repeats: int) -> list[float]:
 
 def command_seconds(uri: str, tracking: bool, episodes: int, seed: int) -> float:
     """Wall seconds of ``qlab-train`` in a fresh process, as a user runs it."""
-    cmd = [sys.executable, "-m", "qlab.train", "agent=tabular_q", "env=griddy",
+    cmd = [sys.executable, "-m", "qlab.app.train", "agent=tabular_q", "env=griddy",
            f"episodes={episodes}", f"seed={seed}", "experiment_name=bench-tracking",
            f"tracking.enabled={str(tracking).lower()}", "checkpoint_every=0",
            f"tracking.uri={uri}"]

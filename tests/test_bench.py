@@ -19,8 +19,8 @@ def by(rows, metric: str) -> dict[str, common.Row]:
 
 
 def test_notebook_baseline_learns_the_optimal_policy_and_reports_every_episode() -> None:
-    from qlab import oracle
-    from qlab.envs.griddy import griddy_model
+    from qlab.core import oracle
+    from qlab.core.envs.griddy import griddy_model
 
     seen = []
     q, steps, seconds = notebook_baseline.train(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlab import exploration
-from qlab.exploration import Schedule
+from qlab.core import exploration
+from qlab.core.exploration import Schedule
 
 
 def schedule(kind: str, start=1.0, decay=0.995, minimum=0.01, duration=100, R: int = 1,

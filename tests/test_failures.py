@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import qlab.train
-from qlab.agents.qlearning import TabularQ
+import qlab.app.train
+from qlab.core.agents.qlearning import TabularQ
 from qlab.tracking import get_or_create_experiment
 
 
@@ -39,9 +39,9 @@ def test_nan_stops_only_its_replica(compose_cfg, shared_store, experiment, monke
     monkeypatch.setattr(TabularQ, "_learn_step", poisoned)
     cfg = compose_cfg(["replicas=3", "episodes=40", f"tracking.uri={shared_store}",
                        f"experiment_name={experiment}"])
-    with pytest.raises(qlab.train.ReplicaFailure, match=r"seed 1 \(replica 1, episode \d+: "
+    with pytest.raises(qlab.app.train.ReplicaFailure, match=r"seed 1 \(replica 1, episode \d+: "
                                                         r"train/q_delta = nan"):
-        qlab.train.run(cfg)
+        qlab.app.train.run(cfg)
     runs = _runs(shared_store, experiment)
     assert {s: r.info.status for s, r in runs.items()} == {
         "0": "FINISHED", "1": "FAILED", "2": "FINISHED"}
@@ -61,7 +61,7 @@ def test_exception_leaves_traceback_artifact(compose_cfg, shared_store, experime
     cfg = compose_cfg(["replicas=2", "episodes=5", f"tracking.uri={shared_store}",
                        f"experiment_name={experiment}"])
     with pytest.raises(ValueError, match="injected"):
-        qlab.train.run(cfg)
+        qlab.app.train.run(cfg)
     client = MlflowClient(shared_store)
     for r in _runs(shared_store, experiment).values():
         assert r.info.status == "FAILED"

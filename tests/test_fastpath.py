@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import qlab.train
-from qlab import agents, envs, exploration, fastpath, runner
-from qlab.agents.mc import TabularMC
-from qlab.agents.qlearning import TabularQ
+import qlab.app.train
 from qlab.config import ConfigError, validate
-from qlab.envs.griddy import griddy_model
-from qlab.envs.vector import TabularVecEnv
-from qlab.exploration import Schedule
+from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.core.agents.mc import TabularMC
+from qlab.core.agents.qlearning import TabularQ
+from qlab.core.envs.griddy import griddy_model
+from qlab.core.envs.vector import TabularVecEnv
+from qlab.core.exploration import Schedule
 
 
 def bits(x: np.ndarray) -> np.ndarray:
@@ -189,7 +189,7 @@ def test_non_finite_q_delta_stops_the_replica_as_in_the_reference() -> None:
 
 def test_kernel_schedules_match_numpy_bitwise() -> None:
     """The kernel's epsilon (libm pow for the exponential) gives Schedule's bits."""
-    from qlab.agents import kernels
+    from qlab.core.agents import kernels
 
     rng = np.random.default_rng(0)
     t = np.concatenate([np.arange(2000.0), rng.integers(0, 10**7, 300).astype(float)])
@@ -262,7 +262,7 @@ def test_config_checks_fast(compose_cfg) -> None:
         validate(compose_cfg(["fast=on", "agent=dqn", "env=cartpole"]))
     assert validate(compose_cfg(["fast=off", "agent=dqn", "env=cartpole"])).fast == "off"
     assert validate(compose_cfg([])).fast == "auto"
-    from qlab.preflight import check
+    from qlab.sweeps.preflight import check
 
     assert check(["fast=on", "agent=dqn", "env=cartpole"]) == [
         "fast='on': the compiled fast path runs tabular_q and tabular_mc only, not agent=dqn; "
@@ -276,7 +276,7 @@ def test_train_run_dispatches(compose_cfg, monkeypatch, fast, expected) -> None:
     monkeypatch.setattr(fastpath, "train",
                         lambda *a, **k: used.append("fast") or real_fast(*a, **k))
     monkeypatch.setattr(runner, "train", lambda *a, **k: used.append("ref") or real_ref(*a, **k))
-    hist, ids = qlab.train.run(compose_cfg(["episodes=4", "replicas=2", f"fast={fast}",
+    hist, ids = qlab.app.train.run(compose_cfg(["episodes=4", "replicas=2", f"fast={fast}",
                                             "tracking.enabled=false"]))
     assert used == [expected] and hist.done.tolist() == [4, 4]
 
@@ -289,7 +289,7 @@ class Crash(Exception):
 
 def next_uniforms(rand, n: int = 300) -> np.ndarray:
     """(R, n) the numbers a ReplicaUniforms hands out next (it is not changed)."""
-    from qlab.rng import generator_from_state
+    from qlab.core.rng import generator_from_state
 
     st = rand.state()
     return np.stack([np.concatenate([row, generator_from_state(g).random(n)])[:n]
@@ -310,7 +310,7 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, bud
     after a checkpoint with a replica mid-episode and restored into fresh objects, continues
     on the fast path and on the reference to exactly the uninterrupted fast run: histories,
     Q tables, and (for replicas that ran on) the agent's and env's streams and states."""
-    from qlab import checkpoint
+    from qlab.app import checkpoint
 
     monkeypatch.setattr(fastpath, "UNIFORM_BLOCK", 16)  # refills: replicas stop mid-episode
     seeds = [3, 4, 5]
@@ -363,7 +363,7 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, bud
 def test_fast_path_streams_are_advanced_after_training() -> None:
     """After fastpath.train the objects hold the driver's streams: replica k's agent stream
     has given 2 + A numbers per step it took, its env stream 2 per step plus the reset's 2."""
-    from qlab.rng import ReplicaUniforms
+    from qlab.core.rng import ReplicaUniforms
 
     seeds = [7, 8]
     env = grid(4, 4, seeds)()
@@ -382,7 +382,7 @@ def test_fast_path_streams_are_advanced_after_training() -> None:
 def test_stop_on_the_fast_path_checkpoints_then_raises(tmp_path) -> None:
     """``stop()`` returning a pending Ctrl-C between chunks: a checkpoint of that moment,
     then the exception; resuming from it ends where the uninterrupted run ends."""
-    from qlab import checkpoint
+    from qlab.app import checkpoint
 
     seeds = [1, 2]
     make_env, make_agent = grid(4, 6, seeds, max_steps=80), mc_agent(seeds)
@@ -417,7 +417,7 @@ def test_tracked_job_checkpoints_on_the_fast_path(compose_cfg, monkeypatch, shar
     with ``fast=on``, and hands the fast path the Checkpointer and the stop."""
     calls, real_fast = [], fastpath.train
     monkeypatch.setattr(fastpath, "train", lambda *a, **k: calls.append(k) or real_fast(*a, **k))
-    hist, ids = qlab.train.run(compose_cfg(["episodes=12", "replicas=2", "fast=on",
+    hist, ids = qlab.app.train.run(compose_cfg(["episodes=12", "replicas=2", "fast=on",
                                             "checkpoint_every=4", f"tracking.uri={shared_store}",
                                             f"experiment_name={experiment}"]))
     assert len(calls) == 1 and hist.done.tolist() == [12, 12] and len(ids) == 2

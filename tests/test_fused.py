@@ -1,4 +1,4 @@
-"""Fused sweeps (qlab.fused, hydra/sweeper=fused): points that differ only in per-replica
+"""Fused sweeps (qlab.sweeps.fused, hydra/sweeper=fused): points that differ only in per-replica
 values train as replicas of one job, and every run is what its unfused twin would have been —
 same params, same metric histories (exact for tabular agents, DQN to the replica tolerance of
 tests/agents/test_dqn.py), nested under one parent run; the preflight check covers each point."""
@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from qlab import fused, preflight, train
 from qlab.analysis import load_sweep
+from qlab.app import train
+from qlab.app.resume import CKPT_TAG, HASH_TAG, JOB_TAG, REPLICA_TAG
 from qlab.config import ConfigError
-from qlab.resume import CKPT_TAG, HASH_TAG, JOB_TAG, REPLICA_TAG
+from qlab.sweeps import fused, preflight
 
 JOB_TAGS = (JOB_TAG, HASH_TAG, CKPT_TAG, REPLICA_TAG)
 

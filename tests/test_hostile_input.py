@@ -18,9 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
-import qlab.train
-from qlab import store
-from qlab.runner import TRAIN_KEYS
+import qlab.app.train
+from qlab.core.runner import TRAIN_KEYS
+from qlab.tracking import store
 
 BIN = Path(sys.executable).parent
 
@@ -60,7 +60,7 @@ BAD = {
 def run_main(args: list[str], monkeypatch) -> int:
     monkeypatch.setattr(sys, "argv", ["qlab-train", "episodes=3", *args])
     with pytest.raises(SystemExit) as exit_info:
-        qlab.train.main()
+        qlab.app.train.main()
     return exit_info.value.code
 
 
@@ -92,10 +92,10 @@ def test_refused_in_one_line_before_any_run(name, monkeypatch, capsys, tmp_path:
 
 
 def test_run_refuses_an_unreachable_server(compose_cfg, mlflow_uri: str) -> None:
-    """``qlab.train.run`` (no preflight) stops before creating anything, without retrying."""
+    """``qlab.app.train.run`` (no preflight) stops before creating anything, without retrying."""
     cfg = compose_cfg(["episodes=3", f"tracking.uri=http://127.0.0.1:{closed_port()}"])
     with pytest.raises(store.StoreError, match="no MLflow server answers there"):
-        qlab.train.run(cfg)
+        qlab.app.train.run(cfg)
     assert_no_runs(mlflow_uri)
 
 
@@ -110,7 +110,7 @@ def test_read_only_artifact_directory(compose_cfg, monkeypatch, capsys, tmp_path
         assert f"artifact directory {tmp_path}/mlruns is not writable" in one_line(
             capsys.readouterr().err)
         with pytest.raises(store.StoreError, match="is not writable"):
-            qlab.train.run(compose_cfg(["episodes=3", f"tracking.uri={uri}"]))
+            qlab.app.train.run(compose_cfg(["episodes=3", f"tracking.uri={uri}"]))
         assert_no_runs(uri)
     finally:
         (tmp_path / "mlruns").chmod(0o755)
@@ -189,7 +189,7 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
     cfg = compose_cfg(["replicas=2", "episodes=40", f"tracking.uri={uri}",
                        f"experiment_name={experiment}", "tracking.flush_seconds=1e-9"])
     with pytest.raises(store.StoreError, match="lost the tracking store") as info:
-        qlab.train.run(cfg)
+        qlab.app.train.run(cfg)
     assert f"saved to {tmp_path / 'qlab-unsent'}/<run id>.csv" in str(info.value)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -251,7 +251,7 @@ def test_server_killed_mid_run(launch_server, tmp_path: Path) -> None:
 def test_an_existing_sqlite_file_in_a_read_only_directory_is_refused(tmp_path, monkeypatch):
     """sqlite writes its journal beside the database: a writable file in a read-only
     directory cannot be used (os.access stubbed: as root every path is writable)."""
-    from qlab import store
+    from qlab.tracking import store
 
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"")

@@ -8,9 +8,9 @@ import gymnasium
 import numpy as np
 import pytest
 
-from qlab.envs.griddy import MOVES, griddy_model
-from qlab.envs.model import TabularModel
-from qlab.oracle import expected_return, policy_value, value_iteration
+from qlab.core.envs.griddy import MOVES, griddy_model
+from qlab.core.envs.model import TabularModel
+from qlab.core.oracle import expected_return, policy_value, value_iteration
 
 LEFT, RIGHT, UP, DOWN = range(4)
 

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageSequence
 
-from qlab import play
+from qlab.analysis import play
 
 BIN = Path(sys.executable).parent
 EXPERIMENT = "play"
@@ -53,7 +53,7 @@ def test_terminal_rendering(trained, capsys) -> None:
 def test_greedy_rollout_follows_the_q_table(trained, tmp_path) -> None:
     """Episode lengths equal the greedy policy's path lengths read off the table."""
     from qlab.analysis.runs import agent_file
-    from qlab.envs.griddy import GriddyEnv
+    from qlab.core.envs.griddy import GriddyEnv
 
     uri, ids, _ = trained
     client = MlflowClient(uri)

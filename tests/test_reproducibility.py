@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import qlab.train
-from qlab import provenance
+import qlab.app.train
+from qlab.tracking import provenance
 
 BIN = Path(sys.executable).parent
 AGENTS = ("tabular_q", "tabular_mc", "dqn")
@@ -63,7 +63,7 @@ def assert_same(a: dict[str, list], b: dict[str, list], agent: str, what: str) -
 @pytest.mark.parametrize("agent", AGENTS)
 def test_same_seed_twice_same_histories(agent, compose_cfg, shared_store, experiment) -> None:
     for name in ("first", "second"):
-        qlab.train.run(compose_cfg([f"agent={agent}", *COMMON, "seed=5", "replicas=2",
+        qlab.app.train.run(compose_cfg([f"agent={agent}", *COMMON, "seed=5", "replicas=2",
                                     f"tracking.uri={shared_store}",
                                     f"experiment_name={experiment}-{name}"]))
     first = histories(shared_store, f"{experiment}-first")
@@ -96,7 +96,7 @@ def test_alone_batched_and_joblib_sweep_agree(compose_cfg, tmp_path: Path) -> No
                                      "hydra.launcher.n_jobs=2", "experiment_name=repro"],
                         swept, tmp_path)
         for name in AGENTS:  # meanwhile, alone
-            qlab.train.run(compose_cfg([f"agent={name}", *COMMON, "seed=1", "replicas=1",
+            qlab.app.train.run(compose_cfg([f"agent={name}", *COMMON, "seed=1", "replicas=1",
                                         f"tracking.uri=sqlite:///{tmp_path}/alone.db",
                                         "experiment_name=repro"]))
         a, b = a.result(), b.result()
@@ -114,7 +114,7 @@ def test_alone_batched_and_joblib_sweep_agree(compose_cfg, tmp_path: Path) -> No
 
 def test_every_run_records_how_to_rerun_it(compose_cfg, shared_store, experiment,
                                            tmp_path: Path) -> None:
-    _, run_ids = qlab.train.run(compose_cfg(["episodes=3", "replicas=2",
+    _, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", "replicas=2",
                                              f"tracking.uri={shared_store}",
                                              f"experiment_name={experiment}"]))
     client = MlflowClient(shared_store)

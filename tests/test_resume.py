@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import qlab.train
-from qlab import agents, checkpoint, envs, exploration, fastpath, resume, runner, tracking
+import qlab.app.train
+from qlab import tracking
+from qlab.app import checkpoint, resume
 from qlab.config import validate
+from qlab.core import agents, envs, exploration, fastpath, runner
 
 WALL_CLOCK = ("train/sps",)
 QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
@@ -32,7 +34,7 @@ QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
 # ------------------------------------------------------------------ in-process round trips
 
 def build(cfg):
-    """env, agent, schedule, evaluator as ``qlab.train.run`` builds them."""
+    """env, agent, schedule, evaluator as ``qlab.app.train.run`` builds them."""
     c = validate(cfg)
     seeds = [c.seed + k for k in range(c.replicas)]
     env = envs.make(c.env, seeds)
@@ -182,14 +184,14 @@ def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
 
 def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, compose_cfg,
                        capsys, resume_args: tuple[str, ...] = ()) -> tuple[list, object]:
-    """Resume the job (``qlab.train.run``, in-process, with ``resume_args`` added); train the
+    """Resume the job (``qlab.app.train.run``, in-process, with ``resume_args`` added); train the
     same config uninterrupted without tracking (on the path ``args`` choose: the fast path
     equals the reference bit for bit, tests/test_fastpath.py); check that the resumed runs'
     metric histories hold exactly the uninterrupted job's points, once each. Returns the
     resumed runs and the reference agent."""
     client = MlflowClient(uri)
     before = job_runs(client, experiment)
-    qlab.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
+    qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
                                 f"resume={target}", *resume_args]))
     assert "qlab-train: resuming job " in capsys.readouterr().err
     c, env, agent, schedule, evaluator = build(compose_cfg([*args, "tracking.enabled=false"]))
@@ -307,14 +309,14 @@ def stop_job(compose_cfg, args: list[str], at: int = 5) -> None:
     """Train ``args`` in-process and stop it as SIGTERM would, at the ``at``-th check (a
     lock-step on the reference, a chunk of episodes on the fast path): it writes a checkpoint
     and ends KILLED."""
-    from qlab.stopping import GracefulStop, Terminated
+    from qlab.app.stopping import GracefulStop, Terminated
 
     calls = iter(range(1, 10**9))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(GracefulStop, "__call__",
                    lambda self: Terminated("test") if next(calls) == at else None)
         with pytest.raises(Terminated):
-            qlab.train.run(compose_cfg(args))
+            qlab.app.train.run(compose_cfg(args))
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +328,7 @@ def store(tmp_path_factory, compose_cfg) -> dict:
     base = [*SMALL, f"tracking.uri={uri}", "experiment_name=bad"]
     a = new_runs(uri, lambda: stop_job(compose_cfg, base))
     b = new_runs(uri, lambda: stop_job(compose_cfg, [*base, "seed=3"]))
-    f = new_runs(uri, lambda: qlab.train.run(compose_cfg([*base, "seed=7"])))
+    f = new_runs(uri, lambda: qlab.app.train.run(compose_cfg([*base, "seed=7"])))
     client = MlflowClient(uri)
     assert {client.get_run(r).info.status for r in a + b} == {"KILLED"}
     path_a = Path(client.get_run(a[0]).data.tags[resume.CKPT_TAG])
@@ -408,7 +410,7 @@ def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, c
                                       *(e.format(**ids) for e in extra)])
     try:
         with pytest.raises(SystemExit) as exit_info:
-            qlab.train.main()
+            qlab.app.train.main()
     finally:
         lock = store.pop("lock", None)
         if lock is not None:
@@ -427,7 +429,7 @@ def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, c
 def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> None:
     """After every refused attempt, job A resumes and finishes, each episode logged once."""
     store["path"].write_bytes(store["bytes"])
-    qlab.train.run(compose_cfg([*store["base"], f"resume={store['a'][0]}"]))
+    qlab.app.train.run(compose_cfg([*store["base"], f"resume={store['a'][0]}"]))
     assert "resuming job" in capsys.readouterr().err
     client = MlflowClient(store["uri"])
     for run_id in store["a"]:
@@ -439,11 +441,11 @@ def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> No
 def test_resume_auto_skips_a_finished_job_and_starts_a_new_one(store, compose_cfg,
                                                                capsys) -> None:
     before = snapshot(store["uri"])
-    hist, run_ids = qlab.train.run(compose_cfg([*store["base"], "seed=7", "resume=auto"]))
+    hist, run_ids = qlab.app.train.run(compose_cfg([*store["base"], "seed=7", "resume=auto"]))
     assert hist is None and run_ids == store["f"]
     assert "already FINISHED (2 run(s)); skipped" in capsys.readouterr().err
     assert snapshot(store["uri"]) == before
-    new = new_runs(store["uri"], lambda: qlab.train.run(
+    new = new_runs(store["uri"], lambda: qlab.app.train.run(
         compose_cfg([*store["base"], "seed=11", "episodes=5", "resume=auto"])))
     assert len(new) == 2
 
@@ -503,7 +505,7 @@ def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
     """A fused job's replicas share seeds (two decays x seeds 0-1): its runs are matched to
     replicas by their own index, not by seed, so it resumes and ends as an uninterrupted
     one."""
-    from qlab import fused, preflight
+    from qlab.sweeps import fused, preflight
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     (job,) = fused.fuse(preflight.job_overrides(
@@ -512,8 +514,8 @@ def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
     client = MlflowClient(uri)
     killed = job_runs(client, "fj")
     assert len(killed) == 4 and {r.info.status for r in killed} == {"KILLED"}
-    hist, run_ids = qlab.train.run(compose_cfg([*job, f"resume={killed[0].info.run_id}"]))
-    alone, _ = qlab.train.run(compose_cfg([*job, "tracking.enabled=false"]))
+    hist, run_ids = qlab.app.train.run(compose_cfg([*job, f"resume={killed[0].info.run_id}"]))
+    alone, _ = qlab.app.train.run(compose_cfg([*job, "tracking.enabled=false"]))
     assert_same_history(hist, alone)
     for k, run_id in enumerate(run_ids):
         run = client.get_run(run_id)
@@ -527,7 +529,7 @@ def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> No
     """Ctrl-C arriving while the trainer writes its last metrics (signals are deferred then)
     is acted on once the job is complete: the runs end FINISHED, the checkpoint is gone, and
     the interrupt still stops the process (a sweep does not go on to its next job)."""
-    from qlab.stopping import GracefulStop
+    from qlab.app.stopping import GracefulStop
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_cfg([*SMALL, f"tracking.uri={uri}", "experiment_name=late",
@@ -550,7 +552,7 @@ def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> No
         mp.setattr(runner.ProgressBar, "update", update)
         mp.setattr(GracefulStop, "__enter__", enter)
         with pytest.raises(KeyboardInterrupt):
-            qlab.train.run(cfg)
+            qlab.app.train.run(cfg)
     runs = job_runs(MlflowClient(uri), "late")
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert not list((tmp_path / "ckpt").rglob("checkpoint.npz"))
@@ -571,7 +573,7 @@ def test_a_failed_final_write_fails_the_job_and_keeps_its_checkpoint(tmp_path,
         mp.setattr(tracking.Tracker, "_close_history", full)
         with pytest.raises(tracking.StoreError, match="writing the final metrics failed: "
                                                       "OSError.*No space left"):
-            qlab.train.run(cfg)
+            qlab.app.train.run(cfg)
     runs = job_runs(MlflowClient(uri), "lastwrite")
     assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
     assert all("No space left" in r.data.tags["error"] for r in runs)

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from qlab import agents, envs, exploration, runner
 from qlab.config import validate
-from qlab.envs.griddy import griddy_model
-from qlab.oracle import value_iteration
-from qlab.runner import EVAL_KEYS, TRAIN_KEYS, History
+from qlab.core import agents, envs, exploration, runner
+from qlab.core.envs.griddy import griddy_model
+from qlab.core.oracle import value_iteration
+from qlab.core.runner import EVAL_KEYS, TRAIN_KEYS, History
 
 
 def eval_steps(hist: History) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-import qlab.server
-import qlab.train
+import qlab.app.train
+import qlab.tracking.server
 
 PASSWORD = "correct-horse-battery-staple"
 SEARCH = "/api/2.0/mlflow/experiments/search"
@@ -40,17 +40,19 @@ def test_locked_down_server_refuses_a_foreign_host_header(auth_server) -> None:
 def test_command_line() -> None:
     """make server and make server-auth: loopback bind, the same Host allow-list."""
     for auth in ([], ["--auth"]):
-        cmd = qlab.server.command(qlab.server.parse_args(["--port", "5123", *auth]))
+        server = qlab.tracking.server
+        cmd = server.command(server.parse_args(["--port", "5123", *auth]))
         assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-        assert cmd[cmd.index("--allowed-hosts") + 1] == qlab.server.allowed_hosts(
+        assert cmd[cmd.index("--allowed-hosts") + 1] == qlab.tracking.server.allowed_hosts(
             "127.0.0.1", 5123, "")
         assert ("--app-name" in cmd) == bool(auth)
 
 
 def test_allowed_hosts() -> None:
-    assert qlab.server.allowed_hosts("127.0.0.1", 5000, "").split(",") == [
+    assert qlab.tracking.server.allowed_hosts("127.0.0.1", 5000, "").split(",") == [
         "localhost", "localhost:5000", "127.0.0.1", "127.0.0.1:5000", "[::1]", "[::1]:5000"]
-    hosts = qlab.server.allowed_hosts("0.0.0.0", 5000, "mlflow-host, 10.1.2.3:5000").split(",")
+    hosts = qlab.tracking.server.allowed_hosts("0.0.0.0", 5000,
+                                               "mlflow-host, 10.1.2.3:5000").split(",")
     assert hosts[-3:] == ["mlflow-host", "mlflow-host:5000", "10.1.2.3:5000"]
 
 
@@ -67,7 +69,7 @@ def test_refuses_to_start_in_one_line(args, env, says, monkeypatch, capsys) -> N
     else:
         monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", env)
     with pytest.raises(SystemExit) as exit_info:
-        qlab.server.main(args)
+        qlab.tracking.server.main(args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("qlab-server: error: "), err
@@ -104,7 +106,7 @@ def test_training_against_the_auth_server(auth_server, compose_cfg, monkeypatch,
     monkeypatch.setattr(sys, "argv", ["qlab-train", "episodes=3", f"tracking.uri={uri}",
                                       f"experiment_name={experiment}"])
     with pytest.raises(SystemExit) as exit_info:
-        qlab.train.main()
+        qlab.app.train.main()
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"qlab-train: error: tracking.uri={uri}: the server requires a login (no "
@@ -113,7 +115,7 @@ def test_training_against_the_auth_server(auth_server, compose_cfg, monkeypatch,
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-    _, run_ids = qlab.train.run(compose_cfg(["episodes=3", "replicas=2", f"tracking.uri={uri}",
+    _, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", "replicas=2", f"tracking.uri={uri}",
                                              f"experiment_name={experiment}"]))
     client = MlflowClient(uri)
     assert [client.get_run(r).info.status for r in run_ids] == ["FINISHED", "FINISHED"]

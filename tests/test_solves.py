@@ -1,7 +1,7 @@
 """Ground truth: the tuned hyperparameters in conf/hparams do what README.md says (sections
 "Tuned hyperparameters per agent x env" and "Monte-Carlo control: the known gaps"), checked
 exactly on each env's model — 5 seeds (0..4) trained as one batch of 5 replicas, with the
-trainer ``qlab-train`` uses (:func:`qlab.fastpath.choose`: the compiled fast path for the
+trainer ``qlab-train`` uses (:func:`qlab.core.fastpath.choose`: the compiled fast path for the
 tabular agents, which matches the numpy reference bit for bit).
 
 - "optimal": the final greedy policy takes an optimal action (Q* by value iteration, ties
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from qlab import agents, envs, exploration, fastpath, runner
 from qlab.config import CONF_DIR, validate
-from qlab.oracle import policy_value, value_iteration
+from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.core.oracle import policy_value, value_iteration
 
 SEEDS = 5
 TOLERANCE = 0.02

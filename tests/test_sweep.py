@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import qlab.train
-from qlab import sweep
+import qlab.app.train
+from qlab.sweeps import callback as sweep
 
 BIN = Path(sys.executable).parent
 QUICK = ["episodes=6", "eval_every=3"]
@@ -114,7 +114,7 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch)
     """In-process sweep (basic launcher) where the lr=0.2 job raises mid-training."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from qlab.agents.qlearning import TabularQ
+    from qlab.core.agents.qlearning import TabularQ
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     real_learn = TabularQ.learn
@@ -135,7 +135,7 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch)
                                       "experiment_name=failing", f"tracking.uri={uri}"])
     GlobalHydra.instance().clear()
     with pytest.raises(SystemExit) as exit_info:
-        qlab.train.main()
+        qlab.app.train.main()
     GlobalHydra.instance().clear()
     assert exit_info.value.code not in (0, None)
     parents, kids = sweep_runs(uri, "failing")
@@ -177,7 +177,7 @@ def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str) -> None:
 def test_a_rerun_that_changes_only_resume_safe_keys_is_the_same_sweep() -> None:
     """resume=auto reruns may change what a checkpoint does not depend on (resume,
     checkpoints, fast, tracking.*): still the same sweep, so the same parent run."""
-    from qlab.sweep import sweep_key
+    from qlab.sweeps.callback import sweep_key
 
     base = ["+experiment=epsilon_decay", "episodes=30", "agent=tabular_q,dqn"]
     same = [*base, "resume=auto", "checkpoint_every=5", "fast=off",
@@ -193,8 +193,8 @@ def test_a_sweep_counts_only_each_replicas_latest_attempt() -> None:
     parent: the sweep's status and summary use the newest run per config and replica."""
     from types import SimpleNamespace
 
-    from qlab.resume import HASH_TAG, REPLICA_TAG
-    from qlab.sweep import latest_attempts
+    from qlab.app.resume import HASH_TAG, REPLICA_TAG
+    from qlab.sweeps.callback import latest_attempts
 
     def run(run_id, start, status, cfg=None, replica=None):
         tags = {} if cfg is None else {HASH_TAG: cfg, REPLICA_TAG: str(replica)}

@@ -1,4 +1,4 @@
-"""MLflow tracking through ``qlab.train.run`` against a real sqlite store in a temp dir: one
+"""MLflow tracking through ``qlab.app.train.run`` against a real sqlite store in a temp dir: one
 FINISHED run per replica with dotted params, tags, one metric point per episode, eval points
 at the eval steps, config and Q-table artifacts; FAILED / KILLED runs keep their metrics."""
 
@@ -13,11 +13,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-import qlab.agents
-import qlab.train
+import qlab.app.train
+import qlab.core.agents
 from qlab import tracking
 from qlab.config import ROOT
-from qlab.runner import EVAL_KEYS, TRAIN_KEYS
+from qlab.core.runner import EVAL_KEYS, TRAIN_KEYS
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -29,13 +29,13 @@ def runs_of(uri: str, experiment: str) -> list:
 
 def capture_agent(monkeypatch) -> list:
     made: list = []
-    make = qlab.agents.make
+    make = qlab.core.agents.make
 
     def capture(*args, **kwargs):
         made.append(make(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(qlab.agents, "make", capture)
+    monkeypatch.setattr(qlab.core.agents, "make", capture)
     return made
 
 
@@ -53,7 +53,7 @@ def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, exper
                        "eval_every=5", f"tracking.uri={shared_store}",
                        f"experiment_name={experiment}",
                        "tracking.flush_seconds=1e-9"])  # flush all the time: no duplicates
-    hist, run_ids = qlab.train.run(cfg)
+    hist, run_ids = qlab.app.train.run(cfg)
     agent = made[0]
     client = MlflowClient(shared_store)
     runs = {r.info.run_id: r for r in runs_of(shared_store, experiment)}
@@ -103,7 +103,7 @@ def test_store_from_environment(compose_cfg, shared_store, experiment, monkeypat
     """Without tracking.uri, runs go to $MLFLOW_TRACKING_URI."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
     assert tracking.default_uri() == shared_store
-    _, run_ids = qlab.train.run(compose_cfg(["episodes=3", f"experiment_name={experiment}"]))
+    _, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", f"experiment_name={experiment}"]))
     runs = runs_of(shared_store, experiment)
     assert [r.info.run_id for r in runs] == run_ids and runs[0].info.status == "FINISHED"
 
@@ -117,7 +117,7 @@ def test_default_store_is_absolute_sqlite_at_the_root(monkeypatch) -> None:
 
 
 def test_tracking_disabled_writes_nothing(compose_cfg, mlflow_uri: str, tmp_path: Path) -> None:
-    hist, run_ids = qlab.train.run(compose_cfg(["episodes=3", "tracking.enabled=false"]))
+    hist, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", "tracking.enabled=false"]))
     assert run_ids == [] and hist.done.tolist() == [3]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
@@ -126,7 +126,7 @@ def fail_after(monkeypatch, episodes: int, exc: BaseException) -> Callable[[], n
     """Make the agent's learn raise ``exc`` once replica 0 has finished ``episodes``
     episodes; returns the live per-replica count of finished episodes."""
     finished = np.zeros(0, dtype=np.int64)
-    make = qlab.agents.make
+    make = qlab.core.agents.make
 
     def failing_make(cfg, env, seeds):
         nonlocal finished
@@ -144,7 +144,7 @@ def fail_after(monkeypatch, episodes: int, exc: BaseException) -> Callable[[], n
         agent.learn = failing_learn
         return agent
 
-    monkeypatch.setattr(qlab.agents, "make", failing_make)
+    monkeypatch.setattr(qlab.core.agents, "make", failing_make)
     return lambda: finished
 
 
@@ -158,7 +158,7 @@ def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experime
                        f"tracking.uri={shared_store}", f"experiment_name={experiment}",
                        "tracking.flush_seconds=1e-9"])
     with pytest.raises(type(exc)):
-        qlab.train.run(cfg)
+        qlab.app.train.run(cfg)
     done = finished()
     assert done[0] == 8
     client = MlflowClient(shared_store)
@@ -206,7 +206,7 @@ def test_thinned_curves_keep_last_episode_and_full_table(compose_cfg, shared_sto
     cfg = compose_cfg([f"replicas={R}", f"episodes={episodes}", "eval_every=5",
                        f"tracking.uri={shared_store}", f"experiment_name={experiment}",
                        f"tracking.max_points={M}", "tracking.flush_seconds=1e-9"])
-    hist, run_ids = qlab.train.run(cfg)
+    hist, run_ids = qlab.app.train.run(cfg)
     client = MlflowClient(shared_store)
     logged = [0, 1, 2, 3, 4, 6, 8, 12, 16, 22]  # curve_steps(0, 23, 5) and the last episode
     for k, run_id in enumerate(run_ids):

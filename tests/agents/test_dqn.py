@@ -8,11 +8,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from qlab import agents, envs, exploration, runner, train
-from qlab.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
-from qlab.agents.optim import clip_adam
-from qlab.agents.tabular import Transition
+from qlab.app import train
 from qlab.config import CONF_DIR, register, validate
+from qlab.core import agents, envs, exploration, runner
+from qlab.core.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
+from qlab.core.agents.optim import clip_adam
+from qlab.core.agents.tabular import Transition
 
 
 def compose_cfg(*overrides: str):
@@ -172,7 +173,7 @@ def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
 def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, monkeypatch):
     """A burst too large to draw at once (BURST_VALUES) is drawn a few steps at a time: the
     same minibatches, the same updates, the same metrics."""
-    from qlab.agents import dqn
+    from qlab.core.agents import dqn
 
     obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
 

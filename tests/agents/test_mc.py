@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlab import envs, exploration, runner
-from qlab.agents.mc import TabularMC
-from qlab.agents.tabular import Transition
 from qlab.config import EnvConfig, ExplorationConfig
+from qlab.core import envs, exploration, runner
+from qlab.core.agents.mc import TabularMC
+from qlab.core.agents.tabular import Transition
 
 LR, GAMMA = 0.5, 0.9
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import qlab.agents
-import qlab.train
-from qlab import agents, envs, exploration, runner
-from qlab.agents.qlearning import TabularQ
-from qlab.agents.tabular import Transition
+import qlab.app.train
+import qlab.core.agents
 from qlab.config import validate
+from qlab.core import agents, envs, exploration, runner
+from qlab.core.agents.qlearning import TabularQ
+from qlab.core.agents.tabular import Transition
 
 
 def transition(**fields) -> Transition:
@@ -212,7 +212,7 @@ def test_learns_the_optimal_policy(compose_cfg, case: str) -> None:
     overrides, episodes, n_optimal, q_bound = LEARNING[case]
     cfg = compose_cfg([*overrides, "seed=0", "replicas=5", f"episodes={episodes}",
                        "eval_every=10", "tracking.enabled=false"])
-    hist, run_ids = qlab.train.run(cfg)
+    hist, run_ids = qlab.app.train.run(cfg)
     assert run_ids == []
     to_optimal = runner.episodes_to_optimal(hist)
     final_opt = hist.evals["eval/optimal_fraction"][:, -1]
@@ -228,16 +228,16 @@ def test_learns_the_optimal_policy(compose_cfg, case: str) -> None:
 # ------------------------------------------------------------------------ replica equivalence
 
 def run_capturing_agent(compose_cfg, monkeypatch, overrides: list[str]):
-    """``qlab.train.run`` on a composed config; returns its History and the trained agent."""
+    """``qlab.app.train.run`` on a composed config; returns its History and the trained agent."""
     made = []
-    make = qlab.agents.make
+    make = qlab.core.agents.make
 
     def capture(*args, **kwargs):
         made.append(make(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(qlab.agents, "make", capture)
-    hist, _ = qlab.train.run(compose_cfg([*overrides, "tracking.enabled=false"]))
+    monkeypatch.setattr(qlab.core.agents, "make", capture)
+    hist, _ = qlab.app.train.run(compose_cfg([*overrides, "tracking.enabled=false"]))
     return hist, made[0]
 
 

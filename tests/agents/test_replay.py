@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlab.agents.replay import ReplayBuffer
-from qlab.rng import REPLAY_STREAM, ReplicaUniforms
+from qlab.core.agents.replay import ReplayBuffer
+from qlab.core.rng import REPLAY_STREAM, ReplicaUniforms
 
 
 def buffer(seeds, capacity, dim=2):

@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from qlab.analysis import plots, stats
 from qlab.analysis.runs import load_sweep
-from qlab.envs import make_model
-from qlab.envs.griddy import griddy_model
-from qlab.oracle import value_iteration
+from qlab.core.envs import make_model
+from qlab.core.envs.griddy import griddy_model
+from qlab.core.oracle import value_iteration
 
 
 def test_curves_and_interval_figures(loaded, tmp_path, assert_png) -> None:

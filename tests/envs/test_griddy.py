@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import qlab.envs  # noqa: F401  (registers qlab/Griddy-v0)
-from qlab.envs.griddy import AGENT, GOAL, GriddyEnv, griddy_model, state_index
-from qlab.envs.vector import TabularVecEnv
+import qlab.core.envs  # noqa: F401  (registers qlab/Griddy-v0)
+from qlab.core.envs.griddy import AGENT, GOAL, GriddyEnv, griddy_model, state_index
+from qlab.core.envs.vector import TabularVecEnv
 
 LEFT, RIGHT, UP, DOWN = range(4)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlab.envs import GymVecEnv, make
-from qlab.runner import RolloutEvaluator
+from qlab.core.envs import GymVecEnv, make
+from qlab.core.runner import RolloutEvaluator
 
 
 def test_replica_k_is_seeded_like_a_single_env_with_seed_k():

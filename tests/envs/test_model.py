@@ -6,9 +6,9 @@ import gymnasium
 import numpy as np
 import pytest
 
-from qlab.envs.griddy import griddy_model
-from qlab.envs.model import TabularModel
-from qlab.envs.vector import TabularVecEnv
+from qlab.core.envs.griddy import griddy_model
+from qlab.core.envs.model import TabularModel
+from qlab.core.envs.vector import TabularVecEnv
 
 
 def toy_model(env_id: str, **kwargs) -> TabularModel:

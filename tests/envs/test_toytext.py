@@ -7,10 +7,10 @@ import gymnasium
 import numpy as np
 import pytest
 
-from qlab import envs
 from qlab.config import ConfigError, options, validate
-from qlab.envs.toytext import initial_distribution, toy_text_model
-from qlab.preflight import check
+from qlab.core import envs
+from qlab.core.envs.toytext import initial_distribution, toy_text_model
+from qlab.sweeps.preflight import check
 
 
 @pytest.mark.parametrize("name, states, actions, max_steps, starts", [

@@ -1,1 +1,1 @@
-"""qlab's fused sweeper for Hydra (``hydra/sweeper=fused``); see :mod:`qlab.fused`."""
+"""qlab's fused sweeper for Hydra (``hydra/sweeper=fused``); see :mod:`qlab.sweeps.fused`."""

@@ -1,6 +1,6 @@
 """``hydra/sweeper=fused``: Hydra's basic sweeper, with sweep points that differ only in
 per-replica values (seed, replicas, agent.lr, agent.gamma, exploration.start / decay / min /
-duration) launched as one job each group (:func:`qlab.fused.fuse`).
+duration) launched as one job each group (:func:`qlab.sweeps.fused.fuse`).
 
 Hydra finds it by scanning the ``hydra_plugins`` namespace package; importing this module
 stores its config as ``hydra/sweeper/fused``. It keeps the basic sweeper's keys (``params``,
@@ -16,7 +16,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.types import Override
 
-from qlab.fused import FUSABLE, check_keys, fuse
+from qlab.sweeps.fused import FUSABLE, check_keys, fuse
 
 
 @dataclass

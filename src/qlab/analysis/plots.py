@@ -26,8 +26,8 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from qlab.envs.model import TabularModel
-from qlab.oracle import value_iteration
+from qlab.core.envs.model import TabularModel
+from qlab.core.oracle import value_iteration
 
 DPI = 110
 # Curves: what each metric is called, and whether a log scale reads it better by default.
@@ -179,7 +179,7 @@ def optimal_references(model: TabularModel, gamma: float) -> dict[str, tuple[flo
     length and return from the start distribution (within the env's step limit)."""
     from dataclasses import replace
 
-    from qlab.oracle import expected_return
+    from qlab.core.oracle import expected_return
 
     policy = value_iteration(model, float(gamma)).q.argmax(axis=1)
     steps = replace(model, reward=np.ones_like(model.reward))

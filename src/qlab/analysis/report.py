@@ -139,7 +139,7 @@ def _representatives(scores: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
 def _value_figures(sweep: Sweep, scores: pd.DataFrame, group_by: list[str], out: Path,
                    notes: list[str]) -> list[tuple[Path, str]]:
     """Value heatmaps beside Q*, one figure per grid env of the sweep."""
-    from qlab import envs
+    from qlab.core import envs
 
     client = MlflowClient(tracking_uri=sweep.uri)
     reps = _representatives(scores, group_by)
@@ -189,7 +189,7 @@ def _references(sweep: Sweep) -> dict[str, tuple[float, str]]:
     """Optimal-policy reference lines when every run shares one env with a model: those on
     which every discount in the sweep agrees (the optimal episode length on the grid world
     is the shortest path whatever gamma)."""
-    from qlab import envs
+    from qlab.core import envs
 
     if sweep.runs.get("env") is None or sweep.runs["env"].nunique() != 1:
         return {}

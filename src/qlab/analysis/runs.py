@@ -330,7 +330,7 @@ def agent_file(client: MlflowClient, run_id: str, dst: str | Path) -> Path:
 def state_observations(env_cfg: Any) -> np.ndarray | None:
     """(S, D) float32 network input of every state, as training fed them to a DQN (None for
     envs without a state table)."""
-    from qlab import envs
+    from qlab.core import envs
 
     model = envs.make_model(env_cfg)
     if model is None:
@@ -346,7 +346,7 @@ def q_on_states(path: str | Path, env_cfg: Any) -> np.ndarray:
         return np.load(path)
     import torch
 
-    from qlab.agents.dqn import load_q_network
+    from qlab.core.agents.dqn import load_q_network
 
     obs = state_observations(env_cfg)
     if obs is None:

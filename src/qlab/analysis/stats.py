@@ -172,7 +172,7 @@ def reward_threshold(env_id: str | None) -> float | None:
     try:
         import gymnasium
 
-        import qlab.envs  # noqa: F401  (registers qlab/Griddy-v0)
+        import qlab.core.envs  # noqa: F401  (registers qlab/Griddy-v0)
 
         return gymnasium.spec(env_id).reward_threshold
     except Exception:  # unknown id, plugin not installed: no default threshold

@@ -11,7 +11,7 @@ every 4th up to 4 x, ...), always with each replica's last episode; ``eval/*`` p
 all logged. The complete per-episode table of every replica is kept beside them as the run
 artifact ``episodes.csv`` (written when the run ends, whatever its status).
 
-It knows nothing of agents: it is handed a :class:`~qlab.runner.History` and arrays to save.
+It knows nothing of agents: it is handed a :class:`~qlab.core.runner.History` and arrays to save.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab import provenance, store
 from qlab.config import ROOT, flatten
-from qlab.store import StoreError
+from qlab.tracking import provenance, store
+from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -239,9 +239,10 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
     (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
 
-    A store that cannot be used raises :class:`~qlab.store.StoreError` (one line): before any
-    run exists when :func:`qlab.store.check` sees it, else with the runs ended FAILED and, if
-    the store went away altogether, every metric point saved to ``./qlab-unsent/``.
+    A store that cannot be used raises :class:`~qlab.tracking.store.StoreError` (one line):
+    before any run exists when :func:`qlab.tracking.store.check` sees it, else with the runs
+    ended FAILED and, if the store went away altogether, every metric point saved to
+    ``./qlab-unsent/``.
     ``max_points``: see :func:`curve_steps`. ``resume_ids``: continue these existing runs
     instead (see :func:`reopen`)."""
     store.check(uri)
@@ -274,7 +275,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     tracker = Tracker(client, run_ids, max_points, logged)
     try:
         yield tracker
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.train)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.app.train)
         lost = tracker.finish_after_error("KILLED", type(exc).__name__, failed=tracker.failed)
         if lost is not None:
             print(f"qlab: {_keep_locally(tracker, uri, lost)}", file=sys.stderr)

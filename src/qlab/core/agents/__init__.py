@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qlab.agents.mc import TabularMC
-from qlab.agents.qlearning import UPDATES, TabularQ
+from qlab.core.agents.mc import TabularMC
+from qlab.core.agents.qlearning import UPDATES, TabularQ
 
 NAMES = ("tabular_q", "tabular_mc", "dqn")
 TABULAR = ("tabular_q", "tabular_mc")
@@ -47,7 +47,7 @@ def _make_dqn(cfg, env, seeds: Sequence[int]):
     observation vectors (``env.obs_dim``). Imported here so tabular runs never load torch."""
     import torch
 
-    from qlab.agents.dqn import DQN
+    from qlab.core.agents.dqn import DQN
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)  # per job: launcher workers are reused

@@ -23,7 +23,8 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from qlab import provenance, store, tracking
+from qlab import tracking
+from qlab.tracking import provenance, store
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
 SWEEP_ENV = "QLAB_SWEEP_ID"
@@ -104,7 +105,7 @@ def sweep_key(overrides: list[str]) -> str:
     resume may change (``checkpoint.EXCLUDED``: resume, checkpoints, fast, tracking.*)."""
     import hashlib
 
-    from qlab.checkpoint import EXCLUDED
+    from qlab.app.checkpoint import EXCLUDED
 
     def may_change(o: str) -> bool:
         return o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in EXCLUDED
@@ -163,7 +164,7 @@ def latest_attempts(runs: list) -> list:
     """Each job replica's newest run: a ``resume=auto`` rerun that starts a job afresh (it
     stopped before its first checkpoint) leaves the old KILLED/FAILED runs under the parent,
     and they no longer speak for the sweep. Runs are matched by config hash and replica."""
-    from qlab.resume import HASH_TAG, REPLICA_TAG
+    from qlab.app.resume import HASH_TAG, REPLICA_TAG
 
     newest: dict[tuple, Any] = {}
     for r in runs:

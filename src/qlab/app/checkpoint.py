@@ -167,7 +167,7 @@ def load_array(name: str, value: Any, like: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- runner state
 
 def history_state(hist) -> dict[str, Any]:
-    """A :class:`~qlab.runner.History` as a state dict; the per-episode tables only up to
+    """A :class:`~qlab.core.runner.History` as a state dict; the per-episode tables only up to
     the furthest replica's episode (the rest is NaN), so early checkpoints stay small."""
     n = int(hist.done.max(initial=0))
     return {"train": {k: v[:, :n].copy() for k, v in hist.train.items()},
@@ -178,7 +178,8 @@ def history_state(hist) -> dict[str, Any]:
 
 
 def load_history(hist, d: Mapping[str, Any]) -> None:
-    """Fill a fresh :class:`~qlab.runner.History` of the same job from :func:`history_state`."""
+    """Fill a fresh :class:`~qlab.core.runner.History` of the same job from
+    :func:`history_state`."""
     for group in ("train", "evals"):
         tables = getattr(hist, group)
         if set(d[group]) != set(tables):

@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qlab.checkpoint import load_array
-from qlab.envs.model import TabularModel
-from qlab.rng import ENV_STREAM, ReplicaUniforms
+from qlab.app.checkpoint import load_array
+from qlab.core.envs.model import TabularModel
+from qlab.core.rng import ENV_STREAM, ReplicaUniforms
 
 
 class Step(NamedTuple):

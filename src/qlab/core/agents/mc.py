@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qlab.agents.tabular import EpisodeBuffer, TabularAgent, Transition, Updates
+from qlab.core.agents.tabular import EpisodeBuffer, TabularAgent, Transition, Updates
 
 
 class TabularMC(TabularAgent):

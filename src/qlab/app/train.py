@@ -13,22 +13,15 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from qlab import (
-    agents,
-    checkpoint,
-    envs,
-    exploration,
-    fastpath,
-    fused,
-    resume,
-    runner,
-    sweep,
-    tracking,
-)
-from qlab.checkpoint import CheckpointError
+from qlab import tracking
+from qlab.app import checkpoint, resume
+from qlab.app.checkpoint import CheckpointError
+from qlab.app.resume import ResumeError
+from qlab.app.stopping import GracefulStop, Terminated
 from qlab.config import CONF_DIR, ConfigError, QlabConfig, register
-from qlab.resume import ResumeError
-from qlab.stopping import GracefulStop, Terminated
+from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.sweeps import callback as sweep
+from qlab.sweeps import fused
 
 register()
 __all__ = ["run", "main", "Terminated", "ReplicaFailure"]
@@ -149,7 +142,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (ConfigError, ResumeError, CheckpointError) as exc:
         print(f"qlab-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except tracking.StoreError as exc:  # see qlab.store; runs were ended, metrics kept
+    except tracking.StoreError as exc:  # see qlab.tracking.store; runs were ended, metrics kept
         print(f"qlab-train: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except ReplicaFailure as exc:
@@ -163,7 +156,7 @@ def main() -> None:
     """Console entry point: check every job's config first, then hand over to Hydra."""
     from hydra._internal.utils import get_args_parser
 
-    from qlab.preflight import check
+    from qlab.sweeps.preflight import check
 
     args = get_args_parser().parse_args(sys.argv[1:])
     if not (args.help or args.hydra_help or args.info or args.shell_completion):

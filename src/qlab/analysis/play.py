@@ -33,7 +33,7 @@ def make_env(env_cfg: Any, render_mode: str | None) -> Any:
     """The gymnasium env a run trained on, with ``render_mode``."""
     import gymnasium
 
-    import qlab.envs  # noqa: F401  (registers qlab/Griddy-v0)
+    import qlab.core.envs  # noqa: F401  (registers qlab/Griddy-v0)
     from qlab.analysis.plots import _kwargs
 
     env_id = str(env_cfg.id)
@@ -71,7 +71,7 @@ def load_policy(client: Any, run_id: str, directory: Path
     # A Q-network on an env without a state table (CartPole): act on the observation.
     import torch
 
-    from qlab.agents.dqn import load_q_network
+    from qlab.core.agents.dqn import load_q_network
 
     net = load_q_network(path)
 
@@ -90,7 +90,7 @@ TOY_TEXT_ACTIONS = {"FrozenLake": ("left", "down", "right", "up"),
 
 
 def _action_name(env: Any, a: int) -> str:
-    from qlab.envs.griddy import ACTION_NAMES, GriddyEnv
+    from qlab.core.envs.griddy import ACTION_NAMES, GriddyEnv
 
     if isinstance(env.unwrapped, GriddyEnv):
         return ACTION_NAMES[a]

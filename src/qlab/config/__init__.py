@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONF_DIR = ROOT / "conf"
 
 
@@ -118,7 +118,7 @@ class QlabConfig:
     eval_every: int = 50  # greedy evaluation every this many episodes (and after the last)
     total_steps: int | None = None  # env-step budget per replica, ends training early (null: none)
     eval_episodes: int = 10  # greedy rollouts per evaluation on envs without a model
-    fast: str = "auto"  # compiled tabular fast path (qlab.fastpath): auto | on | off
+    fast: str = "auto"  # compiled tabular fast path (qlab.core.fastpath): auto | on | off
     experiment_name: str = "qlab"  # MLflow experiment
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint_every: int = 100  # checkpoint the job every this many episodes (0: never)
@@ -208,7 +208,7 @@ def _check_env_id(env_id: str) -> None:
     """Only registered ids: gymnasium.make("module:Env-v0") would import ``module`` first."""
     import gymnasium
 
-    from qlab import envs  # noqa: F401 - registers qlab/Griddy-v0
+    from qlab.core import envs  # noqa: F401 - registers qlab/Griddy-v0
 
     if env_id not in gymnasium.registry:
         _fail("env.id", env_id, "not a registered gymnasium env id (module:id imports "
@@ -218,7 +218,7 @@ def _check_env_id(env_id: str) -> None:
 def _check_tabular_env(e: EnvConfig, agent: str) -> None:
     """Tabular agents index their table by state: refuse an env without a discrete state (no
     exact model) here, so the preflight check stops a sweep before any job runs."""
-    from qlab import envs
+    from qlab.core import envs
 
     if envs.make_model(e) is None:
         raise ConfigError(f"env={e.name} ({e.id}) has no discrete state: agent={agent} needs a "
@@ -228,7 +228,7 @@ def _check_tabular_env(e: EnvConfig, agent: str) -> None:
 
 def validate(cfg: DictConfig) -> QlabConfig:
     """The typed config, or :class:`ConfigError` naming the first bad key."""
-    from qlab import agents, exploration, fastpath
+    from qlab.core import agents, exploration, fastpath
 
     _check_keys(cfg)
     c: QlabConfig = OmegaConf.to_object(cfg)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qlab.envs.model import TabularModel
+from qlab.core.envs.model import TabularModel
 
 
 @dataclass(frozen=True)

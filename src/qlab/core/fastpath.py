@@ -1,11 +1,11 @@
 """The compiled fast path for tabular training.
 
-:func:`train` takes :func:`qlab.runner.train`'s arguments and returns the same
-:class:`~qlab.runner.History` and leaves the same Q tables, bit for bit, for tabular
+:func:`train` takes :func:`qlab.core.runner.train`'s arguments and returns the same
+:class:`~qlab.core.runner.History` and leaves the same Q tables, bit for bit, for tabular
 Q-learning (``update = step`` or ``episode``) and Monte-Carlo on an env with a tabular model
-(:class:`~qlab.envs.vector.TabularVecEnv`: the grid world, random goal included, and the
+(:class:`~qlab.core.envs.vector.TabularVecEnv`: the grid world, random goal included, and the
 toy-text envs) under any of the exploration schedules. The per-step work runs in numba
-kernels (:mod:`qlab.agents.kernels`), one replica after the other over each replica's own
+kernels (:mod:`qlab.core.agents.kernels`), one replica after the other over each replica's own
 random streams; the numpy path stays the readable reference, and tests check the two
 agree exactly.
 
@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from qlab import runner
-from qlab.agents import TABULAR
 from qlab.config import ConfigError
-from qlab.exploration import KINDS, Schedule
-from qlab.rng import ReplicaUniforms, generator_from_state
-from qlab.runner import TRAIN_KEYS, History, Listener
+from qlab.core import runner
+from qlab.core.agents import TABULAR
+from qlab.core.exploration import KINDS, Schedule
+from qlab.core.rng import ReplicaUniforms, generator_from_state
+from qlab.core.runner import TRAIN_KEYS, History, Listener
 
 MODES = ("auto", "on", "off")
 UNIFORM_BLOCK = 4096  # numbers drawn per replica at a time, as ReplicaUniforms
@@ -68,9 +68,9 @@ def check_config(fast: str, agent: str) -> None:
 
 def unsupported(env: Any, agent: Any, schedule: Schedule) -> str | None:
     """Why the fast path cannot train this env + agent + schedule, or None if it can."""
-    from qlab.agents.mc import TabularMC
-    from qlab.agents.qlearning import TabularQ
-    from qlab.envs.vector import TabularVecEnv
+    from qlab.core.agents.mc import TabularMC
+    from qlab.core.agents.qlearning import TabularQ
+    from qlab.core.envs.vector import TabularVecEnv
 
     if type(agent) not in (TabularQ, TabularMC):
         return f"agent {type(agent).__name__} is not tabular Q-learning or Monte-Carlo"
@@ -105,7 +105,7 @@ def _foreign_methods(obj: Any) -> list[str]:
 
 def choose(fast: str, env: Any, agent: Any, schedule: Schedule) -> Callable[..., History]:
     """The training function for ``fast``: ``auto`` — :func:`train` when it supports the
-    combination, else :func:`qlab.runner.train`; ``on`` — :func:`train` or ConfigError;
+    combination, else :func:`qlab.core.runner.train`; ``on`` — :func:`train` or ConfigError;
     ``off`` — the numpy reference."""
     if fast not in MODES:
         raise ConfigError(f"fast={fast!r}: must be one of {', '.join(MODES)}")
@@ -170,10 +170,10 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
           checkpoint_every: int = 0,
           resume: tuple[History, dict[str, np.ndarray]] | None = None,
           stop: Callable[[], BaseException | None] | None = None) -> History:
-    """:func:`qlab.runner.train`, compiled (see the module docstring); the same arguments,
+    """:func:`qlab.core.runner.train`, compiled (see the module docstring); the same arguments,
     checkpoints and resume included."""
-    from qlab.agents import kernels as K
-    from qlab.agents.mc import TabularMC
+    from qlab.core.agents import kernels as K
+    from qlab.core.agents.mc import TabularMC
 
     why = unsupported(env, agent, schedule)
     if why is not None:
@@ -305,7 +305,7 @@ def train(env, agent, schedule: Schedule, episodes: int, eval_every: int,
 def _episode_buffers(agent, kind: int) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's episode buffers (state, action, next state, terminated; reward), holding
     the agent's stored episode (a resumed checkpoint's), at least ``EPISODE_CAPACITY`` wide."""
-    from qlab.agents import kernels as K
+    from qlab.core.agents import kernels as K
 
     R = agent.replicas
     if kind == K.Q_STEP:
@@ -324,8 +324,8 @@ def _sync(env, agent, loop: dict[str, np.ndarray], istate: np.ndarray, fstate: n
           u_agent: _Streams, u_env: _Streams, buf_i: np.ndarray, buf_r: np.ndarray) -> None:
     """Write the driver's state into the objects a checkpoint saves: the env's states and
     stream, the agent's stream and stored episode (its Q is the kernel's own array) and the
-    runner's loop counters (:func:`qlab.runner.loop_state`)."""
-    from qlab.agents import kernels as K
+    runner's loop counters (:func:`qlab.core.runner.loop_state`)."""
+    from qlab.core.agents import kernels as K
 
     env.state = istate[:, K.STATE].copy()
     env.elapsed = istate[:, K.ELAPSED].copy()
@@ -347,7 +347,7 @@ def _sync(env, agent, loop: dict[str, np.ndarray], istate: np.ndarray, fstate: n
 
 def _evaluate(rows: np.ndarray, istate: np.ndarray, hist: History, evaluator, agent) -> None:
     """Evaluate the replicas in ``rows`` after the episode each has in ``EVAL_EP``."""
-    from qlab.agents import kernels as K
+    from qlab.core.agents import kernels as K
 
     episodes = istate[rows, K.EVAL_EP]
     istate[rows, K.EVAL_EP] = -1

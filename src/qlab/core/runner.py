@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from qlab.agents.tabular import Transition
-from qlab.envs.model import TabularModel
-from qlab.exploration import Schedule
-from qlab.oracle import Solution, expected_return, value_iteration
+from qlab.core.agents.tabular import Transition
+from qlab.core.envs.model import TabularModel
+from qlab.core.exploration import Schedule
+from qlab.core.oracle import Solution, expected_return, value_iteration
 
 TRAIN_KEYS = ("train/episode_length", "train/episode_return", "train/q_delta", "train/epsilon",
               "train/sps")
@@ -107,7 +107,7 @@ class RolloutEvaluator:
         self._envs: dict[int, list] = {}
 
     def __call__(self, replica: int, agent: Any) -> dict[str, float]:
-        from qlab.rng import EVAL_STREAM, derive_seed
+        from qlab.core.rng import EVAL_STREAM, derive_seed
 
         envs = self._envs.get(replica)
         seeds: list[int | None] = [None] * self.episodes
@@ -135,7 +135,7 @@ class RolloutEvaluator:
                          for i, env in enumerate(envs)} for k, envs in self._envs.items()}
 
     def load_state_dict(self, d: dict) -> None:
-        from qlab.rng import generator_from_state
+        from qlab.core.rng import generator_from_state
 
         self._envs = {}
         for k, states in d.items():

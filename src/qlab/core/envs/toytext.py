@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from qlab.envs.model import TabularModel
+from qlab.core.envs.model import TabularModel
 
 
 def initial_distribution(env: gymnasium.Env, probes: int = 32) -> np.ndarray:

@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qlab.checkpoint import load_array
-from qlab.rng import AGENT_STREAM, ReplicaUniforms
+from qlab.app.checkpoint import load_array
+from qlab.core.rng import AGENT_STREAM, ReplicaUniforms
 
 
 class Transition(NamedTuple):

@@ -17,9 +17,9 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from qlab import fused, store
 from qlab.config import CONF_DIR, ConfigError, options, register
-from qlab.tracking import default_uri
+from qlab.sweeps import fused
+from qlab.tracking import default_uri, store
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:

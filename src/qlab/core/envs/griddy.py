@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from qlab.envs.model import TabularModel
+from qlab.core.envs.model import TabularModel
 
 # (d_row, d_col) per action: left, right, up (north), down (south).
 MOVES = np.array([(0, -1), (0, 1), (-1, 0), (1, 0)])

@@ -1,5 +1,5 @@
 """R copies of a gymnasium env without a known model (CartPole), behind the interface of
-:class:`~qlab.envs.vector.TabularVecEnv`: states are the flattened float32 observations.
+:class:`~qlab.core.envs.vector.TabularVecEnv`: states are the flattened float32 observations.
 
 Replica k's env is seeded with ``seeds[k]`` on its first reset and runs on from there, so
 its episodes depend on its seed alone. Like the tabular vector env it does not auto-reset:
@@ -17,9 +17,9 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from qlab.checkpoint import load_array
-from qlab.envs.vector import Step
-from qlab.rng import generator_from_state
+from qlab.app.checkpoint import load_array
+from qlab.core.envs.vector import Step
+from qlab.core.rng import generator_from_state
 
 _PLAIN = (bool, int, float, str, type(None))
 

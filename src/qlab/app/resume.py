@@ -2,7 +2,7 @@
 fits them and the config, and lock the job so two processes never train it at once.
 
 A job (R replicas, one run each) is tied together by the tag ``qlab.job_id``; its runs also
-carry ``qlab.config_hash`` (:func:`qlab.checkpoint.config_hash`) and ``qlab.checkpoint``
+carry ``qlab.config_hash`` (:func:`qlab.app.checkpoint.config_hash`) and ``qlab.checkpoint``
 (the checkpoint's path). ``resume`` is
 
 - ``RUN_ID``: the job one of whose runs this is;
@@ -27,9 +27,10 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab import checkpoint, store
-from qlab.checkpoint import CheckpointError
+from qlab.app import checkpoint
+from qlab.app.checkpoint import CheckpointError
 from qlab.config import ROOT
+from qlab.tracking import store
 
 JOB_TAG = "qlab.job_id"
 HASH_TAG = "qlab.config_hash"
@@ -252,7 +253,7 @@ def restore(p: Plan, env, agent, evaluator, episodes: int, eval_every: int) -> N
     """Put a resumed plan's checkpoint into the freshly built objects; sets ``p.start``."""
     if p.state is None:
         return
-    from qlab import runner
+    from qlab.core import runner
 
     stat_keys = tuple(getattr(agent, "stat_keys", ()))
     hist = runner.History.empty(env.num_envs, episodes, eval_every,

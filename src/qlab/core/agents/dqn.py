@@ -3,7 +3,7 @@
 The algorithm (Mnih et al. 2015, as in CleanRL / Stable-Baselines3), per replica:
   - act epsilon-greedily on the online network Q(x; theta), x the flattened observation
     (``observations[state]`` on envs with a state table, the env's float vector otherwise);
-  - store every transition in the replica's own replay buffer (:mod:`qlab.agents.replay`);
+  - store every transition in the replica's own replay buffer (:mod:`qlab.core.agents.replay`);
   - after ``learning_starts`` env steps, every ``train_freq`` steps take ``gradient_steps``
     Adam steps, each on a fresh minibatch of ``batch_size``, on the Huber (smooth-L1) loss
     between Q(x, a; theta) and y = r + gamma * (1 - terminated) * max_a' Q(x', a'; theta⁻)
@@ -22,7 +22,7 @@ Loss terms are summed over replicas, so replica k's gradient is its own loss's g
 clipping uses replica k's own gradient norm; Adam is elementwise with per-replica step
 counts, and rows of inactive replicas are left untouched. ``lr`` and ``gamma`` may differ
 per replica (an (R,) step size in Adam, an (R, 1) discount in the targets): a fused sweep
-trains points with different values in one batch (:mod:`qlab.fused`). Replica k's weights are
+trains points with different values in one batch (:mod:`qlab.sweeps.fused`). Replica k's weights are
 initialised from a torch.Generator seeded from seed k, its epsilon-greedy numbers come from
 its agent stream and its minibatches from its replay stream: replica k of a batch
 reproduces a run of R = 1 with seed k up to float rounding of the batched kernels.
@@ -53,11 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qlab.agents.optim import clip_adam
-from qlab.agents.replay import ReplayBuffer
-from qlab.agents.tabular import Transition, Updates
-from qlab.checkpoint import load_array
-from qlab.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
+from qlab.app.checkpoint import load_array
+from qlab.core.agents.optim import clip_adam
+from qlab.core.agents.replay import ReplayBuffer
+from qlab.core.agents.tabular import Transition, Updates
+from qlab.core.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
 
 TARGET_ROWS = 1024  # rows per replica per forward pass when computing a burst's targets
 BURST_VALUES = 1 << 24  # observation values of a burst's minibatches drawn at once (64 MB)

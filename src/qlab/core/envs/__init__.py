@@ -8,16 +8,16 @@ from collections.abc import Sequence
 import gymnasium
 import numpy as np
 
-from qlab.envs.griddy import griddy_model, griddy_observations
-from qlab.envs.gym_vector import GymVecEnv
-from qlab.envs.model import TabularModel
-from qlab.envs.toytext import toy_text_model
-from qlab.envs.vector import TabularVecEnv
+from qlab.core.envs.griddy import griddy_model, griddy_observations
+from qlab.core.envs.gym_vector import GymVecEnv
+from qlab.core.envs.model import TabularModel
+from qlab.core.envs.toytext import toy_text_model
+from qlab.core.envs.vector import TabularVecEnv
 
 GRIDDY_ID = "qlab/Griddy-v0"
 
 if GRIDDY_ID not in gymnasium.registry:
-    gymnasium.register(id=GRIDDY_ID, entry_point="qlab.envs.griddy:GriddyEnv")
+    gymnasium.register(id=GRIDDY_ID, entry_point="qlab.core.envs.griddy:GriddyEnv")
 
 
 def make_model(cfg) -> TabularModel | None:

@@ -2,9 +2,10 @@
 Q-learning (``update = step`` / ``episode``) and Monte-Carlo on an env with a tabular model,
 one replica at a time.
 
-They compute exactly what the numpy reference computes (:func:`qlab.runner.train` with
-:mod:`qlab.agents.qlearning`, :mod:`qlab.agents.mc`, :class:`qlab.envs.vector.TabularVecEnv`
-and :class:`qlab.exploration.Schedule`), bit for bit:
+They compute exactly what the numpy reference computes (:func:`qlab.core.runner.train` with
+:mod:`qlab.core.agents.qlearning`, :mod:`qlab.core.agents.mc`,
+:class:`qlab.core.envs.vector.TabularVecEnv`
+and :class:`qlab.core.exploration.Schedule`), bit for bit:
 
 - replica k's steps run in order over replica k's own pre-drawn uniforms: its agent stream
   gives ``2 + A`` numbers per step (explore?, random action, A tie-breakers), its env stream
@@ -18,7 +19,7 @@ and :class:`qlab.exploration.Schedule`), bit for bit:
 A kernel call is resumable: all per-replica state lives in the arrays passed in. Replica k
 stops, with a status saying why, when it has finished an episode that must be evaluated,
 run ``limit`` episodes, finished or failed, or needs more uniforms or a larger episode
-buffer; the driver (:mod:`qlab.fastpath`) does what the status asks and calls again.
+buffer; the driver (:mod:`qlab.core.fastpath`) does what the status asks and calls again.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ FAILED = 7  # the last episode's q_delta is not finite
 @numba.njit(cache=True)
 def epsilon(kind: int, t: float, start: float, decay: float, minimum: float,
             duration: float) -> float:
-    """:meth:`qlab.exploration.Schedule.__call__` for one replica and one t."""
+    """:meth:`qlab.core.exploration.Schedule.__call__` for one replica and one t."""
     if kind == EXPONENTIAL:
         eps = start * decay ** t
     elif kind == LINEAR:
@@ -93,7 +94,7 @@ def row_max(q: np.ndarray, k: int, s: int) -> float:
 
 @numba.njit(cache=True)
 def act(q: np.ndarray, k: int, s: int, u: np.ndarray, pos: int, eps: float) -> int:
-    """:meth:`qlab.agents.tabular.TabularAgent.act` for replica k in state s: ``u[k, pos]``
+    """:meth:`qlab.core.agents.tabular.TabularAgent.act` for replica k in state s: ``u[k, pos]``
     decides exploring, ``u[k, pos + 1]`` the random action, ``u[k, pos + 2 + a]`` breaks
     greedy ties (the largest wins, the first of equals)."""
     n_actions = q.shape[2]
@@ -142,7 +143,8 @@ def q_episode_sweep(q: np.ndarray, k: int, buf_i: np.ndarray, buf_r: np.ndarray,
 def mc_sweep(q: np.ndarray, k: int, buf_i: np.ndarray, buf_r: np.ndarray, n: int, lr: float,
              gamma: float, first_visit: bool, seen: np.ndarray, first: np.ndarray,
              stamp: int) -> tuple[float, float]:
-    """Monte-Carlo's backward return sweep over replica k's stored episode (:mod:`qlab.agents.mc`);
+    """Monte-Carlo's backward return sweep over replica k's stored episode
+    (:mod:`qlab.core.agents.mc`);
     returns (sum of |ΔQ|, number of updates). ``seen`` (S * A) holds, per (s, a), the
     ``stamp`` of the last sweep that saw it: a fresh stamp per call marks first visits."""
     n_actions = q.shape[2]

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qlab.checkpoint import load_array
-from qlab.rng import ReplicaUniforms
+from qlab.app.checkpoint import load_array
+from qlab.core.rng import ReplicaUniforms
 
 FIELDS = ("obs", "next_obs", "action", "reward", "terminated")  # the per-transition arrays
 

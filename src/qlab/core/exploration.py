@@ -50,7 +50,7 @@ UNITS = ("episode", "step")
 
 def make(cfg, replicas: int) -> Schedule:
     """A schedule from the ``exploration`` config group: each value a number for all replicas
-    or an (R,) array of per-replica values (a fused sweep's, see :mod:`qlab.fused`)."""
+    or an (R,) array of per-replica values (a fused sweep's, see :mod:`qlab.sweeps.fused`)."""
     full = lambda x: np.broadcast_to(np.asarray(x, dtype=np.float64), (replicas,)).copy()  # noqa: E731
     return Schedule(kind=cfg.name, start=full(cfg.start), decay=full(cfg.decay),
                     minimum=full(cfg.min), duration=full(cfg.duration), unit=cfg.unit)

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from qlab.config import ROOT
-from qlab.store import sqlite_path
+from qlab.tracking.store import sqlite_path
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own variable, read by its auth app

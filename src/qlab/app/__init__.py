@@ -1,0 +1,2 @@
+"""The application: build a job from a config, train and record it, checkpoints, resume,
+stopping."""

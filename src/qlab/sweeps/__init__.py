@@ -1,0 +1,1 @@
+"""Hydra integration: the sweep callback, fused sweeps, preflight checks."""
