@@ -69,8 +69,9 @@ test: setup ## Run the default (fast) test suite
 test-slow: setup ## Run only the slow, long-training tests
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
-lint: setup ## Lint with ruff
-	$(BIN)/ruff check src tests
+lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(HOST) --port $(PORT)

@@ -29,7 +29,7 @@ LAUNCHERS = ("basic", "joblib")  # variants: LAUNCHER or LAUNCHER-unfused (hydra
 def qlab_train() -> list[str]:
     """The ``qlab-train`` beside this interpreter, else ``python -m qlab.app.train``."""
     script = Path(sys.executable).with_name("qlab-train")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "qlab.app.train"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qlab"]
 
 
 def create_store(uri: str) -> None:

@@ -64,7 +64,7 @@ def empty_run_seconds(uri: str, repeats: int) -> list[float]:
 
 def command_seconds(uri: str, tracking: bool, episodes: int, seed: int) -> float:
     """Wall seconds of ``qlab-train`` in a fresh process, as a user runs it."""
-    cmd = [sys.executable, "-m", "qlab.app.train", "agent=tabular_q", "env=griddy",
+    cmd = [sys.executable, "-m", "qlab", "agent=tabular_q", "env=griddy",
            f"episodes={episodes}", f"seed={seed}", "experiment_name=bench-tracking",
            f"tracking.enabled={str(tracking).lower()}", "checkpoint_every=0",
            f"tracking.uri={uri}"]

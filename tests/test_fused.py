@@ -18,6 +18,7 @@ from qlab.analysis import load_sweep
 from qlab.app import train
 from qlab.app.resume import CKPT_TAG, HASH_TAG, JOB_TAG, REPLICA_TAG
 from qlab.config import ConfigError
+from qlab.config.batch import batch
 from qlab.sweeps import fused, preflight
 
 JOB_TAGS = (JOB_TAG, HASH_TAG, CKPT_TAG, REPLICA_TAG)
@@ -69,10 +70,10 @@ def test_points_differing_only_in_fusable_keys_become_one_job_each() -> None:
 
 def test_each_point_of_a_fused_job_composes_as_its_own_job_would(compose_cfg) -> None:
     (job,) = jobs("agent=tabular_q", "agent.lr=0.2,0.5", "agent.gamma=0.8,0.9", "replicas=2")
-    b = fused.batch(compose_cfg(job))
+    b = batch(compose_cfg(job))
     assert b.fused and b.seeds == [0, 1] * 4 and b.config.replicas == 8
     for k, (lr, gamma) in enumerate([(0.2, 0.8), (0.2, 0.9), (0.5, 0.8), (0.5, 0.9)]):
-        alone = fused.batch(compose_cfg(["agent=tabular_q", f"agent.lr={lr}",
+        alone = batch(compose_cfg(["agent=tabular_q", f"agent.lr={lr}",
                                          f"agent.gamma={gamma}", "replicas=2"]))
         assert not alone.fused
         for r in (2 * k, 2 * k + 1):
@@ -85,10 +86,10 @@ def test_each_point_of_a_fused_job_composes_as_its_own_job_would(compose_cfg) ->
 def test_a_fused_job_refuses_points_that_differ_elsewhere_or_unfusable_keys(compose_cfg) -> None:
     cfg = compose_cfg(["eval_every=${seed}", "+qlab_fused=[{seed:1},{seed:2}]"])
     with pytest.raises(ConfigError, match=r"^eval_every: differs between the points"):
-        fused.batch(cfg)
+        batch(cfg)
     cfg = compose_cfg(["+qlab_fused=[{seed:1},{agent.name:dqn}]"])
     with pytest.raises(ConfigError, match=r"^qlab_fused: 'agent.name' cannot be fused"):
-        fused.batch(cfg)
+        batch(cfg)
 
 
 # ------------------------------------------------------------------ one job, in process

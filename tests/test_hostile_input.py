@@ -19,6 +19,7 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
+import qlab.cli
 from qlab.core.runner import TRAIN_KEYS
 from qlab.tracking import store
 
@@ -60,7 +61,7 @@ BAD = {
 def run_main(args: list[str], monkeypatch) -> int:
     monkeypatch.setattr(sys, "argv", ["qlab-train", "episodes=3", *args])
     with pytest.raises(SystemExit) as exit_info:
-        qlab.app.train.main()
+        qlab.cli.main()
     return exit_info.value.code
 
 

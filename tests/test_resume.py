@@ -22,8 +22,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
+import qlab.cli
 from qlab import tracking
 from qlab.app import checkpoint, resume
+from qlab.app.progress import ProgressBar
 from qlab.config import validate
 from qlab.core import agents, envs, exploration, fastpath, runner
 
@@ -410,7 +412,7 @@ def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, c
                                       *(e.format(**ids) for e in extra)])
     try:
         with pytest.raises(SystemExit) as exit_info:
-            qlab.app.train.main()
+            qlab.cli.main()
     finally:
         lock = store.pop("lock", None)
         if lock is not None:
@@ -534,7 +536,7 @@ def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> No
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_cfg([*SMALL, f"tracking.uri={uri}", "experiment_name=late",
                        f"checkpoint_dir={tmp_path}/ckpt"])
-    real_update = runner.ProgressBar.update
+    real_update = ProgressBar.update
 
     def update(self, history):  # the final flush: all episodes done
         real_update(self, history)
@@ -549,7 +551,7 @@ def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> No
         return real_enter(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner.ProgressBar, "update", update)
+        mp.setattr(ProgressBar, "update", update)
         mp.setattr(GracefulStop, "__enter__", enter)
         with pytest.raises(KeyboardInterrupt):
             qlab.app.train.run(cfg)

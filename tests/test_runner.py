@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from qlab.app.progress import ProgressBar
 from qlab.config import validate
 from qlab.core import agents, envs, exploration, runner
 from qlab.core.envs.griddy import griddy_model
@@ -194,7 +195,7 @@ def test_episodes_to_optimal() -> None:
 
 def test_progress_bar_is_quiet_off_a_terminal(capsys) -> None:
     h = History.empty(2, 5, 5, ())
-    bar = runner.ProgressBar(10, desc="test")
+    bar = ProgressBar(10, desc="test")
     h.done[:] = [3, 4]
     bar.update(h)
     bar.close()

@@ -12,6 +12,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
+import qlab.cli
 import qlab.tracking.server
 
 PASSWORD = "correct-horse-battery-staple"
@@ -106,7 +107,7 @@ def test_training_against_the_auth_server(auth_server, compose_cfg, monkeypatch,
     monkeypatch.setattr(sys, "argv", ["qlab-train", "episodes=3", f"tracking.uri={uri}",
                                       f"experiment_name={experiment}"])
     with pytest.raises(SystemExit) as exit_info:
-        qlab.app.train.main()
+        qlab.cli.main()
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"qlab-train: error: tracking.uri={uri}: the server requires a login (no "

@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
+import qlab.cli
 from qlab.sweeps import callback as sweep
 
 BIN = Path(sys.executable).parent
@@ -135,7 +136,7 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch)
                                       "experiment_name=failing", f"tracking.uri={uri}"])
     GlobalHydra.instance().clear()
     with pytest.raises(SystemExit) as exit_info:
-        qlab.app.train.main()
+        qlab.cli.main()
     GlobalHydra.instance().clear()
     assert exit_info.value.code not in (0, None)
     parents, kids = sweep_runs(uri, "failing")

@@ -2,7 +2,7 @@
 one stderr line naming the key and what is allowed, and a non-zero exit; a good command line
 trains and records one FINISHED run per replica.
 
-Every bad input goes through ``qlab.app.train.main`` (the console script's function) in-process;
+Every bad input goes through ``qlab.cli.main`` (the console script's function) in-process;
 a representative subset, and the good run, also as real subprocesses, each against its own
 sqlite store. Subprocesses cost ~2 s of imports each (mlflow alone 1.4 s), so they are few
 and started together.
@@ -20,10 +20,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
+import qlab.cli
 
 BIN = Path(sys.executable).parent
 QLAB_TRAIN = [str(BIN / "qlab-train")]
-PYTHON_M = [sys.executable, "-m", "qlab.app.train"]  # the same entry point, qlab.app.train.main
+PYTHON_M = [sys.executable, "-m", "qlab"]  # the same entry point, qlab.cli.main
 
 # name: (command line, key the message must name, what it must say is allowed)
 BAD = {
@@ -44,7 +45,7 @@ BAD = {
 }
 GOOD = ["episodes=20", "replicas=2"]
 Finished = subprocess.CompletedProcess
-# Bad inputs also run as subprocesses: a group choice (through ``python -m qlab.app.train``), a
+# Bad inputs also run as subprocesses: a group choice (through ``python -m qlab``), a
 # value, a misspelt key, and a sweep with one bad job among good ones.
 SUBPROCESS = ("unknown-env", "negative-lr", "misspelt-key", "multirun-one-bad")
 
@@ -91,12 +92,12 @@ def assert_one_line(stderr: str, name: str) -> str:
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_is_refused_in_one_line(name: str, monkeypatch, capsys, tmp_path: Path) -> None:
-    """``qlab.app.train.main`` in-process, as the console script calls it (store: conftest's
+    """``qlab.cli.main`` in-process, as the console script calls it (store: conftest's
     per-test $MLFLOW_TRACKING_URI in tmp_path)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["qlab-train", *BAD[name][0]])
     with pytest.raises(SystemExit) as exit_info:
-        qlab.app.train.main()
+        qlab.cli.main()
     assert exit_info.value.code not in (0, None)
     captured = capsys.readouterr()
     assert_one_line(captured.err, name)
@@ -121,7 +122,7 @@ def test_messages_say_what_is_allowed(capsys, monkeypatch, tmp_path: Path) -> No
     def error(args: list[str]) -> str:
         monkeypatch.setattr(sys, "argv", ["qlab-train", *args])
         with pytest.raises(SystemExit):
-            qlab.app.train.main()
+            qlab.cli.main()
         return capsys.readouterr().err.strip()
 
     env_line = error(["env=nope"])

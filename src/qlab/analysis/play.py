@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from qlab.core.errors import QlabError
+
 PROG = "qlab-play"
 GIF_MIN_SIDE = 256  # frames are scaled up (nearest) to at least this many pixels
 
 
-class PlayError(RuntimeError):
+class PlayError(QlabError, RuntimeError):
     """A one-line reason the agent cannot be played."""
 
 
@@ -34,7 +36,7 @@ def make_env(env_cfg: Any, render_mode: str | None) -> Any:
     import gymnasium
 
     import qlab.core.envs  # noqa: F401  (registers qlab/Griddy-v0)
-    from qlab.analysis.plots import _kwargs
+    from qlab.app.value_maps import _kwargs
 
     env_id = str(env_cfg.id)
     max_steps = env_cfg.get("max_steps") if hasattr(env_cfg, "get") else None

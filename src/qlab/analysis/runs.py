@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from qlab import tracking
+from qlab.core.errors import QlabError
 
 PAGE = 1000  # runs per search_runs page
 PARENT_TAG = "mlflow.parentRunId"
@@ -45,7 +46,7 @@ TAG_COLUMNS = {"agent": "agent", "env": "env", "seed": "seed", "sweep_id": "swee
                PARENT_TAG: "parent_run_id"}
 
 
-class AnalysisError(LookupError):
+class AnalysisError(QlabError, LookupError):
     """What to load cannot be found (unknown experiment, run or sweep; no runs). One line."""
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from qlab.config import flatten
+from qlab.core.errors import QlabError
+from qlab.core.statedict import load_array
 
 FORMAT = "qlab-checkpoint"
 VERSION = 1
@@ -40,8 +42,10 @@ EXCLUDED = ("resume", "checkpoint_every", "checkpoint_dir", "tracking",
             "fast")  # both paths train alike and continue each other's checkpoints
 
 
-class CheckpointError(ValueError):
+class CheckpointError(QlabError, ValueError):
     """A checkpoint that cannot be used: the message is one line naming the file and why."""
+
+    exit_code = 2
 
 
 # ---------------------------------------------------------------------------- config identity
@@ -152,16 +156,6 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                               f"({type(exc).__name__}: {why})") from None
     state = _join(meta.pop("state", {}), arrays)
     return meta, state
-
-
-def load_array(name: str, value: Any, like: np.ndarray) -> np.ndarray:
-    """``value`` as an array of ``like``'s shape and dtype (a copy), or ValueError naming it."""
-    arr = np.asarray(value)
-    if arr.shape != like.shape:
-        raise ValueError(f"{name} has shape {arr.shape}, expected {like.shape}")
-    if arr.dtype.kind != like.dtype.kind and not (arr.size == 0):
-        raise ValueError(f"{name} has dtype {arr.dtype}, expected {like.dtype}")
-    return np.array(arr, dtype=like.dtype, copy=True)
 
 
 # ---------------------------------------------------------------------------- runner state

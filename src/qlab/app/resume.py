@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from qlab.app import checkpoint
 from qlab.app.checkpoint import CheckpointError
 from qlab.config import ROOT
+from qlab.core.errors import QlabError
 from qlab.tracking import store
 
 JOB_TAG = "qlab.job_id"
@@ -39,8 +40,10 @@ REPLICA_TAG = "qlab.replica"  # a run's replica index in its job (fused jobs rep
 LOCK_NAME = "lock"
 
 
-class ResumeError(ValueError):
+class ResumeError(QlabError, ValueError):
     """A resume that cannot go ahead; the message is one line."""
+
+    exit_code = 2
 
 
 def checkpoint_root(checkpoint_dir: str | None, uri: str) -> Path:

@@ -9,32 +9,30 @@ from __future__ import annotations
 import contextlib
 import sys
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from qlab import tracking
 from qlab.app import checkpoint, resume
-from qlab.app.checkpoint import CheckpointError
-from qlab.app.resume import ResumeError
+from qlab.app.progress import ProgressBar
 from qlab.app.stopping import GracefulStop, Terminated
-from qlab.config import CONF_DIR, ConfigError, QlabConfig, register
+from qlab.config import QlabConfig
+from qlab.config.batch import batch as config_batch
 from qlab.core import agents, envs, exploration, fastpath, runner
-from qlab.sweeps import callback as sweep
-from qlab.sweeps import fused
+from qlab.core.errors import QlabError
 
-register()
-__all__ = ["run", "main", "Terminated", "ReplicaFailure"]
+__all__ = ["run", "summary", "Terminated", "ReplicaFailure"]
 
 
-class ReplicaFailure(RuntimeError):
+class ReplicaFailure(QlabError, RuntimeError):
     """Some replicas were stopped (non-finite values); the others finished."""
 
 
-def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
+def run(cfg: DictConfig, tags: dict[str, str] | None = None
+        ) -> tuple[runner.History | None, list[str]]:
     """Train one job (R replicas; of several sweep points if fused) and record it; returns
-    its history and MLflow run ids."""
-    batch = fused.batch(cfg)  # validates every point; replica k records its own point's config
+    its history and MLflow run ids. ``tags`` go on every run (a sweep's nesting tags)."""
+    batch = config_batch(cfg)  # validates every point; replica k records its own point's config
     c: QlabConfig = batch.config
     seeds = batch.seeds
     env = envs.make(c.env, seeds)
@@ -62,11 +60,11 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
         trainer = fastpath.choose(c.fast, env, agent, schedule)
         replicas = [{"params": batch.params(k),
                      "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                              resume.REPLICA_TAG: k, **sweep.job_tags(), **batch.tags,
+                              resume.REPLICA_TAG: k, **(tags or {}), **batch.tags,
                               **(job.tags if job else {})}}
                     for k, s in enumerate(seeds)]
         names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
-        bar = runner.ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
+        bar = ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
         if not c.tracking.enabled:
             ctx = contextlib.nullcontext(tracking.NullTracker())
         else:
@@ -94,7 +92,7 @@ def run(cfg: DictConfig) -> tuple[runner.History, list[str]]:
             tracker.log_replica_files(batch.write_config)
             tracker.log_replica_files(agent.save)
             if c.tracking.enabled and c.agent.name in agents.TABULAR:  # V(s) beside Q*, grids
-                from qlab.analysis.plots import value_heatmap_writer
+                from qlab.app.value_maps import value_heatmap_writer
 
                 heatmap = value_heatmap_writer(c.env, env.model, agent.q_values(), agent.gamma,
                                                names)
@@ -133,46 +131,3 @@ def summary(c: QlabConfig, hist: runner.History) -> str:
         parts.append(f"optimal policy in {int((opt == 1).sum())}/{c.replicas}")
         parts.append(f"median q_error {np.median(err):.3g}")
     return ", ".join(parts)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, ResumeError, CheckpointError) as exc:
-        print(f"qlab-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except tracking.StoreError as exc:  # see qlab.tracking.store; runs were ended, metrics kept
-        print(f"qlab-train: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except ReplicaFailure as exc:
-        if sweep.in_sweep():
-            raise  # Hydra records the failed job; the sweep goes on
-        print(f"qlab-train: error: stopped {exc}", file=sys.stderr)
-        sys.exit(1)
-
-
-def main() -> None:
-    """Console entry point: check every job's config first, then hand over to Hydra."""
-    from hydra._internal.utils import get_args_parser
-
-    from qlab.sweeps.preflight import check
-
-    args = get_args_parser().parse_args(sys.argv[1:])
-    if not (args.help or args.hydra_help or args.info or args.shell_completion):
-        overrides = args.overrides
-        errors = check(overrides)
-        if errors:
-            for line in errors:
-                print(f"qlab-train: error: {line}", file=sys.stderr)
-            sys.exit(2)
-    try:
-        _hydra_main()
-    except BaseException:
-        sweep.finish(failed=True)
-        raise
-    sweep.finish()  # a sweep whose on_multirun_end Hydra skipped
-
-
-if __name__ == "__main__":
-    main()

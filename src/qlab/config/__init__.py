@@ -13,12 +13,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from qlab.core.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[3]
 CONF_DIR = ROOT / "conf"
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message is one line naming the key and what is allowed."""
 
 
 @dataclass

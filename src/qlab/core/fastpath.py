@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from qlab.config import ConfigError
 from qlab.core import runner
 from qlab.core.agents import TABULAR
+from qlab.core.errors import ConfigError
 from qlab.core.exploration import KINDS, Schedule
 from qlab.core.rng import ReplicaUniforms, generator_from_state
 from qlab.core.runner import TRAIN_KEYS, History, Listener

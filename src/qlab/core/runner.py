@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from qlab.core.agents.tabular import Transition
 from qlab.core.envs.model import TabularModel
@@ -144,19 +143,6 @@ class RolloutEvaluator:
                 raise ValueError(f"evaluator: {len(states)} eval envs, expected {self.episodes}")
             for i, env in enumerate(envs):
                 env.unwrapped.np_random = generator_from_state(states[str(i)])
-
-
-class ProgressBar:
-    """One bar per run over all replicas' episodes; silent when stderr is not a terminal."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self._bar = tqdm(total=total, desc=desc, unit="ep", disable=None, leave=False)
-
-    def update(self, history: History) -> None:
-        self._bar.update(int(history.done.sum()) - self._bar.n)
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 def loop_state(replicas: int, stat_keys: Sequence[str] = ()) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from omegaconf.errors import (
 )
 
 from qlab.config import CONF_DIR, ConfigError, options, register
+from qlab.config.batch import batch
 from qlab.sweeps import fused
 from qlab.tracking import default_uri, store
 
@@ -125,7 +126,7 @@ def check(overrides: Sequence[str]) -> list[str]:
         uris: list[str] = []
         for job in jobs:
             try:
-                c = fused.batch(compose(config_name="config", overrides=job)).config
+                c = batch(compose(config_name="config", overrides=job)).config
             except (HydraException, OmegaConfBaseException, ConfigError) as exc:
                 line = explain(exc)
                 if line not in errors:

@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from qlab.config import ROOT
+from qlab.core.errors import QlabError
 from qlab.tracking.store import sqlite_path
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
@@ -38,7 +39,7 @@ LEGACY_PASSWORD = "password1234"  # what MLflow < 3.x shipped in basic_auth.ini
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
-class ServerError(ValueError):
+class ServerError(QlabError, ValueError):
     """Bad server settings; the message is one line."""
 
 

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from qlab.core.errors import QlabError
+
 # The reachability probe of a tracking server: seconds to connect (a dead or unreachable
 # server fails here), then to answer (a live server just started, or busy, may be slow).
 PROBE_TIMEOUT = 5.0
@@ -34,7 +36,7 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
 SQL_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
-class StoreError(RuntimeError):
+class StoreError(QlabError, RuntimeError):
     """The tracking store cannot be used; the message is one line naming it and why."""
 
 

@@ -53,11 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qlab.app.checkpoint import load_array
 from qlab.core.agents.optim import clip_adam
 from qlab.core.agents.replay import ReplayBuffer
 from qlab.core.agents.tabular import Transition, Updates
 from qlab.core.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
+from qlab.core.statedict import load_array
 
 TARGET_ROWS = 1024  # rows per replica per forward pass when computing a burst's targets
 BURST_VALUES = 1 << 24  # observation values of a burst's minibatches drawn at once (64 MB)

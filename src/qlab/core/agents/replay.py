@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qlab.app.checkpoint import load_array
 from qlab.core.rng import ReplicaUniforms
+from qlab.core.statedict import load_array
 
 FIELDS = ("obs", "next_obs", "action", "reward", "terminated")  # the per-transition arrays
 

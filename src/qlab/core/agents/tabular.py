@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qlab.app.checkpoint import load_array
 from qlab.core.rng import AGENT_STREAM, ReplicaUniforms
+from qlab.core.statedict import load_array
 
 
 class Transition(NamedTuple):

@@ -17,9 +17,9 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from qlab.app.checkpoint import load_array
 from qlab.core.envs.vector import Step
 from qlab.core.rng import generator_from_state
+from qlab.core.statedict import load_array
 
 _PLAIN = (bool, int, float, str, type(None))
 

@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qlab.app.checkpoint import load_array
 from qlab.core.envs.model import TabularModel
 from qlab.core.rng import ENV_STREAM, ReplicaUniforms
+from qlab.core.statedict import load_array
 
 
 class Step(NamedTuple):

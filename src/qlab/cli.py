@@ -1,0 +1,58 @@
+"""``qlab-train`` (also ``python -m qlab``): check every job of the command line, then let
+Hydra compose and launch them; each job trains through :func:`qlab.app.train.run`.
+
+    qlab-train env.height=8 env.width=8 seed=3 replicas=5 episodes=300 exploration.decay=0.99
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from qlab.app.train import ReplicaFailure, run
+from qlab.config import CONF_DIR, register
+from qlab.core.errors import QlabError, fail
+from qlab.sweeps import callback as sweep
+
+PROG = "qlab-train"
+register()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, tags=sweep.job_tags())
+    except ReplicaFailure as exc:
+        if sweep.in_sweep():
+            raise  # Hydra records the failed job; the sweep goes on
+        fail(PROG, f"stopped {exc}", exc.exit_code)
+    except QlabError as exc:  # a StoreError ended the runs first, metrics kept
+        fail(PROG, exc)
+
+
+def main() -> None:
+    """Console entry point: check every job's config first, then hand over to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    from qlab.sweeps.preflight import check
+
+    args = get_args_parser().parse_args(sys.argv[1:])
+    if not (args.help or args.hydra_help or args.info or args.shell_completion):
+        overrides = args.overrides
+        errors = check(overrides)
+        if errors:
+            for line in errors[:-1]:
+                print(f"{PROG}: error: {line}", file=sys.stderr)
+            fail(PROG, errors[-1], 2)
+    try:
+        _hydra_main()
+    except BaseException:
+        sweep.finish(failed=True)
+        raise
+    sweep.finish()  # a sweep whose on_multirun_end Hydra skipped
+
+
+if __name__ == "__main__":
+    main()
