@@ -257,8 +257,8 @@ def test_a_patched_agent_or_env_keeps_the_reference(compose_cfg, monkeypatch) ->
 def test_config_checks_fast(compose_cfg) -> None:
     with pytest.raises(ConfigError, match=r"^fast='sometimes': must be one of auto, on, off"):
         validate(compose_cfg(["fast=sometimes"]))
-    with pytest.raises(ConfigError, match=r"^fast='on': the compiled fast path runs tabular_q "
-                                          r"and tabular_mc only, not agent=dqn"):
+    with pytest.raises(ConfigError, match=r"^fast='on': agent=dqn has no compiled stepper; "
+                                          r"use fast=auto or fast=off"):
         validate(compose_cfg(["fast=on", "agent=dqn", "env=cartpole"]))
     assert validate(compose_cfg(["fast=off", "agent=dqn", "env=cartpole"])).fast == "off"
     assert validate(compose_cfg([])).fast == "auto"

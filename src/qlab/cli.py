@@ -6,18 +6,19 @@ Hydra compose and launch them; each job trains through :func:`qlab.app.train.run
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from qlab.app.train import ReplicaFailure, run
-from qlab.config import CONF_DIR, register
-from qlab.core.errors import QlabError, fail
+from qlab.config import CONF_DIR, CONFIG_DIRS_ENV, register, search_dirs
+from qlab.core.errors import QlabError, fail, run_cli
 from qlab.sweeps import callback as sweep
 
 PROG = "qlab-train"
-register()
+run_cli(PROG, register)  # qlab's schemas (and, in sweep workers, $QLAB_CONFIG_DIRS's)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -39,6 +40,10 @@ def main() -> None:
     from qlab.sweeps.preflight import check
 
     args = get_args_parser().parse_args(sys.argv[1:])
+    dirs = search_dirs(args.overrides)
+    if dirs:  # a user's agents and envs: registered here and in every worker process
+        os.environ[CONFIG_DIRS_ENV] = os.pathsep.join(map(str, dirs))
+        run_cli(PROG, lambda: register(dirs))
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         overrides = args.overrides
         errors = check(overrides)

@@ -91,7 +91,7 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None
                                    runner.episodes_to_optimal(hist), step=c.episodes - 1)
             tracker.log_replica_files(batch.write_config)
             tracker.log_replica_files(agent.save)
-            if c.tracking.enabled and c.agent.name in agents.TABULAR:  # V(s) beside Q*, grids
+            if c.tracking.enabled and agents.spec_of(c.agent).tabular:  # V(s) beside Q*, grids
                 from qlab.app.value_maps import value_heatmap_writer
 
                 heatmap = value_heatmap_writer(c.env, env.model, agent.q_values(), agent.gamma,

@@ -89,9 +89,9 @@ class Batch:
 def batch(cfg: DictConfig) -> Batch:
     """Validate every point of a job (``ConfigError`` naming the first bad key) and build
     its batch."""
-    from qlab.config import validate
+    from qlab.config import complete, validate
 
-    cfgs = points(cfg)
+    cfgs = [complete(c) for c in points(cfg)]
     typed = [validate(c) for c in cfgs]
     resolved = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
     seeds, per_replica, owners = [], [], []

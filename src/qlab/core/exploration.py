@@ -10,6 +10,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.checks import check_in, check_range
+
+KINDS = ("exponential", "linear", "constant")
+UNITS = ("episode", "step")
+
+
+@dataclass
+class ExplorationConfig:
+    """Epsilon-greedy schedule."""
+
+    name: str = "exponential"  # exponential | linear | constant
+    start: float = 1.0  # epsilon at t = 0, in [0, 1]
+    decay: float = 0.995  # exponential: epsilon *= decay per unit, in (0, 1]
+    min: float = 0.01  # floor, in [0, start]
+    duration: int = 500  # linear: units to anneal from start to min, >= 1
+    unit: str = "episode"  # episode | step: what t counts
+
+    def check(self) -> None:
+        """Refuse bad values (one line naming the key)."""
+        check_in("exploration.name", self.name, KINDS)
+        check_in("exploration.unit", self.unit, UNITS)
+        check_range("exploration.start", self.start, 0, 1)
+        check_range("exploration.decay", self.decay, 0, 1, lo_open=True)
+        check_range("exploration.min", self.min, 0, self.start)
+        check_range("exploration.duration", self.duration, 1)
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -42,10 +68,6 @@ class Schedule:
             raise ValueError(f"exploration.name={self.kind!r}: must be exponential, linear or "
                              "constant")
         return np.maximum(eps, self.minimum)
-
-
-KINDS = ("exponential", "linear", "constant")
-UNITS = ("episode", "step")
 
 
 def make(cfg, replicas: int) -> Schedule:

@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from qlab.core import runner
-from qlab.core.agents import TABULAR
 from qlab.core.errors import ConfigError
 from qlab.core.exploration import KINDS, Schedule
 from qlab.core.rng import ReplicaUniforms, generator_from_state
@@ -54,16 +53,6 @@ UNIFORM_BLOCK = 4096  # numbers drawn per replica at a time, as ReplicaUniforms
 EPISODE_CAPACITY = 256  # initial episode buffer (steps), doubled when full
 FIRST_LIMIT = 16  # episodes per replica in the first chunk
 CHUNK_SECONDS = 1.0  # with ``stop``: chunks aim at well under this, so a signal acts promptly
-
-
-def check_config(fast: str, agent: str) -> None:
-    """Refuse a ``fast`` value the config cannot honour (called by ``config.validate``)."""
-    if fast not in MODES:
-        raise ConfigError(f"fast={fast!r}: must be one of {', '.join(MODES)} "
-                          "(quote 'on' / 'off' in YAML files)")
-    if fast == "on" and agent not in TABULAR:
-        raise ConfigError(f"fast='on': the compiled fast path runs {' and '.join(TABULAR)}"
-                          f" only, not agent={agent}; use fast=auto or fast=off")
 
 
 def unsupported(env: Any, agent: Any, schedule: Schedule) -> str | None:
@@ -368,3 +357,11 @@ def _grow(buf_i: np.ndarray, buf_r: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     new_r = np.zeros((buf_r.shape[0], 2 * n))
     new_i[..., :n], new_r[:, :n] = buf_i, buf_r
     return new_i, new_r
+
+
+def stepper(env: Any, agent: Any, schedule: Schedule) -> Callable[..., History]:
+    """The compiled trainer for this env + agent + schedule (ValueError if unsupported)."""
+    why = unsupported(env, agent, schedule)
+    if why is not None:
+        raise ValueError(f"fastpath: {why}")
+    return train

@@ -17,7 +17,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from qlab.config import CONF_DIR, ConfigError, options, register
+from qlab.config import CONF_DIR, ConfigError, options, register, search_dirs
 from qlab.config.batch import batch
 from qlab.sweeps import fused
 from qlab.tracking import default_uri, store
@@ -25,14 +25,18 @@ from qlab.tracking import default_uri, store
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Expand sweep syntax (``seed=0,1,2``) into one override list per job, as Hydra's basic
-    sweeper does; ``hydra.*`` overrides are Hydra's own business and are left out."""
+    sweeper does; ``hydra.*`` overrides are Hydra's own business and are left out, but for
+    ``hydra.searchpath`` (where a user's own configs are found), which every job keeps."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
+    search = [o.input_line for o in parsed
+              if o.get_key_element().lstrip("+~") == "hydra.searchpath"]
     parsed = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     if not parsed:
-        return [[]]
-    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+        return [search]
+    return [[*search, *job]
+            for job in BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]]
 
 
 def explain(exc: BaseException) -> str:
@@ -113,7 +117,7 @@ def _check_targets(node, path: str = "hydra") -> None:
 def check(overrides: Sequence[str]) -> list[str]:
     """Compose and validate every job — every point of a fused job — as it will run; returns
     one error line per failing job (deduplicated)."""
-    register()
+    register(search_dirs(overrides))
     errors: list[str] = []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:

@@ -47,6 +47,7 @@ layout (``{"state_dict": {"0.weight": (out, in), "0.bias": ..., "2.weight": ...}
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,10 @@ import torch
 import torch.nn.functional as F
 
 from qlab.core.agents.optim import clip_adam
+from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.replay import ReplayBuffer
 from qlab.core.agents.tabular import Transition, Updates
+from qlab.core.checks import check_range
 from qlab.core.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
 from qlab.core.statedict import load_array
 
@@ -375,3 +378,51 @@ class DQN:
         return {"state_dict": self.net.state_dict(self.params[replica].detach()),
                 "hidden_sizes": list(self.hidden), "obs_dim": self.obs_dim,
                 "n_actions": self.n_actions}
+
+
+@dataclass
+class DQNConfig(AgentConfig):
+    """Deep Q-network: an MLP over the flattened observation, replay, target network."""
+
+    name: str = "dqn"
+    lr: float = 1e-3  # Adam learning rate, > 0
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # hidden layer widths ([]: linear)
+    buffer_size: int = 10_000  # replay capacity per replica, in transitions, >= 1
+    batch_size: int = 64  # minibatch per gradient step, >= 1
+    learning_starts: int = 500  # env steps before the first gradient step, >= 0
+    train_freq: int = 1  # take gradient steps every this many env steps, >= 1
+    gradient_steps: int = 1  # gradient steps each time, >= 1
+    target_update: int = 100  # refresh the target network every this many env steps, >= 1
+    tau: float = 1.0  # target refresh: 1 = hard copy, < 1 = Polyak weight of the online net
+    double: bool = False  # double DQN: the online net picks the bootstrap action
+    max_grad_norm: float = 10.0  # clip each replica's gradient to this L2 norm, > 0
+    threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small nets
+
+    def check(self) -> None:
+        super().check()
+        for i, h in enumerate(self.hidden):
+            check_range(f"agent.hidden[{i}]", h, 1)
+        for key in ("buffer_size", "batch_size", "train_freq", "gradient_steps",
+                    "target_update"):
+            check_range(f"agent.{key}", getattr(self, key), 1)
+        check_range("agent.learning_starts", self.learning_starts, 0)
+        check_range("agent.tau", self.tau, 0, 1, lo_open=True)
+        check_range("agent.max_grad_norm", self.max_grad_norm, 0, lo_open=True)
+        check_range("agent.threads", self.threads, 0)
+
+
+def build(cfg: DQNConfig, env, seeds: Sequence[int]) -> DQN:
+    """DQN over ``env.observations[state]`` (envs with a state table) or the env's float
+    observation vectors (``env.obs_dim``)."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)  # per job: launcher workers are reused
+    obs = env.observations
+    obs_dim = obs.shape[1] if obs is not None else env.obs_dim
+    return DQN(obs_dim, env.n_actions, seeds, observations=obs, lr=cfg.lr, gamma=cfg.gamma,
+               hidden=list(cfg.hidden), buffer_size=cfg.buffer_size, batch_size=cfg.batch_size,
+               learning_starts=cfg.learning_starts, train_freq=cfg.train_freq,
+               gradient_steps=cfg.gradient_steps, target_update=cfg.target_update, tau=cfg.tau,
+               double=cfg.double, max_grad_norm=cfg.max_grad_norm)
+
+
+register(AgentSpec("dqn", DQNConfig, build))

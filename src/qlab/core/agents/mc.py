@@ -21,10 +21,26 @@ Q-delta, as for Q-learning: the mean |ΔQ(s, a)| over the updates made in the ep
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import EpisodeBuffer, TabularAgent, Transition, Updates
+from qlab.core.checks import check_range
+
+
+@dataclass
+class TabularMCConfig(AgentConfig):
+    """Tabular Monte-Carlo control (constant step toward the episode's returns)."""
+
+    name: str = "tabular_mc"
+    first_visit: bool = False  # true: update only the first visit of each (s, a) per episode
+    init: float = 0.0  # initial Q value
+
+    def check(self) -> None:
+        super().check()
+        check_range("agent.init", self.init)
 
 
 class TabularMC(TabularAgent):
@@ -121,3 +137,19 @@ class TabularMC(TabularAgent):
             abs_delta[rows] += np.abs(step)
             count[rows] += 1
         return Updates(abs_delta, count)
+
+
+def build(cfg: TabularMCConfig, env, seeds: Sequence[int]) -> TabularMC:
+    return TabularMC(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma,
+                     first_visit=cfg.first_visit, init=cfg.init)
+
+
+def compiled(env, agent, schedule):
+    """The compiled stepper (numba kernels, :mod:`qlab.core.fastpath`)."""
+    from qlab.core import fastpath
+
+    return fastpath.stepper(env, agent, schedule)
+
+
+register(AgentSpec("tabular_mc", TabularMCConfig, build, tabular=True,
+                   compiled=compiled))

@@ -16,12 +16,29 @@ made in an episode.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import EpisodeBuffer, TabularAgent, Transition, Updates
+from qlab.core.checks import check_in, check_range
 
 UPDATES = ("step", "episode")
+
+
+@dataclass
+class TabularQConfig(AgentConfig):
+    """Tabular Q-learning."""
+
+    name: str = "tabular_q"
+    update: str = "step"  # step: online Watkins Q-learning; episode: the backward sweep
+    init: float = 0.0  # initial Q value
+
+    def check(self) -> None:
+        super().check()
+        check_in("agent.update", self.update, UPDATES)
+        check_range("agent.init", self.init)
 
 
 class TabularQ(TabularAgent):
@@ -70,3 +87,19 @@ class TabularQ(TabularAgent):
             abs_delta[rows] += np.abs(step)
             count[rows] += 1
         return Updates(abs_delta, count)
+
+
+def build(cfg: TabularQConfig, env, seeds: Sequence[int]) -> TabularQ:
+    return TabularQ(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma,
+                    update=cfg.update, init=cfg.init)
+
+
+def compiled(env, agent, schedule):
+    """The compiled stepper (numba kernels, :mod:`qlab.core.fastpath`)."""
+    from qlab.core import fastpath
+
+    return fastpath.stepper(env, agent, schedule)
+
+
+register(AgentSpec("tabular_q", TabularQConfig, build, tabular=True,
+                   compiled=compiled))

@@ -15,7 +15,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from qlab.core.checks import check_range, fail
 from qlab.core.envs.model import TabularModel
+from qlab.core.envs.registry import EnvConfig, EnvSpec, register
+
+GRIDDY_ID = "qlab/Griddy-v0"
 
 # (d_row, d_col) per action: left, right, up (north), down (south).
 MOVES = np.array([(0, -1), (0, 1), (-1, 0), (1, 0)])
@@ -283,3 +287,26 @@ class GriddyEnv(gym.Env):
         cell = img[ar * p:(ar + 1) * p, ac * p:(ac + 1) * p]
         cell[disk] = _AGENT_DONE_RGB if agent == goal else _AGENT_RGB
         return img
+
+
+# --------------------------------------------------------------------------------------------
+# Registration: gymnasium id and qlab's env spec.
+# --------------------------------------------------------------------------------------------
+
+def _check_config(cfg: EnvConfig) -> None:
+    check_range("env.height", cfg.height, 1)
+    check_range("env.width", cfg.width, 1)
+    if cfg.height * cfg.width < 2:
+        fail("env.height", cfg.height, f"a {cfg.height}x{cfg.width} grid has fewer than 2 "
+             "cells; height * width must be >= 2")
+
+
+def _observations(cfg: EnvConfig) -> np.ndarray:
+    obs = griddy_observations(cfg.height, cfg.width, cfg.random_goal)
+    return obs.reshape(obs.shape[0], -1).astype(np.float32)
+
+
+if GRIDDY_ID not in gym.registry:
+    gym.register(id=GRIDDY_ID, entry_point="qlab.core.envs.griddy:GriddyEnv")
+register(EnvSpec(GRIDDY_ID, lambda c: griddy_model(c.height, c.width, c.random_goal, c.max_steps),
+                 _observations, _check_config))

@@ -7,7 +7,7 @@ its own random stream. It does not auto-reset: the runner resets finished replic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -28,13 +28,12 @@ class TabularVecEnv:
     """R replicas of ``model``; replica k is seeded with ``seeds[k]``."""
 
     def __init__(self, model: TabularModel, seeds: Sequence[int],
-                 observations: np.ndarray | None = None) -> None:
+                 observations: np.ndarray | Callable[[], np.ndarray] | None = None) -> None:
         self.model = model
         self.num_envs = len(seeds)
         self.n_states = model.n_states
         self.n_actions = model.n_actions
-        # (S, D) float32 features per state, for function approximators (DQN).
-        self.observations = observations
+        self._observations = observations
         self._rand = ReplicaUniforms(seeds, ENV_STREAM)
         self._cum = np.cumsum(model.prob, axis=-1)
         self._cum[..., -1] = 1.0  # guard against float round-off
@@ -44,6 +43,14 @@ class TabularVecEnv:
         self.state = np.zeros(self.num_envs, dtype=np.int64)
         self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self._restart_u = np.zeros(self.num_envs)
+
+    @property
+    def observations(self) -> np.ndarray | None:
+        """(S, D) float32 features per state, for function approximators (DQN); built on
+        first use (a tabular agent never asks, so a large grid's table is never built)."""
+        if callable(self._observations):
+            self._observations = self._observations()
+        return self._observations
 
     def _starts(self, u: np.ndarray) -> np.ndarray:
         return np.searchsorted(self._init_cum, u, side="right")
