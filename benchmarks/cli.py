@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from benchmarks import common, report
+from qlab.core.errors import ConfigError, exit_status
 
+PROG = "qlab-bench"
 SECTIONS = ("tabular", "dqn", "tracking", "sweeps")
 
 FULL = {
@@ -32,6 +34,8 @@ QUICK = {
     "tracking": dict(episodes=1000, repeats=2),
     "sweeps": dict(launchers=("basic",), repeats=1, overrides=("episodes=20",)),
 }
+# Progress lines: under qlab's logger, so qlab-bench's console shows them as "qlab-bench: ...".
+log = logging.getLogger("qlab.bench")
 QUICK_NOTES = (
     "Quick mode: tabular medians of 2 runs (R=64: 1); DQN 2,500 env steps per seed instead of "
     "50,000 (learning starts at 1,000, so steps/s leans on the warm-up and final returns are "
@@ -41,7 +45,7 @@ QUICK_NOTES = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="qlab-bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="under two minutes: fewer repeats and steps, a shrunk sweep")
     p.add_argument("--sections", default=",".join(SECTIONS),
@@ -56,13 +60,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Console entry point: 0, 1 if a section failed, 2 for a bad command line."""
     args = parse_args(argv)
+    return exit_status(PROG, lambda: run(args, argv))
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Measure the sections asked for, print the table, write the reports."""
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
-        print(f"qlab-bench: error: unknown section(s) {', '.join(unknown)}; choose from "
-              f"{', '.join(SECTIONS)}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--sections: unknown section(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(SECTIONS)}")
     import mlflow  # noqa: F401  (it sets its loggers up on import; quiet them after)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -82,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     def progress(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+        log.info("[%6.1fs] %s", time.perf_counter() - start, msg)
 
-    print(f"qlab-bench ({mode}) on {info['cpu']}, {info['cores']}, {info['ram']} RAM; "
-          f"load {info['load_before']}", file=sys.stderr)
+    log.info("%s mode on %s, %s, %s RAM; load %s", mode, info["cpu"], info["cores"],
+             info["ram"], info["load_before"])
     rows: list[common.Row] = []
     failures: list[str] = []
     from benchmarks import dqn, sweeps, tabular, tracking

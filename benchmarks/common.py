@@ -182,11 +182,13 @@ def _version(dist: str) -> str:
 
 
 def _git(*args: str) -> str:
-    from qlab.config import ROOT
+    """``git args`` in qlab's checkout: the source directory of its editable install (PEP
+    610), else the working directory (``make bench`` runs in the checkout); "" on failure."""
+    from qlab.tracking.provenance import source_dir
 
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=source_dir() or os.getcwd(),
+                              capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 

@@ -31,6 +31,7 @@ from benchmarks.common import (
     run_worker,
     worker_main,
 )
+from qlab.core import driver
 
 SB3, QLAB1 = "Stable-Baselines3", "qlab R=1"
 BASE = ["env=cartpole", "agent=dqn", "tracking.enabled=false"]
@@ -38,22 +39,16 @@ BASE = ["env=cartpole", "agent=dqn", "tracking.enabled=false"]
 
 def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()) -> dict:
     """One qlab job of ``replicas`` replicas (seeds seed..), ``steps`` env steps each."""
+    from qlab.app.build import build
     from qlab.config import validate
-    from qlab.core import agents, envs, exploration, runner
-    from qlab.core.envs.gym_vector import make_gym
 
     c = validate(compose([*BASE, f"seed={seed}", f"replicas={replicas}",
                           f"total_steps={steps}", *overrides]))
     c.eval_every = c.episodes  # evaluate once, when the step budget ends
-    seeds = [c.seed + k for k in range(c.replicas)]
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    schedule = exploration.make(c.exploration, c.replicas)
-    ev = TimedEvaluator(runner.RolloutEvaluator(
-        lambda: make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds, c.eval_episodes))
+    job = build(c)
+    ev = job.evaluator = TimedEvaluator(job.evaluator)
     ev.start()
-    hist = runner.train(env, agent, schedule, c.episodes, c.eval_every, ev, listeners=(),
-                        flush_seconds=c.tracking.flush_seconds, total_steps=c.total_steps)
+    hist = driver.train(job, flush_seconds=c.tracking.flush_seconds)
     seconds = time.perf_counter() - ev.t0 - ev.spent
     final = [float(hist.evals["eval/return"][k, max(int(hist.evals_done[k]) - 1, 0)])
              for k in range(c.replicas)]

@@ -1,6 +1,6 @@
 """Hyperparameter search for tabular Monte-Carlo control against issue 3's targets.
 
-Trains on the compiled fast path (:func:`qlab.core.fastpath.train`), one batch per
+Trains on the compiled fast path (:class:`qlab.core.compiled.CompiledStepper`), one batch per
 (first_visit, init): every (lr, gamma, schedule) point of the grid x every seed is one
 replica (the agent and the schedule take per-replica parameters). At the end each replica's
 greedy policy is scored exactly on the env's model, as tests/test_solves.py scores it:
@@ -27,8 +27,10 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from qlab.config import CONF_DIR, register, validate
-from qlab.core import envs, fastpath
+from qlab.core import driver, envs
 from qlab.core.agents.mc import TabularMC
+from qlab.core.compiled import CompiledStepper
+from qlab.core.driver import Job
 from qlab.core.exploration import Schedule
 from qlab.core.oracle import policy_value, value_iteration
 
@@ -88,7 +90,7 @@ def run_batch(env_cfg, first_visit: bool, init: float, points: list[dict], seeds
     schedule = Schedule(kind=kinds.pop(), start=col("start"), decay=col("decay"),
                         minimum=col("min"), duration=col("duration"), unit=units.pop())
     t0 = time.perf_counter()
-    fastpath.train(vec, agent, schedule, episodes, episodes)
+    driver.train(Job(vec, agent, schedule, episodes, episodes, compiled=CompiledStepper), fast="on")
     secs = time.perf_counter() - t0
     opt, gap, n_bad = score(vec.model, agent.q, agent.gamma)
     shape = (len(points), len(seeds))

@@ -113,7 +113,7 @@ METHOD = """\
   size with a numpy Q table and online Q-learning, with 10x the episode budget (it starts in
   one corner and rarely finds the goal by chance). qlab is driven through the objects
   `qlab.app.train.run` builds (env, agent, schedule), tracking off, trained twice: by the
-  compiled fast path (`qlab fast`, `qlab.core.fastpath`, what `qlab-train` runs for tabular
+  compiled fast path (`qlab fast`, `qlab.core.compiled`, what `qlab-train` runs for tabular
   agents) and by the numpy reference runner (`qlab numpy`, `fast=off`; bit for bit the
   same results). qlab's steps/s come from runs evaluated as `qlab-train` evaluates by
   default (every 25 episodes); its time to optimal from a second run of the same seed

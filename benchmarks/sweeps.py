@@ -83,9 +83,9 @@ def experiment_name(experiment: str, overrides: Sequence[str]) -> str:
             return o.split("=", 1)[1]
     import yaml
 
-    from qlab.config import ROOT
+    from qlab.config import CONF_DIR
 
-    data = yaml.safe_load((ROOT / "experiments" / f"{experiment}.yaml").read_text())
+    data = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
     return data.get("experiment_name", experiment)
 
 

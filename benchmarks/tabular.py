@@ -11,7 +11,7 @@ the episode budget, read from the composed config so they follow any retuning):
   end episodes; its "optimal" is checked against its own Q*);
 - ``qlab fast R=1`` and ``qlab fast R=64``: qlab's env, agent and schedule, built as
   ``qlab.app.train.run`` builds them, tracking off, trained by the compiled fast path
-  (:mod:`qlab.core.fastpath`, what ``qlab-train`` runs by default for tabular agents);
+  (:mod:`qlab.core.compiled`, what ``qlab-train`` runs by default for tabular agents);
 - ``qlab numpy R=1`` and ``qlab numpy R=64``: the same, trained by the numpy reference
   runner (``fast=off``), which gives bit for bit the same results.
 
@@ -49,6 +49,7 @@ from benchmarks.common import (
     median,
     stable_index,
 )
+from qlab.core import driver
 
 ENV_OF_SIZE = {4: "griddy", 8: "griddy8"}
 NOTEBOOK, GYM = "notebook", "gymnasium FrozenLake"
@@ -217,21 +218,17 @@ def run_qlab(hp: Settings, seed: int, replicas: int, eval_every: int = 1,
     """qlab's runner (``fast``: the compiled fast path) with the objects ``qlab.app.train.run``
     builds, tracking off; evaluation (qlab's exact evaluator) every ``eval_every`` episodes,
     its time not counted."""
+    from qlab.app.build import build
     from qlab.config import validate
-    from qlab.core import agents, envs, exploration, fastpath, runner
 
     c = validate(compose(_overrides(hp.size) + [
         "agent=tabular_q", f"replicas={replicas}", f"seed={seed}", f"episodes={hp.episodes}",
         f"eval_every={eval_every}", "tracking.enabled=false"]))
-    seeds = [c.seed + k for k in range(c.replicas)]
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    schedule = exploration.make(c.exploration, c.replicas)
-    ev = TimedEvaluator(runner.Evaluator(env.model, agent.gamma))
-    train = fastpath.choose("on" if fast else "off", env, agent, schedule)
+    job = build(c)
+    ev = job.evaluator = TimedEvaluator(job.evaluator)
     ev.start()
-    hist = train(env, agent, schedule, c.episodes, c.eval_every, ev, listeners=(),
-                 flush_seconds=c.tracking.flush_seconds, total_steps=c.total_steps)
+    hist = driver.train(job, fast="on" if fast else "off",
+                        flush_seconds=c.tracking.flush_seconds)
     seconds = time.perf_counter() - ev.t0 - ev.spent
     steps = float(np.nansum(hist.train["train/episode_length"]))
     times, episodes = [], []
@@ -358,15 +355,12 @@ def fast_startup(cache_dir: str) -> dict:
     import numba  # noqa: F401
 
     t1 = time.perf_counter()
+    from qlab.app.build import build
     from qlab.config import validate
-    from qlab.core import agents, envs, exploration, fastpath
 
-    c = validate(compose(["agent=tabular_q", "episodes=3", "tracking.enabled=false"]))
-    env = envs.make(c.env, [0])
-    agent = agents.make(c.agent, env, [0])
-    schedule = exploration.make(c.exploration, 1)
+    job = build(validate(compose(["agent=tabular_q", "episodes=3", "tracking.enabled=false"])))
     t2 = time.perf_counter()
-    fastpath.train(env, agent, schedule, c.episodes, c.eval_every)
+    driver.train(job, fast="on")
     return {"import": t1 - t0, "first_call": time.perf_counter() - t2}
 
 

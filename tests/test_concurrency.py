@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from qlab.core.runner import EVAL_KEYS, TRAIN_KEYS
+from qlab.core.history import EVAL_KEYS, TRAIN_KEYS
 
 PROCESSES, RUNS, EPISODES, EVAL_EVERY = 4, 20, 4, 2
 
@@ -28,7 +28,7 @@ WRITER = textwrap.dedent("""
     import sys
     import numpy as np
     from qlab import tracking
-    from qlab.core.runner import EVAL_KEYS, History
+    from qlab.core.history import EVAL_KEYS, History
 
     uri, experiment, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
     R, E, every = {runs}, {episodes}, {every}

@@ -38,7 +38,7 @@ def test_nan_stops_only_its_replica(compose_cfg, shared_store, experiment, monke
 
     monkeypatch.setattr(TabularQ, "_learn_step", poisoned)
     cfg = compose_cfg(["replicas=3", "episodes=40", f"tracking.uri={shared_store}",
-                       f"experiment_name={experiment}"])
+                       f"experiment_name={experiment}", "fast=off"])  # a patched method
     with pytest.raises(qlab.app.train.ReplicaFailure, match=r"seed 1 \(replica 1, episode \d+: "
                                                         r"train/q_delta = nan"):
         qlab.app.train.run(cfg)
@@ -59,7 +59,7 @@ def test_exception_leaves_traceback_artifact(compose_cfg, shared_store, experime
 
     monkeypatch.setattr(TabularQ, "learn", boom)
     cfg = compose_cfg(["replicas=2", "episodes=5", f"tracking.uri={shared_store}",
-                       f"experiment_name={experiment}"])
+                       f"experiment_name={experiment}", "fast=off"])  # a patched method
     with pytest.raises(ValueError, match="injected"):
         qlab.app.train.run(cfg)
     client = MlflowClient(shared_store)

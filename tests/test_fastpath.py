@@ -4,17 +4,24 @@ and the dispatch picks it, or refuses, as configured."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import qlab.app.train
+from qlab.app.build import build
 from qlab.config import ConfigError, validate
-from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.core import agents, compiled, driver, envs, exploration
 from qlab.core.agents.mc import TabularMC
 from qlab.core.agents.qlearning import TabularQ
+from qlab.core.compiled import CompiledStepper
+from qlab.core.driver import Job, NumpyStepper
 from qlab.core.envs.griddy import griddy_model
 from qlab.core.envs.vector import TabularVecEnv
+from qlab.core.evaluation import Evaluator
 from qlab.core.exploration import Schedule
+from qlab.core.history import History, loop_state
 
 
 def bits(x: np.ndarray) -> np.ndarray:
@@ -23,7 +30,7 @@ def bits(x: np.ndarray) -> np.ndarray:
     return x.view(np.int64) if x.dtype == np.float64 else x
 
 
-def assert_same(ref: runner.History, fast: runner.History, q_ref, q_fast) -> None:
+def assert_same(ref: History, fast: History, q_ref, q_fast) -> None:
     assert np.array_equal(bits(q_ref), bits(q_fast)), "Q tables differ"
     assert set(ref.train) == set(fast.train) and set(ref.evals) == set(fast.evals)
     for key in ref.train:
@@ -45,15 +52,17 @@ def schedule(kind: str, R: int, unit: str = "episode", start: float = 1.0,
 
 
 def both(make_env, make_agent, sched: Schedule, episodes: int, eval_every: int,
-         total_steps: int | None = None, **fast_kw) -> tuple[runner.History, runner.History]:
+         total_steps: int | None = None, **fast_kw) -> tuple[History, History]:
     """Train fresh copies with the reference and the fast path (given ``fast_kw`` too);
     check they agree."""
     out = []
-    for train, kw in ((runner.train, {}), (fastpath.train, fast_kw)):
+    for fast, kw in (("off", {}), ("on", fast_kw)):
         env = make_env()
         agent = make_agent(env)
-        ev = runner.Evaluator(env.model, agent.gamma)
-        hist = train(env, agent, sched, episodes, eval_every, ev, total_steps=total_steps, **kw)
+        ev = Evaluator(env.model, agent.gamma)
+        job = Job(env, agent, sched, episodes, eval_every, ev, total_steps,
+                  compiled=CompiledStepper)
+        hist = driver.train(job, fast=fast, **kw)
         out.append((hist, agent.q.copy()))
     (ref, q_ref), (fast, q_fast) = out
     assert_same(ref, fast, q_ref, q_fast)
@@ -142,16 +151,16 @@ def test_random_hyperparameters_and_sizes_agree() -> None:
 def test_refills_buffer_growth_and_chunking_keep_results(monkeypatch) -> None:
     """Tiny uniform blocks (a refill every step), a 1-step episode buffer (grown over and
     over), one episode per chunk and a flush every chunk change nothing."""
-    monkeypatch.setattr(fastpath, "UNIFORM_BLOCK", 7)
-    monkeypatch.setattr(fastpath, "EPISODE_CAPACITY", 1)
-    monkeypatch.setattr(fastpath, "FIRST_LIMIT", 1)
+    monkeypatch.setattr(compiled, "UNIFORM_BLOCK", 7)
+    monkeypatch.setattr(compiled, "EPISODE_CAPACITY", 1)
+    monkeypatch.setattr(compiled, "FIRST_LIMIT", 1)
     seeds = [3, 4, 5]
 
     class Recorder:
         def __init__(self) -> None:
             self.done: list[list[int]] = []
 
-        def update(self, hist: runner.History) -> None:
+        def update(self, hist: History) -> None:
             self.done.append(hist.done.tolist())
 
     for make_agent in (q_agent(seeds, "episode"), mc_agent(seeds, True), q_agent(seeds)):
@@ -204,54 +213,39 @@ def test_kernel_schedules_match_numpy_bitwise() -> None:
 
 # ------------------------------------------------------------------ dispatch
 
-def _objects(compose_cfg, overrides):
-    c = validate(compose_cfg(overrides))
-    seeds = [c.seed + k for k in range(c.replicas)]
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds) if c.agent.name != "dqn" else None
-    return c, env, agent, exploration.make(c.exploration, c.replicas)
-
-
-def test_choose_picks_the_fast_path_when_supported(compose_cfg) -> None:
+def test_stepper_type_picks_the_compiled_stepper_when_supported(compose_cfg) -> None:
     for overrides in (["agent=tabular_q"], ["agent=tabular_mc", "env=frozenlake"],
                       ["agent=tabular_q", "agent.update=episode", "exploration=linear"]):
-        c, env, agent, sched = _objects(compose_cfg, overrides)
-        assert fastpath.choose("auto", env, agent, sched) is fastpath.train
-        assert fastpath.choose("on", env, agent, sched) is fastpath.train
-        assert fastpath.choose("off", env, agent, sched) is runner.train
+        job = build(compose_cfg(overrides))
+        assert job.compiled is CompiledStepper
+        assert driver.stepper_type(job, "auto") is CompiledStepper
+        assert driver.stepper_type(job, "on") is CompiledStepper
+        assert driver.stepper_type(job, "off") is NumpyStepper
 
 
-def test_choose_refuses_unsupported_with_one_line(compose_cfg) -> None:
-    c, env, agent, sched = _objects(compose_cfg, ["agent=tabular_q"])
+def test_unsupported_falls_back_or_refuses_with_one_line(compose_cfg) -> None:
+    job = build(compose_cfg(["agent=tabular_q"]))
 
-    class Subclassed(TabularQ):  # an agent the kernel does not know
+    class Subclassed(TabularQ):  # may learn otherwise: the kernel does not run it
         pass
 
-    other = Subclassed(env.n_states, env.n_actions, [0], 0.1, 0.9)
-    assert fastpath.choose("auto", env, other, sched) is runner.train
+    other = dataclasses.replace(job, agent=Subclassed(job.env.n_states, job.env.n_actions,
+                                                      [0], 0.1, 0.9))
+    assert CompiledStepper.unsupported(other) == "agent Subclassed has no kernel of this stepper"
+    assert driver.stepper_type(other, "auto") is NumpyStepper
     with pytest.raises(ConfigError) as err:
-        fastpath.choose("on", env, other, sched)
+        driver.stepper_type(other, "on")
     assert "\n" not in str(err.value) and str(err.value).startswith("fast='on': agent Subclassed")
     with pytest.raises(ConfigError, match="fast='fastest': must be one of auto, on, off"):
-        fastpath.choose("fastest", env, agent, sched)
-    with pytest.raises(ValueError, match="fastpath.train: agent Subclassed"):
-        fastpath.train(env, other, sched, 3, 1)
-
-
-def test_a_patched_agent_or_env_keeps_the_reference(compose_cfg, monkeypatch) -> None:
-    """Methods replaced from outside qlab (tests inject failures so) cannot run compiled:
-    ``auto`` falls back to the numpy path, ``on`` refuses."""
-    c, env, agent, sched = _objects(compose_cfg, ["agent=tabular_q"])
-    learn = agent.learn
-    agent.learn = lambda tr: learn(tr)
-    assert fastpath.choose("auto", env, agent, sched) is runner.train
-    with pytest.raises(ConfigError, match="agent method.s. learn replaced from outside qlab"):
-        fastpath.choose("on", env, agent, sched)
-    c, env, agent, sched = _objects(compose_cfg, ["agent=tabular_mc"])
-    step = TabularVecEnv.step
-    monkeypatch.setattr(TabularVecEnv, "step", lambda self, a: step(self, a))
-    assert fastpath.unsupported(env, agent, sched) == (
-        "env method(s) step replaced from outside qlab")
+        driver.stepper_type(job, "fastest")
+    with pytest.raises(ConfigError, match="fast='on': agent Subclassed"):
+        driver.train(other, fast="on")
+    progress = driver.Progress(other, History.empty(1, 3, 1, ()), loop_state(1))
+    with pytest.raises(driver.Unsupported, match="agent Subclassed"):
+        CompiledStepper(other, progress, resumed=False)
+    dqn = build(compose_cfg(["agent=dqn", "episodes=1"]))
+    with pytest.raises(ConfigError, match="fast='on': DQN has no compiled stepper"):
+        driver.stepper_type(dqn, "on")
 
 
 def test_config_checks_fast(compose_cfg) -> None:
@@ -265,20 +259,21 @@ def test_config_checks_fast(compose_cfg) -> None:
     from qlab.sweeps.preflight import check
 
     assert check(["fast=on", "agent=dqn", "env=cartpole"]) == [
-        "fast='on': the compiled fast path runs tabular_q and tabular_mc only, not agent=dqn; "
-        "use fast=auto or fast=off"]
+        "fast='on': agent=dqn has no compiled stepper; use fast=auto or fast=off"]
 
 
 @pytest.mark.parametrize("fast, expected", [("auto", "fast"), ("on", "fast"), ("off", "ref")])
 def test_train_run_dispatches(compose_cfg, monkeypatch, fast, expected) -> None:
-    used = []
-    real_fast, real_ref = fastpath.train, runner.train
-    monkeypatch.setattr(fastpath, "train",
-                        lambda *a, **k: used.append("fast") or real_fast(*a, **k))
-    monkeypatch.setattr(runner, "train", lambda *a, **k: used.append("ref") or real_ref(*a, **k))
-    hist, ids = qlab.app.train.run(compose_cfg(["episodes=4", "replicas=2", f"fast={fast}",
-                                            "tracking.enabled=false"]))
-    assert used == [expected] and hist.done.tolist() == [4, 4]
+    used = set()
+    for cls, name in ((CompiledStepper, "fast"), (NumpyStepper, "ref")):
+        real = cls.advance
+        monkeypatch.setattr(cls, "advance",
+                            lambda self, *a, _real=real, _name=name: used.add(_name)
+                            or _real(self, *a))
+    result = qlab.app.train.run(compose_cfg(["episodes=4", "replicas=2", f"fast={fast}",
+                                                "tracking.enabled=false"]))
+    hist = result.history
+    assert used == {expected} and hist.done.tolist() == [4, 4]
 
 
 # ------------------------------------------------------------------ checkpoints and resume
@@ -312,21 +307,24 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, bud
     Q tables, and (for replicas that ran on) the agent's and env's streams and states."""
     from qlab.app import checkpoint
 
-    monkeypatch.setattr(fastpath, "UNIFORM_BLOCK", 16)  # refills: replicas stop mid-episode
+    monkeypatch.setattr(compiled, "UNIFORM_BLOCK", 16)  # refills: replicas stop mid-episode
     seeds = [3, 4, 5]
     make_env, make_agent = grid(5, 5, seeds, max_steps=60), CKPT_AGENTS[agent_kind](seeds)
     sched, episodes, every = schedule("exponential", 3, decay=0.97), 40, 7
 
-    def build():
+    def objects():
         env = make_env()
         agent = make_agent(env)
-        return env, agent, runner.Evaluator(env.model, agent.gamma)
+        return env, agent, Evaluator(env.model, agent.gamma)
 
-    env0, agent0, ev0 = build()
-    want = fastpath.train(env0, agent0, sched, episodes, every, ev0, total_steps=budget)
+    env0, agent0, ev0 = objects()
+    def job(env, agent, ev) -> Job:
+        return Job(env, agent, sched, episodes, every, ev, budget, compiled=CompiledStepper)
+
+    want = driver.train(job(env0, agent0, ev0), fast="on")
     if budget is not None:  # the budget ends some replicas early
         assert (want.done < episodes).any()
-    env1, agent1, ev1 = build()
+    env1, agent1, ev1 = objects()
     path = tmp_path / "ckpt.npz"
     writer = checkpoint.Checkpointer(path, {"job_id": "j"}, env1, agent1, ev1)
 
@@ -336,23 +334,21 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, bud
             raise Crash
 
     with pytest.raises(Crash):
-        (fastpath.train if first == "fast" else runner.train)(
-            env1, agent1, sched, episodes, every, ev1, checkpoint=crash_mid_episode,
-            checkpoint_every=4, total_steps=budget)
+        driver.train(job(env1, agent1, ev1), fast="on" if first == "fast" else "off",
+                     checkpoint=crash_mid_episode, checkpoint_every=4)
     header, state = checkpoint.read(path)
     loop = state["loop"]
     mark = min(np.asarray(header["episodes_done"])[loop["active"]])
     assert mark % 4 == 0 and 8 <= mark < episodes
     if agent_kind != "q-step":
         assert (state["agent"]["episodes"]["length"] > 0).any()
-    for then in (fastpath.train, runner.train):
-        env2, agent2, ev2 = build()
-        hist, loop2 = runner.History.empty(3, episodes, every, ev2.keys), runner.loop_state(3)
+    for then in ("on", "off"):
+        env2, agent2, ev2 = objects()
+        hist, loop2 = History.empty(3, episodes, every, ev2.keys), loop_state(3)
         checkpoint.restore(path, state, env2, agent2, ev2, hist, loop2)
-        got = then(env2, agent2, sched, episodes, every, ev2, total_steps=budget,
-                   resume=(hist, loop2))
+        got = driver.train(job(env2, agent2, ev2), fast=then, resume=(hist, loop2))
         assert_same(want, got, agent0.q, agent2.q)
-        if then is fastpath.train:  # replicas that ran on: streams and env exactly as never stopped
+        if then == "on":  # replicas that ran on: streams and env exactly as never stopped
             ran = loop["active"]
             for a, b in ((agent0._rand, agent2._rand), (env0._rand, env2._rand)):
                 assert np.array_equal(next_uniforms(a)[ran], next_uniforms(b)[ran])
@@ -361,14 +357,15 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, bud
 
 
 def test_fast_path_streams_are_advanced_after_training() -> None:
-    """After fastpath.train the objects hold the driver's streams: replica k's agent stream
+    """After compiled training the objects hold the driver's streams: replica k's agent stream
     has given 2 + A numbers per step it took, its env stream 2 per step plus the reset's 2."""
     from qlab.core.rng import ReplicaUniforms
 
     seeds = [7, 8]
     env = grid(4, 4, seeds)()
     agent = q_agent(seeds)(env)
-    hist = fastpath.train(env, agent, schedule("exponential", 2), 25, 5)
+    job = Job(env, agent, schedule("exponential", 2), 25, 5, compiled=CompiledStepper)
+    hist = driver.train(job, fast="on")
     steps = np.nansum(hist.train["train/episode_length"], axis=1).astype(int)
     for rand, stream, per_step, first in ((agent._rand, 1, 2 + env.n_actions, 0),
                                           (env._rand, 0, 2, 2)):
@@ -389,25 +386,28 @@ def test_stop_on_the_fast_path_checkpoints_then_raises(tmp_path) -> None:
     sched = schedule("linear", 2, duration=30)
     env0 = make_env()
     agent0 = make_agent(env0)
-    want = fastpath.train(env0, agent0, sched, 30, 6, runner.Evaluator(env0.model, agent0.gamma))
+    def job(env, agent, ev) -> Job:
+        return Job(env, agent, sched, 30, 6, ev, compiled=CompiledStepper)
+
+    want = driver.train(job(env0, agent0, Evaluator(env0.model, agent0.gamma)), fast="on")
     env1 = make_env()
     agent1 = make_agent(env1)
-    ev1 = runner.Evaluator(env1.model, agent1.gamma)
+    ev1 = Evaluator(env1.model, agent1.gamma)
     writer = checkpoint.Checkpointer(tmp_path / "c.npz", {}, env1, agent1, ev1)
     calls = iter(range(1, 10**6))
     stop = lambda: KeyboardInterrupt() if next(calls) == 3 else None  # noqa: E731
     with pytest.raises(KeyboardInterrupt):
-        fastpath.train(env1, agent1, sched, 30, 6, ev1, checkpoint=writer, checkpoint_every=0,
-                       stop=stop)
+        driver.train(job(env1, agent1, ev1), fast="on", checkpoint=writer, checkpoint_every=0,
+                     stop=stop)
     assert writer.written == 1
     _, state = checkpoint.read(tmp_path / "c.npz")
     assert 0 < state["history"]["done"].min() < 30
     env2 = make_env()
     agent2 = make_agent(env2)
-    ev2 = runner.Evaluator(env2.model, agent2.gamma)
-    hist, loop = runner.History.empty(2, 30, 6, ev2.keys), runner.loop_state(2)
+    ev2 = Evaluator(env2.model, agent2.gamma)
+    hist, loop = History.empty(2, 30, 6, ev2.keys), loop_state(2)
     checkpoint.restore(tmp_path / "c.npz", state, env2, agent2, ev2, hist, loop)
-    assert_same(want, fastpath.train(env2, agent2, sched, 30, 6, ev2, resume=(hist, loop)),
+    assert_same(want, driver.train(job(env2, agent2, ev2), fast="on", resume=(hist, loop)),
                 agent0.q, agent2.q)
 
 
@@ -415,12 +415,13 @@ def test_tracked_job_checkpoints_on_the_fast_path(compose_cfg, monkeypatch, shar
                                                   experiment) -> None:
     """A tracked job (checkpoints every ``checkpoint_every`` episodes) trains compiled, even
     with ``fast=on``, and hands the fast path the Checkpointer and the stop."""
-    calls, real_fast = [], fastpath.train
-    monkeypatch.setattr(fastpath, "train", lambda *a, **k: calls.append(k) or real_fast(*a, **k))
-    hist, ids = qlab.app.train.run(compose_cfg(["episodes=12", "replicas=2", "fast=on",
+    calls, real_train = [], driver.train
+    monkeypatch.setattr(driver, "train", lambda *a, **k: calls.append(k) or real_train(*a, **k))
+    result = qlab.app.train.run(compose_cfg(["episodes=12", "replicas=2", "fast=on",
                                             "checkpoint_every=4", f"tracking.uri={shared_store}",
                                             f"experiment_name={experiment}"]))
+    hist, ids = result.history, result.run_ids
     assert len(calls) == 1 and hist.done.tolist() == [12, 12] and len(ids) == 2
     kw = calls[0]
     assert kw["checkpoint"].written == 2 and kw["checkpoint_every"] == 4  # at 4 and 8 episodes
-    assert kw["resume"] is None and kw["stop"] is not None
+    assert kw["resume"] is None and kw["stop"] is not None and kw["fast"] == "on"

@@ -112,12 +112,14 @@ def test_a_fused_job_trains_each_point_as_its_own_job_would(compose_cfg, agent, 
     common = [f"agent={agent}", *setting, "episodes=25", "eval_every=5",
               "tracking.enabled=false"]
     (job,) = jobs(*common, *sweep)
-    hist, _ = train.run(compose_cfg(job))
+    result = train.run(compose_cfg(job))
+    hist, _ = result.history, result.run_ids
     points = preflight.job_overrides([*common, *sweep])
     sizes = [2 if "replicas=2" in p else 1 for p in points]
     assert hist.replicas == sum(sizes) and len(points) == 2 ** len(sweep)
     for i in range(0, len(points), 5):
-        alone, _ = train.run(compose_cfg(points[i]))
+        result = train.run(compose_cfg(points[i]))
+        alone, _ = result.history, result.run_ids
         first = sum(sizes[:i])
         for r in range(alone.replicas):
             for table, key in [(alone.train, k) for k in alone.train if k != "train/sps"] + [

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 import qlab.app.train
 import qlab.cli
-from qlab.core.runner import TRAIN_KEYS
+from qlab.core.history import TRAIN_KEYS
 from qlab.tracking import store
 
 BIN = Path(sys.executable).parent

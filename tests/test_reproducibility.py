@@ -114,9 +114,10 @@ def test_alone_batched_and_joblib_sweep_agree(compose_cfg, tmp_path: Path) -> No
 
 def test_every_run_records_how_to_rerun_it(compose_cfg, shared_store, experiment,
                                            tmp_path: Path) -> None:
-    _, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", "replicas=2",
+    result = qlab.app.train.run(compose_cfg(["episodes=3", "replicas=2",
                                              f"tracking.uri={shared_store}",
                                              f"experiment_name={experiment}"]))
+    _, run_ids = result.history, result.run_ids
     client = MlflowClient(shared_store)
     record = provenance.collect()
     git = provenance.git_state()
@@ -138,25 +139,39 @@ def test_every_run_records_how_to_rerun_it(compose_cfg, shared_store, experiment
 
 
 def test_no_git_no_failure(monkeypatch, tmp_path: Path) -> None:
-    """Outside a git checkout, or without git at all, the record just has no commit."""
-    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    """Outside a git checkout, without git at all, or with no checkout (a wheel install), the
+    record just has no commit."""
+    monkeypatch.setattr(provenance, "source_dir", lambda: tmp_path)
     assert provenance.git_state() is None
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable
+    assert provenance.git_state() is None
+    monkeypatch.setattr(provenance, "source_dir", lambda: None)
     assert provenance.git_state() is None
     tags = provenance.tags({**provenance.collect(), "git": None})
     assert "qlab.git_commit" not in tags and tags["qlab.version"]
 
 
 def test_a_qlab_inside_another_repository_records_no_commit(monkeypatch, tmp_path: Path) -> None:
-    """An installed qlab whose files sit inside some other git checkout (a .venv in a user's
-    project) must not report that project's commit as qlab's."""
+    """Only qlab's own checkout gives a commit: an editable install (PEP 610 record) whose
+    source directory is the top of its git checkout. A wheel (``pip install .`` too: a copy)
+    has none, even in a .venv inside a user's git project; nor has a source directory inside
+    some other repository: that project's commit is not qlab's."""
     import subprocess
 
     git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
     (tmp_path / "site-packages").mkdir()
-    monkeypatch.setattr(provenance, "ROOT", tmp_path / "site-packages")
+
+    def record(url: Path, **info) -> str:
+        return json.dumps({"url": url.as_uri(), **info})
+
+    assert provenance.editable_dir(record(tmp_path, dir_info={"editable": True})) == tmp_path
+    assert provenance.editable_dir(record(tmp_path, dir_info={})) is None  # pip install .
+    assert provenance.editable_dir(record(tmp_path / "qlab-0.1.0-py3-none-any.whl",
+                                          archive_info={})) is None
+    assert provenance.editable_dir(None) is None and provenance.editable_dir("{") is None
+    monkeypatch.setattr(provenance, "source_dir", lambda: tmp_path / "site-packages")
     assert provenance.git_state() is None
-    monkeypatch.setattr(provenance, "ROOT", tmp_path)  # the checkout's own root: recorded
+    monkeypatch.setattr(provenance, "source_dir", lambda: tmp_path)  # the checkout's top
     assert len(provenance.git_state()["commit"]) == 40

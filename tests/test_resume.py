@@ -25,31 +25,19 @@ import qlab.app.train
 import qlab.cli
 from qlab import tracking
 from qlab.app import checkpoint, resume
+from qlab.app.build import build
 from qlab.app.progress import ProgressBar
 from qlab.config import validate
-from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.core import driver
+from qlab.core.compiled import CompiledStepper
+from qlab.core.driver import NumpyStepper
+from qlab.core.history import History, episodes_to_optimal, loop_state
 
 WALL_CLOCK = ("train/sps",)
 QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
 
 
 # ------------------------------------------------------------------ in-process round trips
-
-def build(cfg):
-    """env, agent, schedule, evaluator as ``qlab.app.train.run`` builds them."""
-    c = validate(cfg)
-    seeds = [c.seed + k for k in range(c.replicas)]
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    schedule = exploration.make(c.exploration, c.replicas)
-    if env.model is not None:
-        evaluator = runner.Evaluator(env.model, agent.gamma)
-    else:
-        evaluator = runner.RolloutEvaluator(
-            lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
-            c.eval_episodes)
-    return c, env, agent, schedule, evaluator
-
 
 class Crash(Exception):
     """Stands in for a process dying right after a checkpoint."""
@@ -62,7 +50,7 @@ def flat_state(obj) -> dict:
     return {**arrays, "__meta__": json.dumps(meta, sort_keys=True)}
 
 
-def assert_same_history(a: runner.History, b: runner.History) -> None:
+def assert_same_history(a: History, b: History) -> None:
     assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
     for k in a.train:
         if k not in WALL_CLOCK:
@@ -93,13 +81,13 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
     """Every agent and env: state_dict -> file -> fresh objects -> continue gives the same
     history, Q / weights, optimiser, buffers and RNG states as never stopping."""
     cfg = compose_cfg([*ROUND_TRIPS[name], "replicas=2", "tracking.enabled=false"])
-    c, env, agent, schedule, evaluator = build(cfg)
-    ref = runner.train(env, agent, schedule, c.episodes, c.eval_every, evaluator,
-                       total_steps=c.total_steps)
+    c = validate(cfg)
+    job = build(c)
+    ref = driver.train(job, fast="off")
 
-    c, env2, agent2, schedule, evaluator2 = build(cfg)
+    job2 = build(c)
     path = tmp_path / "ckpt.npz"
-    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, env2, agent2, evaluator2)
+    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job2.env, job2.agent, job2.evaluator)
 
     def crash_on_second(loop, hist) -> None:
         writer(loop, hist)
@@ -108,19 +96,18 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
 
     every = max(1, c.episodes // 6)
     with pytest.raises(Crash):
-        runner.train(env2, agent2, schedule, c.episodes, c.eval_every, evaluator2,
-                     total_steps=c.total_steps, checkpoint=crash_on_second,
-                     checkpoint_every=every)
+        driver.train(job2, fast="off", checkpoint=crash_on_second, checkpoint_every=every)
 
     header, state = checkpoint.read(path)
     assert header["job_id"] == "j" and min(header["episodes_done"]) == 2 * every
-    c, env3, agent3, schedule, evaluator3 = build(cfg)
-    hist = runner.History.empty(2, c.episodes, c.eval_every, evaluator3.keys, agent3.stat_keys
-                                if hasattr(agent3, "stat_keys") else ())
-    loop = runner.loop_state(2, getattr(agent3, "stat_keys", ()))
+    job3 = build(c)
+    env3, agent3, evaluator3 = job3.env, job3.agent, job3.evaluator
+    stat_keys = getattr(agent3, "stat_keys", ())
+    hist = History.empty(2, c.episodes, c.eval_every, evaluator3.keys, stat_keys)
+    loop = loop_state(2, stat_keys)
     checkpoint.restore(path, state, env3, agent3, evaluator3, hist, loop)
-    out = runner.train(env3, agent3, schedule, c.episodes, c.eval_every, evaluator3,
-                       total_steps=c.total_steps, resume=(hist, loop))
+    out = driver.train(job3, fast="off", resume=(hist, loop))
+    agent, env = job.agent, job.env
     assert_same_history(ref, out)
     assert flat_state(agent3).keys() == flat_state(agent).keys()
     for k, v in flat_state(agent).items():
@@ -196,9 +183,10 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
                                 f"resume={target}", *resume_args]))
     assert "qlab-train: resuming job " in capsys.readouterr().err
-    c, env, agent, schedule, evaluator = build(compose_cfg([*args, "tracking.enabled=false"]))
-    train = fastpath.choose(c.fast, env, agent, schedule)
-    ref = train(env, agent, schedule, c.episodes, c.eval_every, evaluator)
+    c = validate(compose_cfg([*args, "tracking.enabled=false"]))
+    job = build(c)
+    ref = driver.train(job, fast=c.fast)
+    agent = job.agent
     resumed = job_runs(client, experiment)
     assert [r.info.run_id for r in resumed] == [r.info.run_id for r in before]  # no new runs
     assert {r.info.status for r in resumed} == {"FINISHED"}
@@ -211,7 +199,7 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
                      for key, table in ref.evals.items()})
         if "eval/optimal_fraction" in ref.evals:
             want["eval/episodes_to_optimal"] = [
-                (c.episodes - 1, runner.episodes_to_optimal(ref)[k])]
+                (c.episodes - 1, episodes_to_optimal(ref)[k])]
         assert got.keys() == want.keys()
         for key in got:
             steps = [s for s, _ in got[key]]
@@ -236,27 +224,29 @@ DQN = ["agent=dqn", "env=griddy", "env.height=6", "env.width=6", "~hparams", "re
        "checkpoint_every=2", "tracking.flush_seconds=0.2"]
 
 
-def trainer_of(compose_cfg, args: list[str]):
-    """The training function ``qlab-train args`` uses."""
-    c, env, agent, schedule, _ = build(compose_cfg([*args, "tracking.enabled=false"]))
-    return fastpath.choose(c.fast, env, agent, schedule)
+def stepper_of(compose_cfg, args: list[str]):
+    """The stepper class ``qlab-train args`` trains with."""
+    c = validate(compose_cfg([*args, "tracking.enabled=false"]))
+    return driver.stepper_type(build(c), c.fast)
 
 
 @pytest.mark.parametrize("args, resume_args, first", [
-    (FAST_TABULAR, (), fastpath.train),
-    (TABULAR, ("fast=on",), runner.train),  # a reference checkpoint continued compiled
+    (FAST_TABULAR, (), CompiledStepper),
+    (TABULAR, ("fast=on",), NumpyStepper),  # a reference checkpoint continued compiled
 ], ids=["fast", "reference-then-fast"])
 def test_kill9_tabular_then_resume(args, resume_args, first, tmp_path, mlflow_uri, compose_cfg,
                                    capsys, monkeypatch) -> None:
-    assert trainer_of(compose_cfg, args) is first
+    assert stepper_of(compose_cfg, args) is first
     header, runs = kill_mid_run(args, tmp_path, mlflow_uri, "kill")
     assert [r.info.status for r in runs] == ["RUNNING", "RUNNING"]  # kill -9: nobody ended them
     assert header["run_ids"] == [r.info.run_id for r in runs]
-    used, fast_train = [], fastpath.train
-    monkeypatch.setattr(fastpath, "train", lambda *a, **k: used.append(k) or fast_train(*a, **k))
+    used, real_init = [], CompiledStepper.__init__
+    monkeypatch.setattr(CompiledStepper, "__init__",
+                        lambda self, job, progress, resumed: used.append({"resume": resumed})
+                        or real_init(self, job, progress, resumed))
     resumed, agent = resume_and_compare(args, mlflow_uri, "kill", runs[1].info.run_id,
                                         compose_cfg, capsys, resume_args)
-    assert used and used[0]["resume"] is not None  # the resumed job trained on the fast path
+    assert used and used[0]["resume"]  # the resumed job trained on the fast path
     client = MlflowClient(mlflow_uri)
     for k, run in enumerate(resumed):
         q = np.load(client.download_artifacts(run.info.run_id, "q_table.npy", str(tmp_path)))
@@ -443,7 +433,8 @@ def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> No
 def test_resume_auto_skips_a_finished_job_and_starts_a_new_one(store, compose_cfg,
                                                                capsys) -> None:
     before = snapshot(store["uri"])
-    hist, run_ids = qlab.app.train.run(compose_cfg([*store["base"], "seed=7", "resume=auto"]))
+    result = qlab.app.train.run(compose_cfg([*store["base"], "seed=7", "resume=auto"]))
+    hist, run_ids = result.history, result.run_ids
     assert hist is None and run_ids == store["f"]
     assert "already FINISHED (2 run(s)); skipped" in capsys.readouterr().err
     assert snapshot(store["uri"]) == before
@@ -516,8 +507,10 @@ def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
     client = MlflowClient(uri)
     killed = job_runs(client, "fj")
     assert len(killed) == 4 and {r.info.status for r in killed} == {"KILLED"}
-    hist, run_ids = qlab.app.train.run(compose_cfg([*job, f"resume={killed[0].info.run_id}"]))
-    alone, _ = qlab.app.train.run(compose_cfg([*job, "tracking.enabled=false"]))
+    result = qlab.app.train.run(compose_cfg([*job, f"resume={killed[0].info.run_id}"]))
+    hist, run_ids = result.history, result.run_ids
+    result = qlab.app.train.run(compose_cfg([*job, "tracking.enabled=false"]))
+    alone, _ = result.history, result.run_ids
     assert_same_history(hist, alone)
     for k, run_id in enumerate(run_ids):
         run = client.get_run(run_id)

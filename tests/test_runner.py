@@ -11,10 +11,12 @@ import pytest
 
 from qlab.app.progress import ProgressBar
 from qlab.config import validate
-from qlab.core import agents, envs, exploration, runner
+from qlab.core import agents, driver, envs, exploration
+from qlab.core.driver import Job
 from qlab.core.envs.griddy import griddy_model
+from qlab.core.evaluation import Evaluator
+from qlab.core.history import EVAL_KEYS, TRAIN_KEYS, History, episodes_to_optimal
 from qlab.core.oracle import value_iteration
-from qlab.core.runner import EVAL_KEYS, TRAIN_KEYS, History
 
 
 def eval_steps(hist: History) -> np.ndarray:
@@ -59,7 +61,7 @@ class CountingEvaluator:
 
     keys = EVAL_KEYS
 
-    def __init__(self, inner: runner.Evaluator, finished: np.ndarray) -> None:
+    def __init__(self, inner: Evaluator, finished: np.ndarray) -> None:
         self.inner, self.finished = inner, finished
         self.seen: dict[int, list[int]] = {}
 
@@ -88,10 +90,10 @@ def test_train_records_one_value_per_episode_per_key(compose_cfg) -> None:
         return learn(tr)
 
     agent.learn = counting_learn
-    evaluator = CountingEvaluator(runner.Evaluator(env.model, agent.gamma), finished)
+    evaluator = CountingEvaluator(Evaluator(env.model, agent.gamma), finished)
     rec = Recorder()
-    hist = runner.train(env, agent, schedule, episodes, every, evaluator, listeners=[rec],
-                        flush_seconds=1e-9)
+    hist = driver.train(Job(env, agent, schedule, episodes, every, evaluator), fast="off",
+                        listeners=[rec], flush_seconds=1e-9)
 
     assert hist.replicas == R and hist.episodes == episodes
     assert hist.done.tolist() == [episodes] * R
@@ -143,7 +145,8 @@ def test_listeners_get_the_history_when_training_fails(compose_cfg) -> None:
     agent.learn = failing_learn
     rec = Recorder()
     with pytest.raises(RuntimeError, match="boom"):
-        runner.train(env, agent, schedule, 1000, 10, listeners=[rec], flush_seconds=3600)
+        driver.train(Job(env, agent, schedule, 1000, 10), fast="off", listeners=[rec],
+                     flush_seconds=3600)
     assert rec.last is not None  # the final flush happened despite the exception
     done = rec.last.done
     assert done.sum() > 0
@@ -155,7 +158,7 @@ def test_listeners_get_the_history_when_training_fails(compose_cfg) -> None:
 def test_evaluator_exact_metrics() -> None:
     model = griddy_model(4, 4)
     sol = value_iteration(model, 0.95)
-    ev = runner.Evaluator(model, np.array([0.95, 0.95]))
+    ev = Evaluator(model, np.array([0.95, 0.95]))
     best = ev(0, sol.q.copy())
     assert best == {"eval/return": pytest.approx(1.0), "eval/q_error": 0.0,
                     "eval/optimal_fraction": 1.0}
@@ -186,11 +189,11 @@ def test_episodes_to_optimal() -> None:
         [0, 0, 0, 0],
     ]
     h.evals_done[:] = 4
-    out = runner.episodes_to_optimal(h)
+    out = episodes_to_optimal(h)
     assert out[:3].tolist() == [2, 9, 8]
     assert math.isnan(out[3]) and math.isnan(out[4])
     no_eval = History.empty(2, 10, 3, ())
-    assert np.isnan(runner.episodes_to_optimal(no_eval)).all()
+    assert np.isnan(episodes_to_optimal(no_eval)).all()
 
 
 def test_progress_bar_is_quiet_off_a_terminal(capsys) -> None:

@@ -116,8 +116,9 @@ def test_training_against_the_auth_server(auth_server, compose_cfg, monkeypatch,
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-    _, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", "replicas=2", f"tracking.uri={uri}",
+    result = qlab.app.train.run(compose_cfg(["episodes=3", "replicas=2", f"tracking.uri={uri}",
                                              f"experiment_name={experiment}"]))
+    _, run_ids = result.history, result.run_ids
     client = MlflowClient(uri)
     assert [client.get_run(r).info.status for r in run_ids] == ["FINISHED", "FINISHED"]
     assert len(client.get_metric_history(run_ids[1], "train/episode_return")) == 3

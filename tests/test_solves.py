@@ -1,8 +1,8 @@
 """Ground truth: the tuned hyperparameters in conf/hparams do what README.md says (sections
 "Tuned hyperparameters per agent x env" and "Monte-Carlo control: the known gaps"), checked
 exactly on each env's model — 5 seeds (0..4) trained as one batch of 5 replicas, with the
-trainer ``qlab-train`` uses (:func:`qlab.core.fastpath.choose`: the compiled fast path for the
-tabular agents, which matches the numpy reference bit for bit).
+stepper ``qlab-train`` uses (``fast=auto``: the compiled stepper for the tabular agents, which
+matches the numpy reference bit for bit).
 
 - "optimal": the final greedy policy takes an optimal action (Q* by value iteration, ties
   allowed) in every state where the agent acts (eval/optimal_fraction == 1), every replica.
@@ -16,14 +16,18 @@ failure: it documents the gap and flags it if it ever closes.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from qlab.config import CONF_DIR, validate
-from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.app.build import build
+from qlab.config import CONF_DIR, options, validate
+from qlab.core import driver, envs
+from qlab.core.agents.qlearning import TabularQConfig
+from qlab.core.evaluation import Evaluator
 from qlab.core.oracle import policy_value, value_iteration
 
 SEEDS = 5
@@ -32,23 +36,19 @@ TOLERANCE = 0.02
 
 def train(compose_cfg, agent: str, env: str):
     """Train agent on env with the composed config (its hparams included), seeds 0..4, with
-    the trainer train.run picks (``fast: auto``). No evaluations during training: the checks
+    the stepper qlab-train picks (``fast: auto``). No evaluations during training: the checks
     score the final Q tables."""
     cfg = compose_cfg([f"agent={agent}", f"env={env}", f"replicas={SEEDS}", "seed=0",
                        "tracking.enabled=false"])
     c = validate(cfg)
-    seeds = [c.seed + k for k in range(c.replicas)]
-    vec = envs.make(c.env, seeds)
-    learner = agents.make(c.agent, vec, seeds)
-    schedule = exploration.make(c.exploration, c.replicas)
-    trainer = fastpath.choose(c.fast, vec, learner, schedule)
-    trainer(vec, learner, schedule, c.episodes, c.episodes, None)
-    return c, vec.model, learner
+    job = dataclasses.replace(build(c), evaluator=None, eval_every=c.episodes)
+    driver.train(job, fast=c.fast)
+    return c, job.env.model, job.agent
 
 
 def optimal_fractions(model, learner) -> np.ndarray:
     """(R,) eval/optimal_fraction of each replica's final Q (the runner's Evaluator)."""
-    evaluate = runner.Evaluator(model, learner.gamma)
+    evaluate = Evaluator(model, learner.gamma)
     return np.array([evaluate(k, q)["eval/optimal_fraction"]
                      for k, q in enumerate(learner.q_values())])
 
@@ -129,7 +129,7 @@ def hparams_files() -> list[tuple[str, str, Path]]:
     """(agent, env, file) for every conf/hparams/AGENT_ENV.yaml."""
     out = []
     for path in sorted(Path(CONF_DIR, "hparams").glob("*.yaml")):
-        agent = next((a for a in sorted(agents.NAMES, key=len, reverse=True)
+        agent = next((a for a in sorted(options("agent"), key=len, reverse=True)
                       if path.stem.startswith(a + "_")), None)
         assert agent is not None, f"{path.name}: not named AGENT_ENV"
         env = path.stem[len(agent) + 1:]
@@ -169,4 +169,4 @@ def test_command_line_beats_hparams(compose_cfg) -> None:
 def test_pairs_without_hparams_keep_the_defaults(compose_cfg) -> None:
     cfg = compose_cfg(["agent=tabular_q", "env=griddy_random_goal"])
     assert not Path(CONF_DIR, "hparams", "tabular_q_griddy_random_goal.yaml").exists()
-    assert cfg.agent.lr == OmegaConf.load(Path(CONF_DIR, "agent", "tabular_q.yaml")).lr
+    assert cfg.agent.lr == TabularQConfig().lr  # the schema's default: defaults live there

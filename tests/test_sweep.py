@@ -133,7 +133,8 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["qlab-train", "-m", "agent=tabular_q",
                                       "agent.lr=0.1,0.2,0.3", "replicas=2", "episodes=20",
-                                      "experiment_name=failing", f"tracking.uri={uri}"])
+                                      "experiment_name=failing", f"tracking.uri={uri}",
+                                      "fast=off"])  # a patched method: the numpy stepper
     GlobalHydra.instance().clear()
     with pytest.raises(SystemExit) as exit_info:
         qlab.cli.main()

@@ -16,8 +16,7 @@ from omegaconf import OmegaConf
 import qlab.app.train
 import qlab.core.agents
 from qlab import tracking
-from qlab.config import ROOT
-from qlab.core.runner import EVAL_KEYS, TRAIN_KEYS
+from qlab.core.history import EVAL_KEYS, TRAIN_KEYS
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -53,7 +52,8 @@ def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, exper
                        "eval_every=5", f"tracking.uri={shared_store}",
                        f"experiment_name={experiment}",
                        "tracking.flush_seconds=1e-9"])  # flush all the time: no duplicates
-    hist, run_ids = qlab.app.train.run(cfg)
+    result = qlab.app.train.run(cfg)
+    hist, run_ids = result.history, result.run_ids
     agent = made[0]
     client = MlflowClient(shared_store)
     runs = {r.info.run_id: r for r in runs_of(shared_store, experiment)}
@@ -103,21 +103,25 @@ def test_store_from_environment(compose_cfg, shared_store, experiment, monkeypat
     """Without tracking.uri, runs go to $MLFLOW_TRACKING_URI."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
     assert tracking.default_uri() == shared_store
-    _, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", f"experiment_name={experiment}"]))
+    result = qlab.app.train.run(compose_cfg(["episodes=3", f"experiment_name={experiment}"]))
+    _, run_ids = result.history, result.run_ids
     runs = runs_of(shared_store, experiment)
     assert [r.info.run_id for r in runs] == run_ids and runs[0].info.status == "FINISHED"
 
 
-def test_default_store_is_absolute_sqlite_at_the_root(monkeypatch) -> None:
+def test_default_store_is_absolute_sqlite_in_the_working_directory(monkeypatch,
+                                                                   tmp_path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
     uri = tracking.default_uri()
     assert uri.startswith("sqlite:///") and uri.endswith("/mlflow.db")
     path = Path(uri[len("sqlite:///"):])
-    assert path.is_absolute() and path.parent == ROOT
+    assert path.is_absolute() and path.parent == tmp_path
 
 
 def test_tracking_disabled_writes_nothing(compose_cfg, mlflow_uri: str, tmp_path: Path) -> None:
-    hist, run_ids = qlab.app.train.run(compose_cfg(["episodes=3", "tracking.enabled=false"]))
+    result = qlab.app.train.run(compose_cfg(["episodes=3", "tracking.enabled=false"]))
+    hist, run_ids = result.history, result.run_ids
     assert run_ids == [] and hist.done.tolist() == [3]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
@@ -156,7 +160,7 @@ def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experime
     finished = fail_after(monkeypatch, 8, exc)
     cfg = compose_cfg([f"replicas={R}", f"episodes={episodes}", "eval_every=3",
                        f"tracking.uri={shared_store}", f"experiment_name={experiment}",
-                       "tracking.flush_seconds=1e-9"])
+                       "tracking.flush_seconds=1e-9", "fast=off"])  # a patched method
     with pytest.raises(type(exc)):
         qlab.app.train.run(cfg)
     done = finished()
@@ -206,7 +210,8 @@ def test_thinned_curves_keep_last_episode_and_full_table(compose_cfg, shared_sto
     cfg = compose_cfg([f"replicas={R}", f"episodes={episodes}", "eval_every=5",
                        f"tracking.uri={shared_store}", f"experiment_name={experiment}",
                        f"tracking.max_points={M}", "tracking.flush_seconds=1e-9"])
-    hist, run_ids = qlab.app.train.run(cfg)
+    result = qlab.app.train.run(cfg)
+    hist, run_ids = result.history, result.run_ids
     client = MlflowClient(shared_store)
     logged = [0, 1, 2, 3, 4, 6, 8, 12, 16, 22]  # curve_steps(0, 23, 5) and the last episode
     for k, run_id in enumerate(run_ids):

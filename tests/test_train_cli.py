@@ -129,7 +129,7 @@ def test_messages_say_what_is_allowed(capsys, monkeypatch, tmp_path: Path) -> No
     assert ", griddy, griddy8, " in env_line and "frozenlake" in env_line
     assert "tabular_q" in error(["agent=nope"])
     misspelt = error(["agent.lrr=0.1"])
-    assert misspelt.endswith("allowed agent keys: gamma, init, lr, name, update"), misspelt
+    assert misspelt.endswith("allowed agent keys: gamma, init, lr, module, name, update"), misspelt
     assert "allowed env keys: height, " in error(["env.heigth=3"])
 
 

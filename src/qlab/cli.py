@@ -14,23 +14,25 @@ from omegaconf import DictConfig
 
 from qlab.app.train import ReplicaFailure, run
 from qlab.config import CONF_DIR, CONFIG_DIRS_ENV, register, search_dirs
-from qlab.core.errors import QlabError, fail, run_cli
+from qlab.core.errors import QlabError, console, fail, job_log, run_cli
 from qlab.sweeps import callback as sweep
 
 PROG = "qlab-train"
+console(PROG)  # qlab's log records on stderr as "qlab-train: ..." lines
 run_cli(PROG, register)  # qlab's schemas (and, in sweep workers, $QLAB_CONFIG_DIRS's)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, tags=sweep.job_tags())
-    except ReplicaFailure as exc:
-        if sweep.in_sweep():
-            raise  # Hydra records the failed job; the sweep goes on
-        fail(PROG, f"stopped {exc}", exc.exit_code)
-    except QlabError as exc:  # a StoreError ended the runs first, metrics kept
-        fail(PROG, exc)
+    with job_log(PROG):  # qlab's records on stderr and in the job log Hydra has set up
+        try:
+            run(cfg, tags=sweep.job_tags())
+        except ReplicaFailure as exc:
+            if sweep.in_sweep():
+                raise  # Hydra records the failed job; the sweep goes on
+            fail(PROG, f"stopped {exc}", exc.exit_code)
+        except QlabError as exc:  # a StoreError ended the runs first, metrics kept
+            fail(PROG, exc)
 
 
 def main() -> None:

@@ -3,14 +3,17 @@ ground truth on the 4x4 grid, replica equivalence, and (slow) CartPole-v1."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from qlab.app import train
+from qlab.app.build import build
 from qlab.config import CONF_DIR, register, validate
-from qlab.core import agents, envs, exploration, runner
+from qlab.core import driver
 from qlab.core.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
 from qlab.core.agents.optim import clip_adam
 from qlab.core.agents.tabular import Transition
@@ -27,12 +30,8 @@ def griddy_run(seeds, episodes: int | None = None):
     """DQN on the 4x4 grid with the shipped defaults (conf/agent/dqn.yaml +
     conf/hparams/dqn_griddy.yaml); returns (history, agent)."""
     c = validate(compose_cfg("env=griddy", f"replicas={len(seeds)}"))
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    schedule = exploration.make(c.exploration, len(seeds))
-    hist = runner.train(env, agent, schedule, episodes or c.episodes, 10,
-                        runner.Evaluator(env.model, agent.gamma))
-    return hist, agent
+    job = dataclasses.replace(build(c, seeds), episodes=episodes or c.episodes, eval_every=10)
+    return driver.train(job), job.agent
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +276,8 @@ def test_step_budget_and_rollout_evaluation_on_cartpole():
     cfg = compose_cfg("env=cartpole", "replicas=2", "total_steps=600", "eval_every=5",
                       "eval_episodes=3", "agent.learning_starts=100", "agent.train_freq=50",
                       "agent.gradient_steps=2", "agent.hidden=[16]")
-    hist, _ = train.run(cfg)
+    result = train.run(cfg)
+    hist, _ = result.history, result.run_ids
     lengths = hist.train["train/episode_length"]
     assert np.nansum(lengths, axis=1).tolist() == [600, 600]  # the budget cuts the last one
     assert set(hist.evals) == {"eval/return"}
@@ -296,7 +296,8 @@ def test_dqn_solves_cartpole_in_4_of_5_seeds():
     DQN's greedy return on CartPole swings between ~100 and 500 from one evaluation to the
     next late in training (Stable-Baselines3 with the same settings too: final 19, 500, 500
     on seeds 0-2 in qlab-bench), so which seeds end at 500 is a coin toss of float rounding."""
-    hist, _ = train.run(compose_cfg("env=cartpole", "replicas=5"))
+    result = train.run(compose_cfg("env=cartpole", "replicas=5"))
+    hist, _ = result.history, result.run_ids
     assert (hist.done > 0).all()
     best = np.array([hist.evals["eval/return"][k, :hist.evals_done[k]].max() for k in range(5)])
     final = hist.evals["eval/return"][np.arange(5), hist.evals_done - 1]

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from qlab.config import EnvConfig, ExplorationConfig
-from qlab.core import envs, exploration, runner
+from qlab.core import driver, envs, exploration
 from qlab.core.agents.mc import TabularMC
 from qlab.core.agents.tabular import Transition
+from qlab.core.driver import Job
+from qlab.core.evaluation import Evaluator
+from qlab.core.history import History
 
 LR, GAMMA = 0.5, 0.9
 
@@ -94,16 +97,16 @@ def test_q_is_not_rounded() -> None:
     assert agent.q[0, 0, 0] == 0.3 * (1 / 3)  # the notebook rounded to 2 decimals
 
 
-def train_mc(seeds: list[int], first_visit: bool) -> tuple[runner.History, TabularMC]:
+def train_mc(seeds: list[int], first_visit: bool) -> tuple[History, TabularMC]:
     env_cfg = EnvConfig(name="frozenlake", id="FrozenLake-v1", max_steps=100,
                         kwargs={"map_name": "4x4", "is_slippery": True})
     env = envs.make(env_cfg, seeds)
     agent = TabularMC(env.n_states, env.n_actions, seeds, lr=0.1, gamma=0.99,
                       first_visit=first_visit)
     schedule = exploration.make(ExplorationConfig(decay=0.98), len(seeds))
-    evaluator = runner.Evaluator(env.model, agent.gamma)
-    return runner.train(env, agent, schedule, episodes=60, eval_every=20,
-                        evaluator=evaluator), agent
+    evaluator = Evaluator(env.model, agent.gamma)
+    job = Job(env, agent, schedule, episodes=60, eval_every=20, evaluator=evaluator)
+    return driver.train(job, fast="off"), agent
 
 
 @pytest.mark.parametrize("first_visit", [False, True])

@@ -10,9 +10,11 @@ import pytest
 import qlab.app.train
 import qlab.core.agents
 from qlab.config import validate
-from qlab.core import agents, envs, exploration, runner
+from qlab.core import agents, driver, envs, exploration
 from qlab.core.agents.qlearning import TabularQ
 from qlab.core.agents.tabular import Transition
+from qlab.core.driver import Job
+from qlab.core.history import History, episodes_to_optimal
 
 
 def transition(**fields) -> Transition:
@@ -171,7 +173,8 @@ def test_matches_reference_and_q_delta_is_mean_abs_change(compose_cfg, update: s
         return upd
 
     agent.learn = checked_learn
-    hist = runner.train(env, agent, exploration.make(c.exploration, R), episodes, c.eval_every)
+    job = Job(env, agent, exploration.make(c.exploration, R), episodes, c.eval_every)
+    hist = driver.train(job, fast="off")
     assert inactive_calls > 0  # replicas did finish at different times
     for k in range(R):
         assert len(refs[k].q_delta) == episodes
@@ -212,9 +215,10 @@ def test_learns_the_optimal_policy(compose_cfg, case: str) -> None:
     overrides, episodes, n_optimal, q_bound = LEARNING[case]
     cfg = compose_cfg([*overrides, "seed=0", "replicas=5", f"episodes={episodes}",
                        "eval_every=10", "tracking.enabled=false"])
-    hist, run_ids = qlab.app.train.run(cfg)
+    result = qlab.app.train.run(cfg)
+    hist, run_ids = result.history, result.run_ids
     assert run_ids == []
-    to_optimal = runner.episodes_to_optimal(hist)
+    to_optimal = episodes_to_optimal(hist)
     final_opt = hist.evals["eval/optimal_fraction"][:, -1]
     final_err = hist.evals["eval/q_error"][:, -1]
     summary = f"episodes_to_optimal={to_optimal}, final q_error={final_err}"
@@ -227,21 +231,13 @@ def test_learns_the_optimal_policy(compose_cfg, case: str) -> None:
 
 # ------------------------------------------------------------------------ replica equivalence
 
-def run_capturing_agent(compose_cfg, monkeypatch, overrides: list[str]):
+def run_capturing_agent(compose_cfg, overrides: list[str]):
     """``qlab.app.train.run`` on a composed config; returns its History and the trained agent."""
-    made = []
-    make = qlab.core.agents.make
-
-    def capture(*args, **kwargs):
-        made.append(make(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(qlab.core.agents, "make", capture)
-    hist, _ = qlab.app.train.run(compose_cfg([*overrides, "tracking.enabled=false"]))
-    return hist, made[0]
+    result = qlab.app.train.run(compose_cfg([*overrides, "tracking.enabled=false"]))
+    return result.history, result.job.agent
 
 
-def history_tables(hist: runner.History) -> dict[str, np.ndarray]:
+def history_tables(hist: History) -> dict[str, np.ndarray]:
     """Every table of a History, by name, except the wall-clock ``train/sps``."""
     tables = {k: v for k, v in hist.train.items() if k != "train/sps"}
     tables.update(hist.evals)
@@ -251,15 +247,15 @@ def history_tables(hist: runner.History) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("update", ["step", "episode"])
-def test_replica_k_equals_single_run_of_seed_k(compose_cfg, monkeypatch, update: str) -> None:
+def test_replica_k_equals_single_run_of_seed_k(compose_cfg, update: str) -> None:
     common = [f"agent.update={update}", "episodes=40", "eval_every=7", "exploration.decay=0.95"]
-    batch, batch_agent = run_capturing_agent(compose_cfg, monkeypatch,
+    batch, batch_agent = run_capturing_agent(compose_cfg,
                                              [*common, "seed=0", "replicas=5"])
     lengths = batch.train["train/episode_length"]
     assert not (lengths == lengths[0]).all()  # the replicas really differ
     batch_tables = history_tables(batch)
     for k in range(5):
-        single, single_agent = run_capturing_agent(compose_cfg, monkeypatch,
+        single, single_agent = run_capturing_agent(compose_cfg,
                                                    [*common, f"seed={k}", "replicas=1"])
         for name, table in history_tables(single).items():
             assert np.array_equal(batch_tables[name][k], table[0], equal_nan=True), (k, name)

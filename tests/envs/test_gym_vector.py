@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qlab.core.envs import GymVecEnv, make
-from qlab.core.runner import RolloutEvaluator
+from qlab.core.evaluation import RolloutEvaluator
 
 
 def test_replica_k_is_seeded_like_a_single_env_with_seed_k():

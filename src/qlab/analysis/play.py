@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from qlab.core.errors import QlabError
+from qlab.core.errors import QlabError, exit_status, one_line
 
 PROG = "qlab-play"
 GIF_MIN_SIDE = 256  # frames are scaled up (nearest) to at least this many pixels
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=3, help="episodes to play (default: 3)")
     p.add_argument("--gif", type=Path, help="save the episodes as an animated GIF here")
     p.add_argument("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                   "the project's sqlite store)")
+                   "mlflow.db in the working directory)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode's start")
     p.add_argument("--fps", type=float, default=4.0, help="frames per second (default: 4)")
     p.add_argument("--max-steps", type=int, default=100,
@@ -228,11 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--max-steps {args.max_steps}: must be >= 1")
     if args.fps <= 0:
         p.error(f"--fps {args.fps}: must be > 0")
+    return exit_status(PROG, lambda: run_play(args))
+
+
+def run_play(args: Any) -> int:
+    """Play the run the command line names (:func:`play`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from qlab import tracking
-    from qlab.analysis.runs import AnalysisError, redact
+    from qlab.analysis.runs import redact
 
     uri = args.uri or tracking.default_uri()
     client = MlflowClient(tracking_uri=uri)
@@ -243,11 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PlayError(f"no run {args.run_id!r} in {redact(uri)}") from exc
         play(client, args.run_id, episodes=args.episodes, gif=args.gif, seed=args.seed,
              fps=args.fps, max_steps=args.max_steps, values=not args.no_values)
-    except (PlayError, AnalysisError, MlflowException, OSError) as exc:
-        msg = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(f"{PROG}: error: {msg.splitlines()[0] if msg else type(exc).__name__}",
-              file=sys.stderr)
-        return 1
+    except (MlflowException, OSError) as exc:
+        raise PlayError(one_line(exc)) from exc
     if args.gif is not None:
         print(f"{PROG}: wrote {args.gif}", file=sys.stderr)
     return 0

@@ -38,12 +38,17 @@ from qlab.analysis.runs import (
     redact,
     run_config,
 )
+from qlab.core.errors import QlabError, exit_status, one_line
 
 PROG = "qlab-report"
 CURVE_KEYS = ("train/q_delta", "train/episode_length", "train/episode_return", "eval/return",
               "eval/q_error", "eval/optimal_fraction", "train/td_loss")
 HISTORY_KEYS = CURVE_KEYS + ("eval/episodes_to_optimal",)
 POI_SCORES = ("episodes_to_solve", "final_return", "final_q_error")
+
+
+class ReportError(QlabError, RuntimeError):
+    """The report cannot be built, written or logged (the store or the disk failed)."""
 
 
 @dataclass
@@ -419,8 +424,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--sweep-id", help="the sweep's sweep_id tag")
     which.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run id")
     p.add_argument("--out", type=Path, help="output directory (default: reports/<experiment>)")
-    p.add_argument("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                   "project's sqlite store)")
+    p.add_argument("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "mlflow.db in the working directory)")
     p.add_argument("--group-by", nargs="+", metavar="KEY",
                    help="group runs by these params/tags (default: agent and exploration.decay, "
                    "plus any other swept key)")
@@ -447,6 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().error(f"--smooth {args.smooth}: must be >= 1")
     if args.resamples < 100:
         _parser().error(f"--resamples {args.resamples}: must be >= 100")
+    return exit_status(PROG, lambda: run_report(args))
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Build, write and log the report the command line asks for; print where it is."""
     try:
         sweep = load_sweep(args.experiment, sweep_id=args.sweep_id, parent=args.parent,
                            uri=args.uri, keys=HISTORY_KEYS)
@@ -459,11 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             client = MlflowClient(tracking_uri=sweep.uri)
             client.log_artifacts(sweep.parent_run_id, str(out), "report")
             logged = f"; logged to run {sweep.parent_run_id} as report/"
-    except (AnalysisError, MlflowException, OSError) as exc:
-        msg = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(f"{PROG}: error: {msg.splitlines()[0] if msg else type(exc).__name__}",
-              file=sys.stderr)
-        return 1
+    except (MlflowException, OSError) as exc:
+        raise ReportError(one_line(exc)) from exc
     print(f"{PROG}: {rep.path} ({sweep.n_runs} runs of {sweep.experiment!r}"
           f"{', sweep ' + sweep.sweep_id if sweep.sweep_id else ''}; loaded in "
           f"{sweep.load_seconds:.1f} s){logged}", file=sys.stderr)

@@ -161,7 +161,7 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 # ---------------------------------------------------------------------------- runner state
 
 def history_state(hist) -> dict[str, Any]:
-    """A :class:`~qlab.core.runner.History` as a state dict; the per-episode tables only up to
+    """A :class:`~qlab.core.history.History` as a state dict; the per-episode tables only up to
     the furthest replica's episode (the rest is NaN), so early checkpoints stay small."""
     n = int(hist.done.max(initial=0))
     return {"train": {k: v[:, :n].copy() for k, v in hist.train.items()},
@@ -172,7 +172,7 @@ def history_state(hist) -> dict[str, Any]:
 
 
 def load_history(hist, d: Mapping[str, Any]) -> None:
-    """Fill a fresh :class:`~qlab.core.runner.History` of the same job from
+    """Fill a fresh :class:`~qlab.core.history.History` of the same job from
     :func:`history_state`."""
     for group in ("train", "evals"):
         tables = getattr(hist, group)
@@ -208,7 +208,7 @@ def load_into(arrays: Mapping[str, np.ndarray], d: Mapping[str, Any], name: str)
 
 
 class Checkpointer:
-    """Writes the job's checkpoint when the runner asks: the runner's loop state and history
+    """Writes the job's checkpoint when the driver asks: the driver's loop state and history
     plus the env's, agent's and evaluator's state dicts, under ``header``."""
 
     def __init__(self, path: Path, header: Mapping[str, Any], env, agent, evaluator=None) -> None:
@@ -228,7 +228,7 @@ class Checkpointer:
 def restore(path: Path, state: Mapping[str, Any], env, agent, evaluator, hist,
             loop: dict[str, np.ndarray]) -> None:
     """Load a checkpoint's state into freshly built ``env``, ``agent``, ``evaluator``, an
-    empty History ``hist`` and the runner's ``loop`` arrays. Any mismatch is one line."""
+    empty History ``hist`` and the driver's ``loop`` arrays. Any mismatch is one line."""
     try:
         env.load_state_dict(state["env"])
         agent.load_state_dict(state["agent"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from qlab.core.runner import History
+from qlab.core.history import History
 
 
 class ProgressBar:

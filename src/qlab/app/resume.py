@@ -17,8 +17,8 @@ Every check happens before anything is written: bad input leaves the store as it
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,8 @@ from mlflow.tracking import MlflowClient
 
 from qlab.app import checkpoint
 from qlab.app.checkpoint import CheckpointError
-from qlab.config import ROOT
 from qlab.core.errors import QlabError
+from qlab.core.history import History, loop_state
 from qlab.tracking import store
 
 JOB_TAG = "qlab.job_id"
@@ -38,6 +38,8 @@ HASH_TAG = "qlab.config_hash"
 CKPT_TAG = "qlab.checkpoint"
 REPLICA_TAG = "qlab.replica"  # a run's replica index in its job (fused jobs repeat seeds)
 LOCK_NAME = "lock"
+
+log = logging.getLogger(__name__)
 
 
 class ResumeError(QlabError, ValueError):
@@ -47,13 +49,14 @@ class ResumeError(QlabError, ValueError):
 
 
 def checkpoint_root(checkpoint_dir: str | None, uri: str) -> Path:
-    """``checkpoint_dir``, else ``checkpoints/`` beside a sqlite store, else at the project root."""
+    """``checkpoint_dir``, else ``checkpoints/`` beside a sqlite store, else in the working
+    directory (absolute: a job's checkpoint path is recorded on its runs)."""
     if checkpoint_dir:
         return Path(checkpoint_dir).expanduser().resolve()
     db = store.sqlite_path(uri)
     if db is not None:
         return db.resolve().parent / "checkpoints"
-    return ROOT / "checkpoints"
+    return Path.cwd() / "checkpoints"
 
 
 class JobLock:
@@ -84,7 +87,7 @@ class Plan:
     job_id: str
     directory: Path
     run_ids: list[str] | None = None  # existing runs to continue (None: create new ones)
-    start: tuple[Any, dict] | None = None  # (History, loop) for runner.train(resume=...)
+    start: tuple[Any, dict] | None = None  # (History, loop) for driver.train(resume=...)
     skip: bool = False  # resume=auto found the job FINISHED
     lock: JobLock | None = None
     state: dict | None = None  # the checkpoint's state, until restore() puts it in place
@@ -256,12 +259,10 @@ def restore(p: Plan, env, agent, evaluator, episodes: int, eval_every: int) -> N
     """Put a resumed plan's checkpoint into the freshly built objects; sets ``p.start``."""
     if p.state is None:
         return
-    from qlab.core import runner
-
     stat_keys = tuple(getattr(agent, "stat_keys", ()))
-    hist = runner.History.empty(env.num_envs, episodes, eval_every,
-                                evaluator.keys if evaluator else (), stat_keys)
-    loop = runner.loop_state(env.num_envs, stat_keys)
+    hist = History.empty(env.num_envs, episodes, eval_every,
+                         evaluator.keys if evaluator else (), stat_keys)
+    loop = loop_state(env.num_envs, stat_keys)
     try:
         checkpoint.restore(p.path, p.state, env, agent, evaluator, hist, loop)
     except BaseException:
@@ -271,11 +272,11 @@ def restore(p: Plan, env, agent, evaluator, episodes: int, eval_every: int) -> N
 
 
 def announce(p: Plan) -> None:
-    """One stderr line saying what happens to a resumed or skipped job."""
+    """Log (INFO: qlab-train's stderr, the job log) what happens to a resumed or skipped job."""
     if p.skip:
-        print(f"qlab-train: job {p.job_id} already FINISHED ({len(p.run_ids)} run(s)); skipped "
-              "(resume=auto)", file=sys.stderr)
+        log.info("job %s already FINISHED (%d run(s)); skipped (resume=auto)", p.job_id,
+                 len(p.run_ids))
     elif p.run_ids:
         done = p.start[0].done if p.start else []
-        print(f"qlab-train: resuming job {p.job_id} from {p.path} at episodes "
-              f"{list(map(int, done))}", file=sys.stderr)
+        log.info("resuming job %s from %s at episodes %s", p.job_id, p.path,
+                 list(map(int, done)))

@@ -1,5 +1,5 @@
 """Stopping on a signal at a clean point: Ctrl-C (SIGINT) and SIGTERM (what SLURM sends at
-its time limit) while the runner trains become a *pending* stop, which the runner acts on at
+its time limit) while the driver trains become a *pending* stop, which the driver acts on at
 its next lock-step boundary — where every replica's state is whole — by writing a checkpoint
 and raising. Outside :meth:`GracefulStop.deferring`, or on a second signal, they raise at once.
 """
@@ -18,7 +18,7 @@ class Terminated(KeyboardInterrupt):
 
 class GracefulStop:
     """Installs SIGINT / SIGTERM handlers (main thread only) for the ``with`` block.
-    ``stop()`` returns the pending exception (or None) for the runner to raise."""
+    ``stop()`` returns the pending exception (or None) for the driver to raise."""
 
     def __init__(self) -> None:
         self.pending: BaseException | None = None
@@ -39,13 +39,13 @@ class GracefulStop:
     def _handle(self, signum: int, frame) -> None:
         exc = Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
         if self._defer and self.pending is None:
-            self.pending = exc  # acted on at the runner's next lock-step boundary
+            self.pending = exc  # acted on at the driver's next lock-step boundary
             return
         raise exc
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[None]:
-        """Signals in this block wait for the runner (a second one raises at once)."""
+        """Signals in this block wait for the driver (a second one raises at once)."""
         self._defer = True
         try:
             yield

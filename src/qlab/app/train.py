@@ -1,8 +1,6 @@
-"""``qlab-train``: compose a config with Hydra, then wire env, agent, schedule, tracker and
-runner together. It wires; the modules compute.
-
-    qlab-train env.height=8 env.width=8 seed=3 replicas=5 episodes=300 exploration.decay=0.99
-"""
+"""Train one job and record it: build the job from its config, plan its resume, open its
+MLflow runs, train with checkpoints and a graceful stop, write the artifacts. It wires; the
+modules compute. ``qlab-train`` (:mod:`qlab.cli`) and :func:`qlab.run` call :func:`run`."""
 
 from __future__ import annotations
 
@@ -14,54 +12,48 @@ from omegaconf import DictConfig, OmegaConf
 
 from qlab import tracking
 from qlab.app import checkpoint, resume
+from qlab.app.build import build
 from qlab.app.progress import ProgressBar
+from qlab.app.result import Result
 from qlab.app.stopping import GracefulStop, Terminated
-from qlab.config import QlabConfig
+from qlab.app.value_maps import value_heatmap_writer
+from qlab.config import QlabConfig, complete
 from qlab.config.batch import batch as config_batch
-from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.core import agents, driver
 from qlab.core.errors import QlabError
+from qlab.core.history import History, episodes_to_optimal
 
-__all__ = ["run", "summary", "Terminated", "ReplicaFailure"]
+__all__ = ["run", "summary", "Result", "Terminated", "ReplicaFailure"]
 
 
 class ReplicaFailure(QlabError, RuntimeError):
     """Some replicas were stopped (non-finite values); the others finished."""
 
 
-def run(cfg: DictConfig, tags: dict[str, str] | None = None
-        ) -> tuple[runner.History | None, list[str]]:
-    """Train one job (R replicas; of several sweep points if fused) and record it; returns
-    its history and MLflow run ids. ``tags`` go on every run (a sweep's nesting tags)."""
+def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
+    """Train one job (R replicas; of several sweep points if fused) and record it (unless
+    ``tracking.enabled`` is false). ``tags`` go on every run (a sweep's nesting tags)."""
     batch = config_batch(cfg)  # validates every point; replica k records its own point's config
     c: QlabConfig = batch.config
     seeds = batch.seeds
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    schedule = exploration.make(c.exploration, c.replicas)
-    if env.model is not None:
-        evaluator = runner.Evaluator(env.model, agent.gamma)
-    else:  # no model (CartPole): greedy rollouts on separate eval env copies
-        evaluator = runner.RolloutEvaluator(
-            lambda: envs.gym_vector.make_gym(c.env.id, c.env.max_steps, c.env.kwargs), seeds,
-            c.eval_episodes)
-    resolved = OmegaConf.to_container(cfg, resolve=True)  # the job's (a fused job: all points)
-    job = bar = None
-    try:  # from here on a job holds its lock: released whatever happens
+    job = build(c, seeds)
+    env, agent = job.env, job.agent
+    resolved = OmegaConf.to_container(complete(cfg), resolve=True)  # (a fused job: all points)
+    plan = bar = None
+    try:  # from here on a resumed job holds its lock: released whatever happens
         if c.tracking.enabled:  # checkpoints and resume go with tracked runs
             uri = c.tracking.uri or tracking.default_uri()
-            job = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
-                                  resume.checkpoint_root(c.checkpoint_dir, uri))
-            if job.skip:
-                resume.announce(job)
-                return None, job.run_ids
-            resume.restore(job, env, agent, evaluator, c.episodes, c.eval_every)
-            resume.announce(job)
-        # runner.train or its compiled twin (fast=auto|on|off): they checkpoint and resume alike
-        trainer = fastpath.choose(c.fast, env, agent, schedule)
+            plan = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
+                                   resume.checkpoint_root(c.checkpoint_dir, uri))
+            if plan.skip:
+                resume.announce(plan)
+                return Result(c, None, None, plan.run_ids)
+            resume.restore(plan, env, agent, job.evaluator, c.episodes, c.eval_every)
+            resume.announce(plan)
         replicas = [{"params": batch.params(k),
                      "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
                               resume.REPLICA_TAG: k, **(tags or {}), **batch.tags,
-                              **(job.tags if job else {})}}
+                              **(plan.tags if plan else {})}}
                     for k, s in enumerate(seeds)]
         names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
         bar = ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
@@ -69,52 +61,49 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None
             ctx = contextlib.nullcontext(tracking.NullTracker())
         else:
             ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names,
-                                     max_points=c.tracking.max_points, resume_ids=job.run_ids)
+                                     max_points=c.tracking.max_points, resume_ids=plan.run_ids)
         stop = GracefulStop()
         with stop, ctx as tracker:
             ckpt = None
-            if job is not None and c.checkpoint_every:
-                job.acquire()
+            if plan is not None and c.checkpoint_every:
+                plan.acquire()
                 ckpt = checkpoint.Checkpointer(
-                    job.path, {"job_id": job.job_id, "run_ids": tracker.run_ids,
-                               "config": checkpoint.identity(resolved),
-                               "config_hash": checkpoint.config_hash(resolved)},
-                    env, agent, evaluator)
+                    plan.path, {"job_id": plan.job_id, "run_ids": tracker.run_ids,
+                                "config": checkpoint.identity(resolved),
+                                "config_hash": checkpoint.config_hash(resolved)},
+                    env, agent, job.evaluator)
             with stop.deferring():  # Ctrl-C / SIGTERM: checkpoint at a clean point, then KILLED
-                hist = trainer(env, agent, schedule, c.episodes, c.eval_every, evaluator,
-                               listeners=[tracker, bar], flush_seconds=c.tracking.flush_seconds,
-                               total_steps=c.total_steps, checkpoint=ckpt,
-                               checkpoint_every=c.checkpoint_every,
-                               resume=job.start if job else None, stop=stop)
-            if evaluator is not None and "eval/optimal_fraction" in hist.evals:
-                tracker.log_values("eval/episodes_to_optimal",
-                                   runner.episodes_to_optimal(hist), step=c.episodes - 1)
+                hist = driver.train(job, fast=c.fast, listeners=[tracker, bar],
+                                    flush_seconds=c.tracking.flush_seconds, checkpoint=ckpt,
+                                    checkpoint_every=c.checkpoint_every,
+                                    resume=plan.start if plan else None, stop=stop)
+            if job.evaluator is not None and "eval/optimal_fraction" in hist.evals:
+                tracker.log_values("eval/episodes_to_optimal", episodes_to_optimal(hist),
+                                   step=c.episodes - 1)
             tracker.log_replica_files(batch.write_config)
             tracker.log_replica_files(agent.save)
             if c.tracking.enabled and agents.spec_of(c.agent).tabular:  # V(s) beside Q*, grids
-                from qlab.app.value_maps import value_heatmap_writer
-
                 heatmap = value_heatmap_writer(c.env, env.model, agent.q_values(), agent.gamma,
                                                names)
                 if heatmap is not None:
                     tracker.log_replica_files(heatmap)
-        if job is not None:
-            job.finished()  # training is complete: its checkpoint has no more use
+        if plan is not None:
+            plan.finished()  # training is complete: its checkpoint has no more use
         if stop.pending is not None:  # a signal during the last flush: the job is done; stop
             raise stop.pending
     finally:
         if bar is not None:
             bar.close()
-        if job is not None:
-            job.release()
+        if plan is not None:
+            plan.release()
     print(summary(c, hist), file=sys.stderr)
     if hist.failed:
         raise ReplicaFailure("; ".join(f"seed {seeds[k]} ({why})"
                                        for k, why in sorted(hist.failed.items())))
-    return hist, tracker.run_ids
+    return Result(c, hist, job, tracker.run_ids)
 
 
-def summary(c: QlabConfig, hist: runner.History) -> str:
+def summary(c: QlabConfig, hist: History) -> str:
     """One line: what was trained and how it ended (medians over replicas)."""
     budget = f"{c.episodes} episodes" if c.total_steps is None else f"{c.total_steps} steps"
     parts = [f"{c.agent.name} on {c.env.name}: {c.replicas} replica(s) x {budget}"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from qlab.core.errors import ConfigError
 from qlab.core.exploration import ExplorationConfig
 from qlab.core.registry import import_module
 
-ROOT = Path(__file__).resolve().parents[3]
-CONF_DIR = ROOT / "conf"
+# qlab's configs, package data (in a checkout src/qlab/conf links to the top-level conf/, the
+# source): found wherever qlab is installed, whatever the working directory.
+CONF_DIR = Path(str(resources.files("qlab") / "conf")).resolve()
 CONFIG_DIRS_ENV = "QLAB_CONFIG_DIRS"  # user config dirs, for worker processes
 
-__all__ = ["CONF_DIR", "ROOT", "ConfigError", "EnvConfig", "ExplorationConfig", "QlabConfig",
+__all__ = ["CONF_DIR", "ConfigError", "EnvConfig", "ExplorationConfig", "QlabConfig",
            "TrackingConfig", "complete", "flatten", "options", "register", "search_dirs",
            "validate"]
 
@@ -158,7 +160,7 @@ def _check_env(e: EnvConfig, spec: agents.AgentSpec) -> None:
     if e.id not in gymnasium.registry:
         raise ConfigError(f"env.id={e.id!r}: not a registered gymnasium env id"
                           + (" (module:id imports are refused)" if ":" in e.id else ""))
-    if spec.tabular and envs.make_model(e) is None:
+    if spec.tabular and not envs.has_model(e):
         raise ConfigError(f"env={e.name} ({e.id}) has no discrete state: agent={spec.name} "
                           "needs a grid world or toy-text env (griddy*, frozenlake*, "
                           "cliffwalking, taxi); use agent=dqn for this env")

@@ -46,8 +46,9 @@ class Registry(Generic[T]):
 def import_module(key: str, dotted: str) -> None:
     """Import the module a config names under ``key`` (it registers its agent or env).
 
-    A module not found on ``sys.path`` is looked for under the working directory too, so
-    ``examples.tabular_dyna_q`` works from the checkout whichever way qlab was started."""
+    A module not found on ``sys.path`` is looked for under the working directory too (which
+    then stays on ``sys.path``), so ``examples.dyna_q`` works from the checkout whichever way
+    qlab was started."""
     try:
         importlib.import_module(dotted)
         return

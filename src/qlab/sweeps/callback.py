@@ -9,6 +9,7 @@ because ``qlab-train`` calls :func:`finish` on its way out.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,8 @@ SWEEP_KEY_TAG = "qlab.sweep_key"
 SEED_KEYS = ("seed", "replicas")
 
 _active: dict[str, Any] = {}
+
+log = logging.getLogger(__name__)
 
 
 def in_sweep() -> bool:
@@ -92,9 +95,8 @@ class SweepCallback(Callback):
         _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,
                        group_by=swept_keys(overrides))
         os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = run_id, sweep_id
-        print(f"qlab: sweep {sweep_id} -> MLflow experiment {config.experiment_name!r}, "
-              f"parent run {run_id}{' (rerun: resume=auto)' if rerun else ''}",
-              file=sys.stderr)
+        log.info("sweep %s -> MLflow experiment %r, parent run %s%s", sweep_id,
+                 config.experiment_name, run_id, " (rerun: resume=auto)" if rerun else "")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish()

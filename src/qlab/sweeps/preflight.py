@@ -3,22 +3,18 @@ way Hydra will, validate it, and turn any failure into one line naming the key."
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 from omegaconf.errors import (
-    ConfigAttributeError,
-    ConfigKeyError,
     OmegaConfBaseException,
-    ValidationError,
 )
 
-from qlab.config import CONF_DIR, ConfigError, options, register, search_dirs
+from qlab.config import CONF_DIR, ConfigError, register, search_dirs
 from qlab.config.batch import batch
+from qlab.config.compose import explain
 from qlab.sweeps import fused
 from qlab.tracking import default_uri, store
 
@@ -37,40 +33,6 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
         return [search]
     return [[*search, *job]
             for job in BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]]
-
-
-def explain(exc: BaseException) -> str:
-    """One line for a composition or validation error."""
-    if isinstance(exc, ConfigError):
-        return str(exc)
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
-        group, _, choice = str(exc.missing_cfg_file).rpartition("/")
-        if group:
-            return (f"{group}={choice}: no such {group}; choose one of: "
-                    + ", ".join(options(group)))
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None) or "config"
-        msg = str(cause).splitlines()[0]
-        if isinstance(cause, ConfigKeyError | ConfigAttributeError):
-            return _no_such_key(key, cause)
-        if isinstance(cause, ValidationError):
-            return f"{key}: {msg}"
-        return f"{key}: {msg}"
-    return " ".join(str(exc).split())
-
-
-def _no_such_key(key: str, cause: OmegaConfBaseException) -> str:
-    """'agent.lrr: no such key; did you mean agent.lr? allowed agent keys: gamma, ...'"""
-    schema = getattr(cause, "object_type", None)
-    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
-        return f"{key}: no such key; see `qlab-train --cfg job` for the keys"
-    allowed = sorted(f.name for f in dataclasses.fields(schema))
-    parent, _, leaf = key.rpartition(".")
-    close = difflib.get_close_matches(leaf, allowed, n=1)
-    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
-    where = f"{parent} " if parent else ""
-    return f"{key}: no such key; {hint}allowed {where}keys: {', '.join(allowed)}"
 
 
 def _sweeper(overrides: Sequence[str]) -> tuple[list[str], list[str] | None]:

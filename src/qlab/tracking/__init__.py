@@ -11,15 +11,16 @@ every 4th up to 4 x, ...), always with each replica's last episode; ``eval/*`` p
 all logged. The complete per-episode table of every replica is kept beside them as the run
 artifact ``episodes.csv`` (written when the run ends, whatever its status).
 
-It knows nothing of agents: it is handed a :class:`~qlab.core.runner.History` and arrays to save.
+It knows nothing of agents: it is handed a :class:`~qlab.core.history.History` and arrays
+to save.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -32,16 +33,19 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab.config import ROOT, flatten
+from qlab.config import flatten
 from qlab.tracking import provenance, store
 from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
 
+log = logging.getLogger(__name__)
+
 
 def default_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else an absolute sqlite store at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, else an absolute sqlite store in the working directory
+    (``make`` targets set the variable: the checkout's ``mlflow.db``)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -278,7 +282,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.app.train)
         lost = tracker.finish_after_error("KILLED", type(exc).__name__, failed=tracker.failed)
         if lost is not None:
-            print(f"qlab: {_keep_locally(tracker, uri, lost)}", file=sys.stderr)
+            log.warning("%s", _keep_locally(tracker, uri, lost))
         raise
     except BaseException as exc:
         lost = tracker.finish_after_error("FAILED", f"{type(exc).__name__}: {exc}",

@@ -1,6 +1,11 @@
 """What a run needs besides its config to be rerun: package versions, the git commit of the
 source (and whether it had uncommitted changes), python and the platform.
 
+The commit is recorded only when qlab runs from a checkout: installed editable (``pip install
+-e``), whose PEP 610 record (``direct_url.json``) names the source directory, and that
+directory is the top of a git checkout. A wheel install (``pip install .`` included: a copy
+of the files) has no checkout, whatever the directory it was built from holds now.
+
 Recorded on every run as ``qlab.*`` tags (searchable) and as the ``environment.json``
 artifact (the full record); the resolved config is the ``config.yaml`` artifact.
 """
@@ -15,8 +20,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-from qlab.config import ROOT
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 PACKAGES = ("qlab", "numpy", "torch", "gymnasium", "mlflow", "hydra-core", "omegaconf")
 ARTIFACT = "environment.json"
@@ -29,27 +34,55 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
-    """``git -C <source root> args`` stdout, or None (no git, not a checkout, any failure)."""
+def editable_dir(direct_url: str | None) -> Path | None:
+    """The source directory a PEP 610 ``direct_url.json`` names for an editable install;
+    None for anything else (a wheel, a non-editable directory install, no or a bad record)."""
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+        info = json.loads(direct_url or "")
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or not (info.get("dir_info") or {}).get("editable"):
+        return None
+    url = urlparse(str(info.get("url", "")))
+    return Path(url2pathname(url.path)) if url.scheme == "file" else None
+
+
+def source_dir() -> Path | None:
+    """The directory qlab's code comes from when it is installed editable, else None. (The
+    installed distribution's record: a build's ``qlab.egg-info`` in the working directory,
+    which may come first on ``sys.path``, has none.)"""
+    for dist in metadata.distributions(name="qlab"):
+        text = dist.read_text("direct_url.json")
+        if text is not None:
+            return editable_dir(text)
+    return None
+
+
+def _git(source: Path, *args: str) -> str | None:
+    """``git -C source args`` stdout, or None (no git, not a checkout, any failure)."""
+    try:
+        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True,
                              timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
 
 
-def git_state() -> dict[str, Any] | None:
-    """The source checkout's commit, branch and dirty flag; None if qlab's source root is not
-    the top of a git checkout (an installed qlab inside some other repository is not)."""
-    top = _git("rev-parse", "--show-toplevel")
-    if not top or Path(top).resolve() != ROOT.resolve():
+def git_state(source: Path | None = None) -> dict[str, Any] | None:
+    """The commit, branch and dirty flag of the checkout ``source`` (default: qlab's
+    :func:`source_dir`); None without one, or if ``source`` is not the top of its git
+    checkout (a directory inside some other repository is not qlab's checkout)."""
+    source = source or source_dir()
+    if source is None:
         return None
-    commit = _git("rev-parse", "HEAD")
+    top = _git(source, "rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != source.resolve():
+        return None
+    commit = _git(source, "rev-parse", "HEAD")
     if not commit:
         return None
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+    status = _git(source, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "branch": _git(source, "rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(status) if status is not None else None}
 
 
@@ -86,4 +119,4 @@ def to_json(record: dict[str, Any]) -> str:
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
-__all__ = ["collect", "tags", "to_json", "git_state", "ARTIFACT"]
+__all__ = ["collect", "tags", "to_json", "git_state", "source_dir", "editable_dir", "ARTIFACT"]

@@ -14,11 +14,15 @@ It runs ``mlflow server`` with:
   shipped, nothing is written to disk): unset, empty, shorter than 12 characters or MLflow's
   old default is refused. The auth config (an ini file without the password) goes to a
   temporary file; the user database defaults to ``mlflow-auth.db`` beside the sqlite store.
+
+The store defaults to ``mlflow.db`` and ``mlartifacts/`` in the working directory (``make
+server`` passes the checkout's).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import signal
@@ -27,8 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qlab.config import ROOT
-from qlab.core.errors import QlabError
+from qlab.core.errors import QlabError, run_cli
 from qlab.tracking.store import sqlite_path
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
@@ -37,18 +40,25 @@ USERNAME_ENV = "MLFLOW_AUTH_ADMIN_USERNAME"
 MIN_PASSWORD = 12  # MLflow's password policy
 LEGACY_PASSWORD = "password1234"  # what MLflow < 3.x shipped in basic_auth.ini
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+PROG = "qlab-server"
+
+log = logging.getLogger(__name__)
 
 
 class ServerError(QlabError, ValueError):
-    """Bad server settings; the message is one line."""
+    """Bad server settings (refused before the server starts); the message is one line."""
+
+    exit_code = 2
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="qlab-server", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--backend-store-uri", default=f"sqlite:///{ROOT / 'mlflow.db'}")
-    p.add_argument("--artifacts-destination", default=str(ROOT / "mlartifacts"))
+    p.add_argument("--backend-store-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+                   help="the store (default: mlflow.db in the working directory)")
+    p.add_argument("--artifacts-destination", default=str(Path.cwd() / "mlartifacts"),
+                   help="where artifacts go (default: mlartifacts/ in the working directory)")
     p.add_argument("--allowed-hosts", default="",
                    help="extra comma-separated Host headers to accept (the names clients use "
                         "for this server, e.g. mlflow-host,mlflow-host:5000)")
@@ -99,7 +109,7 @@ def auth_db_uri(backend_store_uri: str) -> str:
     db = sqlite_path(backend_store_uri)
     if db is not None:
         return f"sqlite:///{db.parent / 'mlflow-auth.db'}"
-    return f"sqlite:///{ROOT / 'mlflow-auth.db'}"
+    return f"sqlite:///{Path.cwd() / 'mlflow-auth.db'}"
 
 
 def auth_ini(database_uri: str, default_permission: str, admin: str) -> str:
@@ -126,15 +136,17 @@ def command(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad settings are one line on stderr and exit code 2."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    sys.exit(run_cli(PROG, lambda: serve(args)))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until it exits (its exit code); :class:`ServerError` before it starts."""
     env = dict(os.environ)
-    try:
-        cmd = command(args)
-        if args.auth:
-            admin_password()
-    except ServerError as exc:
-        print(f"qlab-server: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    cmd = command(args)
+    if args.auth:
+        admin_password()
     with tempfile.TemporaryDirectory(prefix="qlab-server-") as tmp:
         if args.auth:
             ini = Path(tmp) / "basic_auth.ini"
@@ -144,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             # CSRF key shared by this server's workers; set it yourself for several servers.
             env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
         mode = "login required (basic-auth)" if args.auth else "no login"
-        print(f"qlab-server: http://{args.host}:{args.port}, {mode}, accepted Host headers: "
-              f"{cmd[cmd.index('--allowed-hosts') + 1]}", file=sys.stderr, flush=True)
+        log.info("http://%s:%s, %s, accepted Host headers: %s", args.host, args.port, mode,
+                 cmd[cmd.index("--allowed-hosts") + 1])
         proc = subprocess.Popen(cmd, env=env)
 
         def forward(signum, frame):
@@ -153,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, forward)
-        code = proc.wait()
-    sys.exit(code)
+        return proc.wait()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Compiled (numba) kernels of the tabular fast path: the runner's lock-step loop for tabular
+"""Compiled (numba) kernels of the tabular agents' stepper: the driver's lock-step loop for tabular
 Q-learning (``update = step`` / ``episode``) and Monte-Carlo on an env with a tabular model,
 one replica at a time.
 
-They compute exactly what the numpy reference computes (:func:`qlab.core.runner.train` with
-:mod:`qlab.core.agents.qlearning`, :mod:`qlab.core.agents.mc`,
-:class:`qlab.core.envs.vector.TabularVecEnv`
-and :class:`qlab.core.exploration.Schedule`), bit for bit:
+They compute exactly what the numpy reference computes (:class:`qlab.core.driver.NumpyStepper`
+with :mod:`qlab.core.agents.qlearning`, :mod:`qlab.core.agents.mc`,
+:class:`qlab.core.envs.vector.TabularVecEnv` and :class:`qlab.core.exploration.Schedule`),
+bit for bit:
 
 - replica k's steps run in order over replica k's own pre-drawn uniforms: its agent stream
   gives ``2 + A`` numbers per step (explore?, random action, A tie-breakers), its env stream
@@ -19,7 +19,7 @@ and :class:`qlab.core.exploration.Schedule`), bit for bit:
 A kernel call is resumable: all per-replica state lives in the arrays passed in. Replica k
 stops, with a status saying why, when it has finished an episode that must be evaluated,
 run ``limit`` episodes, finished or failed, or needs more uniforms or a larger episode
-buffer; the driver (:mod:`qlab.core.fastpath`) does what the status asks and calls again.
+buffer; the stepper (:mod:`qlab.core.compiled`) does what the status asks and calls again.
 """
 
 from __future__ import annotations

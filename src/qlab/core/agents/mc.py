@@ -25,9 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import EpisodeBuffer, TabularAgent, Transition, Updates
 from qlab.core.checks import check_range
+from qlab.core.compiled import CompiledStepper
 
 
 @dataclass
@@ -51,6 +53,12 @@ class TabularMC(TabularAgent):
         super().__init__(n_states, n_actions, seeds, lr, gamma, init)
         self.first_visit = bool(first_visit)
         self._episodes = EpisodeBuffer(self.replicas)
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel for this agent; None for a subclass (it may learn
+        otherwise: it trains on the numpy path unless it names a kernel of its own)."""
+        return (K.MC) if type(self) is TabularMC else None
 
     def learn(self, tr: Transition) -> Updates:
         self._episodes.push(tr)
@@ -144,12 +152,5 @@ def build(cfg: TabularMCConfig, env, seeds: Sequence[int]) -> TabularMC:
                      first_visit=cfg.first_visit, init=cfg.init)
 
 
-def compiled(env, agent, schedule):
-    """The compiled stepper (numba kernels, :mod:`qlab.core.fastpath`)."""
-    from qlab.core import fastpath
-
-    return fastpath.stepper(env, agent, schedule)
-
-
 register(AgentSpec("tabular_mc", TabularMCConfig, build, tabular=True,
-                   compiled=compiled))
+                   compiled=CompiledStepper))

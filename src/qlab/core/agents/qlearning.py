@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import EpisodeBuffer, TabularAgent, Transition, Updates
 from qlab.core.checks import check_in, check_range
+from qlab.core.compiled import CompiledStepper
 
 UPDATES = ("step", "episode")
 
@@ -51,6 +53,14 @@ class TabularQ(TabularAgent):
             raise ValueError(f"agent.update={update!r}: must be one of {', '.join(UPDATES)}")
         self.update = update
         self._episodes = EpisodeBuffer(self.replicas) if update == "episode" else None
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel for this agent; None for a subclass (it may learn
+        otherwise: it trains on the numpy path unless it names a kernel of its own)."""
+        if type(self) is not TabularQ:
+            return None
+        return K.Q_STEP if self.update == "step" else K.Q_EPISODE
 
     def learn(self, tr: Transition) -> Updates:
         if self._episodes is None:
@@ -94,12 +104,5 @@ def build(cfg: TabularQConfig, env, seeds: Sequence[int]) -> TabularQ:
                     update=cfg.update, init=cfg.init)
 
 
-def compiled(env, agent, schedule):
-    """The compiled stepper (numba kernels, :mod:`qlab.core.fastpath`)."""
-    from qlab.core import fastpath
-
-    return fastpath.stepper(env, agent, schedule)
-
-
 register(AgentSpec("tabular_q", TabularQConfig, build, tabular=True,
-                   compiled=compiled))
+                   compiled=CompiledStepper))

@@ -36,11 +36,6 @@ class AgentConfig:
         check_range("agent.gamma", self.gamma, 0, 1)
 
 
-# A compiled stepper factory: (env, agent, schedule) -> a stepper, or a reason it cannot
-# train this combination (see qlab.core.driver).
-CompiledStepper = Callable[[Any, Any, Any], Any]
-
-
 @dataclass(frozen=True)
 class AgentSpec:
     """What qlab needs to know of an agent."""
@@ -49,7 +44,9 @@ class AgentSpec:
     config: type[AgentConfig]  # its schema
     build: Callable[[Any, Any, Sequence[int]], Any]  # (config, env, seeds) -> the agent
     tabular: bool = False  # indexes a table by state: needs an env with an exact model
-    compiled: CompiledStepper | None = None  # its compiled stepper, if it has one
+    # Its compiled stepper class, if it has one: built as ``cls(job, progress, resumed)``,
+    # with ``cls.unsupported(job)`` saying why it cannot train a job (qlab.core.driver).
+    compiled: type | None = None
 
 
 AGENTS: Registry[AgentSpec] = Registry("agent")
@@ -63,6 +60,9 @@ def register(spec: AgentSpec) -> AgentSpec:
 def get(name: str, module: str | None = None) -> AgentSpec:
     """The spec registered as ``name``, importing ``module`` first if it is not known yet."""
     spec = AGENTS.find(name)
+    if spec is not None and module and spec.build.__module__ != module:
+        raise ConfigError(f"agent.module={module!r}: agent {name!r} is already registered by "
+                          f"{spec.build.__module__}; give this agent another name")
     if spec is None and not module:  # qlab's own agents register when their module loads
         _import_builtin()
         spec = AGENTS.find(name)

@@ -28,7 +28,7 @@ class Transition(NamedTuple):
 class Updates(NamedTuple):
     """What one learning call changed, per replica: the sum of |ΔQ(s, a)| over the updates it
     made and their count. ``stats`` holds other per-replica sums (e.g. ``td_loss``) over
-    ``stats_count`` learning steps; the runner logs their per-episode mean as ``train/<name>``."""
+    ``stats_count`` learning steps; the driver logs their per-episode mean as ``train/<name>``."""
 
     abs_delta: np.ndarray  # (R,)
     count: np.ndarray  # (R,)

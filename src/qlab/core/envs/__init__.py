@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import gymnasium
 import numpy as np
 
 from qlab.core.envs import griddy  # noqa: F401 - registers qlab/Griddy-v0, qlab's own env
@@ -16,7 +17,8 @@ from qlab.core.envs.registry import EnvConfig, EnvSpec, find, register
 from qlab.core.envs.toytext import toy_text_model
 from qlab.core.envs.vector import TabularVecEnv
 
-__all__ = ["EnvConfig", "EnvSpec", "GRIDDY_ID", "TabularModel", "make", "make_model", "register"]
+__all__ = ["EnvConfig", "EnvSpec", "GRIDDY_ID", "TabularModel", "has_model", "make", "make_model",
+           "register"]
 
 
 def make_model(cfg: EnvConfig) -> TabularModel | None:
@@ -26,6 +28,17 @@ def make_model(cfg: EnvConfig) -> TabularModel | None:
         return spec.model(cfg)
     # Gymnasium toy-text envs (FrozenLake, CliffWalking, Taxi) publish their model as P.
     return toy_text_model(cfg.id, cfg.kwargs, cfg.max_steps)
+
+
+def has_model(cfg: EnvConfig) -> bool:
+    """Whether the env ``cfg`` names has an exact model, without building it."""
+    if find(cfg) is not None:
+        return True
+    env = gymnasium.make(cfg.id, **dict(cfg.kwargs or {}))
+    try:
+        return getattr(env.unwrapped, "P", None) is not None
+    finally:
+        env.close()
 
 
 def make(cfg: EnvConfig, seeds: Sequence[int]) -> TabularVecEnv | GymVecEnv:

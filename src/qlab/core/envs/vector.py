@@ -35,10 +35,12 @@ class TabularVecEnv:
         self.n_actions = model.n_actions
         self._observations = observations
         self._rand = ReplicaUniforms(seeds, ENV_STREAM)
-        self._cum = np.cumsum(model.prob, axis=-1)
-        self._cum[..., -1] = 1.0  # guard against float round-off
-        self._init_cum = np.cumsum(model.initial)
-        self._init_cum[-1] = 1.0
+        # Cumulative outcome and start probabilities, what sampling (and a compiled stepper)
+        # searches.
+        self.transition_cdf = np.cumsum(model.prob, axis=-1)
+        self.transition_cdf[..., -1] = 1.0  # guard against float round-off
+        self.initial_cdf = np.cumsum(model.initial)
+        self.initial_cdf[-1] = 1.0
         self._rows = np.arange(self.num_envs)
         self.state = np.zeros(self.num_envs, dtype=np.int64)
         self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
@@ -53,7 +55,7 @@ class TabularVecEnv:
         return self._observations
 
     def _starts(self, u: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self._init_cum, u, side="right")
+        return np.searchsorted(self.initial_cdf, u, side="right")
 
     def reset(self) -> np.ndarray:
         """Start every replica afresh; returns the start states (R,)."""
@@ -75,7 +77,7 @@ class TabularVecEnv:
         if m.deterministic:
             k = np.zeros(self.num_envs, dtype=np.int64)
         else:
-            k = (u[:, :1] >= self._cum[s, actions]).sum(axis=1)
+            k = (u[:, :1] >= self.transition_cdf[s, actions]).sum(axis=1)
         s2 = m.next_state[s, actions, k]
         reward = m.reward[s, actions, k]
         terminated = m.terminal[s, actions, k]

@@ -1,0 +1,206 @@
+"""The worked example of docs/add_your_own_agent.md: Dyna-Q (examples/dyna_q.py), an agent
+qlab does not ship, found through a user config dir (examples/conf) on Hydra's search path.
+
+It trains and is tracked through ``qlab-train`` like qlab's own agents; solves the grid world
+(judged exactly against value iteration's Q*); replica k of a batch is the run of seed k
+alone, bit for bit, and an inactive replica changes nothing; a checkpoint round trip ends
+where an uninterrupted job ends; a bad value is refused in one line before any run exists.
+With ``agent.planning_steps=0`` it is Q-learning: the same histories and Q tables as
+``agent=tabular_q``, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import qlab
+import qlab.cli
+from qlab.app import checkpoint
+from qlab.app.build import build
+from qlab.config import validate
+from qlab.core import driver
+from qlab.core.agents.tabular import Transition
+from qlab.core.history import History, loop_state
+from qlab.core.oracle import value_iteration
+
+pytestmark = pytest.mark.integration  # spawns qlab-train
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_CONF = ROOT / "examples" / "conf"
+QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
+DYNA_Q = ["agent=dyna_q", "env=griddy"]
+WALL_CLOCK = ("train/sps",)
+
+
+@pytest.fixture(autouse=True)
+def in_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``module: examples.dyna_q`` is imported from the working directory: the checkout."""
+    monkeypatch.chdir(ROOT)
+
+
+def compose(*overrides: str):
+    """The Dyna-Q job on the grid world (its tuned hparams included), untracked."""
+    return qlab.compose([*DYNA_Q, "tracking.enabled=false", *overrides],
+                        config_dirs=[EXAMPLES_CONF])
+
+
+def qlab_train(args: list[str], uri: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.run([QLAB_TRAIN, *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def assert_same_history(a: History, b: History, rows_a=slice(None), rows_b=slice(None)) -> None:
+    """Every table (wall-clock ones aside) of replicas ``rows_a`` of ``a`` equals ``b``'s."""
+    assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
+    for group in ("train", "evals"):
+        for key, table in getattr(a, group).items():
+            if key not in WALL_CLOCK:
+                np.testing.assert_array_equal(table[rows_a], getattr(b, group)[key][rows_b],
+                                              err_msg=key)
+    for name in ("eval_steps", "done", "evals_done"):
+        np.testing.assert_array_equal(getattr(a, name)[rows_a], getattr(b, name)[rows_b])
+
+
+def assert_same_state(a, b, where: str = "agent") -> None:
+    """Two state dicts (nested dicts of arrays and JSON values) are equal, bit for bit."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, where
+
+
+# ------------------------------------------------------------------ qlab-train
+
+def test_qlab_train_trains_and_tracks_dyna_q(mlflow_uri: str, tmp_path: Path) -> None:
+    out = qlab_train(["hydra.searchpath=[file://examples/conf]", *DYNA_Q, "replicas=3",
+                      f"hydra.run.dir={tmp_path}/hydra"], mlflow_uri)
+    assert out.returncode == 0, out.stderr
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("qlab")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(int(r.data.tags["seed"]) for r in runs) == [0, 1, 2]
+    for run in runs:
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["agent"] == "dyna_q"
+        assert run.data.params["agent.planning_steps"] == "5"  # the tuned hparams file's
+        assert run.data.params["agent.module"] == "examples.dyna_q"
+        history = client.get_metric_history(run_id, "eval/optimal_fraction")
+        assert max(history, key=lambda m: m.step).value == 1.0
+        assert "q_table.npy" in {a.path for a in client.list_artifacts(run_id)}
+        q = np.load(client.download_artifacts(run_id, "q_table.npy", str(tmp_path)))
+        assert q.shape == (16, 4)
+
+
+def test_bad_planning_steps_is_refused_in_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
+    """``qlab.cli.main`` in-process, as the console script calls it (a fresh process finding
+    the example is the test above); the store is conftest's per-test one in tmp_path."""
+    monkeypatch.setenv("QLAB_CONFIG_DIRS", "")  # main sets it: undone after the test
+    monkeypatch.setattr(sys, "argv", ["qlab-train", "hydra.searchpath=[file://examples/conf]",
+                                      *DYNA_Q, "agent.planning_steps=-1"])
+    with pytest.raises(SystemExit) as exit_info:
+        qlab.cli.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "qlab-train: error: agent.planning_steps=-1: must be >= 0"]
+    assert not (tmp_path / "mlflow.db").exists(), "the store was touched"
+
+
+# ------------------------------------------------------------------ in process
+
+def test_reaches_the_optimal_greedy_policy() -> None:
+    """Every replica's final greedy action is optimal (Q* by value iteration, ties allowed)
+    in every state where the agent acts."""
+    result = qlab.run(compose("replicas=3"))
+    model, gamma = result.job.env.model, result.config.agent.gamma
+    optimal = value_iteration(model, gamma).is_optimal(result.q_values.argmax(axis=2))
+    assert optimal[:, model.acting_states].all()
+    assert (result.evals.groupby("replica")["eval/optimal_fraction"].last() == 1.0).all()
+
+
+def test_replica_k_of_a_batch_is_the_run_of_seed_k() -> None:
+    """Replicas finish at different steps; the finished ones are stepped inactive meanwhile.
+    (lr < 1: Q is still moving at the end, so a finished replica that kept learning shows.)"""
+    episodes = ["episodes=20", "eval_every=5", "agent.lr=0.5"]
+    batch = qlab.run(compose(*episodes, "replicas=3", "seed=0"))
+    for k in range(3):
+        alone = qlab.run(compose(*episodes, "replicas=1", f"seed={k}"))
+        assert_same_history(batch.history, alone.history, [k], [0])
+        np.testing.assert_array_equal(batch.q_values[k], alone.q_values[0])
+
+
+def test_inactive_replicas_change_nothing() -> None:
+    """An inactive replica keeps its Q and its model while the active one learns."""
+    agent = build(validate(compose("replicas=2"))).agent
+
+    def step(active: list[bool]) -> None:  # both replicas: state 0, action 1 -> state 1
+        same = lambda x: np.array([x, x])  # noqa: E731
+        agent.learn(Transition(state=same(0), action=same(1), reward=same(0.0),
+                               next_state=same(1), terminated=same(False), done=same(False),
+                               active=np.array(active)))
+
+    step([True, True])
+    agent.q[:, 1, :] = 1.0  # something for the updates to move Q(0, 1) toward
+    before = agent.state_dict()
+    step([True, False])
+    after = agent.state_dict()
+    assert not np.array_equal(before["q"][0], after["q"][0])
+    assert_same_state(before["q"][1], after["q"][1], "q")
+    for k, v in before["model"].items():
+        assert_same_state(v[1], after["model"][k][1], f"model.{k}")
+
+
+def test_stop_at_checkpoint_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """state_dict (Q, stream, model) -> checkpoint file -> fresh objects -> continue gives
+    the same history and agent state as never stopping."""
+    c = validate(compose("replicas=2", "episodes=30", "eval_every=5"))
+    ref_job = build(c)
+    ref = driver.train(ref_job)
+
+    class Crash(Exception):
+        pass
+
+    job = build(c)
+    path = tmp_path / "ckpt.npz"
+    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
+
+    def crash_on_second(loop, hist) -> None:
+        writer(loop, hist)
+        if writer.written == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        driver.train(job, checkpoint=crash_on_second, checkpoint_every=5)
+    _, state = checkpoint.read(path)
+    assert state["agent"]["model"]["n_pairs"].min() > 0  # the model is in the checkpoint
+    job2 = build(c)
+    hist = History.empty(2, c.episodes, c.eval_every, job2.evaluator.keys)
+    loop = loop_state(2)
+    checkpoint.restore(path, state, job2.env, job2.agent, job2.evaluator, hist, loop)
+    out = driver.train(job2, resume=(hist, loop))
+    assert_same_history(ref, out)
+    assert_same_state(ref_job.agent.state_dict(), job2.agent.state_dict())
+
+
+def test_without_planning_it_is_q_learning() -> None:
+    """planning_steps=0: the real-step update is tabular_q's, so are its random numbers."""
+    same = ["replicas=2", "episodes=30", "eval_every=5", "agent.lr=0.5", "agent.gamma=0.9",
+            "exploration.decay=0.99"]
+    dyna = qlab.run(compose(*same, "agent.planning_steps=0"))
+    q = qlab.run(qlab.compose(["agent=tabular_q", "env=griddy", "tracking.enabled=false",
+                               *same]))
+    assert_same_history(dyna.history, q.history)
+    np.testing.assert_array_equal(dyna.q_values, q.q_values)
