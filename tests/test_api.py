@@ -1,0 +1,84 @@
+"""The Python door: ``qlab.compose`` -> ``qlab.run`` -> ``Result``, and a core that imports
+without the application's dependencies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import qlab
+from qlab.core.oracle import value_iteration
+
+
+def test_core_imports_without_hydra_mlflow_matplotlib_pandas() -> None:
+    code = ("import sys\n"
+            "import qlab.core, qlab.core.agents, qlab.core.envs, qlab.core.driver\n"
+            "import qlab.core.compiled, qlab.core.evaluation, qlab.core.oracle\n"
+            "import qlab.core.agents.qlearning, qlab.core.agents.mc, qlab.core.agents.dqn\n"
+            "heavy = ('hydra', 'omegaconf', 'mlflow', 'matplotlib', 'pandas')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_compose_and_run_untracked() -> None:
+    cfg = qlab.compose(["env=griddy8", "agent=tabular_q", "replicas=5",
+                        "tracking.enabled=false"])
+    assert cfg.agent.lr == 1.0 and cfg.replicas == 5  # hparams tabular_q_griddy8 applied
+    result = qlab.run(cfg)
+    assert result.run_ids == []
+    episodes = cfg.episodes
+    curves = result.curves
+    assert len(curves) == 5 * episodes
+    assert {"replica", "seed", "episode", "train/episode_length", "train/episode_return",
+            "train/q_delta", "train/epsilon", "train/sps"} <= set(curves.columns)
+    assert curves.groupby("replica")["episode"].max().tolist() == [episodes - 1] * 5
+    assert curves["seed"].unique().tolist() == [0, 1, 2, 3, 4]
+    evals = result.evals
+    assert {"eval/return", "eval/q_error", "eval/optimal_fraction"} <= set(evals.columns)
+    assert evals.groupby("replica")["episode"].max().tolist() == [episodes - 1] * 5
+    q = result.q_values
+    assert q.shape == (5, 64, 4)
+    model = result.job.env.model
+    sol = value_iteration(model, cfg.agent.gamma)
+    acting = model.acting_states
+    for k in range(5):  # the tuned settings solve the 8x8 grid in every replica
+        assert sol.is_optimal(q[k].argmax(axis=1))[acting].all()
+    last = evals.groupby("replica").tail(1)
+    assert (last["eval/optimal_fraction"] == 1.0).all()
+
+
+def test_run_tracked_gives_run_ids(mlflow_uri) -> None:
+    result = qlab.run(qlab.compose(["replicas=2", "episodes=5", "experiment_name=api"]))
+    assert len(result.run_ids) == 2
+    client = MlflowClient(mlflow_uri)
+    assert {client.get_run(r).info.status for r in result.run_ids} == {"FINISHED"}
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["agent.lr=-1"], "agent.lr=-1.0: must be > 0"),
+    (["agent=sarsa_x"], "agent=sarsa_x: no such agent; choose one of: "),
+    (["agent.lrr=0.1"], "agent.lrr: no such key; did you mean agent.lr?"),
+    (["exploration.decay=1.5"], "exploration.decay=1.5: must be in (0, 1]"),
+])
+def test_compose_refuses_bad_overrides_in_one_line(overrides, line) -> None:
+    with pytest.raises(qlab.ConfigError) as err:
+        qlab.compose(overrides)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+def test_compose_refuses_a_sweep() -> None:
+    with pytest.raises(qlab.ConfigError, match="qlab-train -m"):
+        qlab.compose(["seed=0,1"])
+
+
+def test_result_of_a_dqn_on_a_grid_has_q_values() -> None:
+    result = qlab.run(qlab.compose(["agent=dqn", "episodes=3", "replicas=2",
+                                    "tracking.enabled=false"]))
+    q = result.q_values
+    assert q.shape == (2, 16, 4) and np.isfinite(q).all()
