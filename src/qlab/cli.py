@@ -12,6 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from qlab.app.stopping import Terminated
 from qlab.app.train import ReplicaFailure, run
 from qlab.config import CONF_DIR, CONFIG_DIRS_ENV, register, search_dirs
 from qlab.core.errors import QlabError, console, fail, job_log, run_cli
@@ -55,6 +56,12 @@ def main() -> None:
             fail(PROG, errors[-1], 2)
     try:
         _hydra_main()
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: the job stopped cleanly, say so
+        sweep.finish(failed=True)
+        sigterm = isinstance(exc, Terminated)
+        fail(PROG, f"stopped by {'SIGTERM' if sigterm else 'Ctrl-C'}: tracked runs end KILLED "
+             "after a last checkpoint; the same command with resume=last continues the job",
+             143 if sigterm else 130)
     except BaseException:
         sweep.finish(failed=True)
         raise

@@ -27,6 +27,7 @@ from qlab.core.registry import import_module
 # source): found wherever qlab is installed, whatever the working directory.
 CONF_DIR = Path(str(resources.files("qlab") / "conf")).resolve()
 CONFIG_DIRS_ENV = "QLAB_CONFIG_DIRS"  # user config dirs, for worker processes
+_user_dirs: list[Path] = []  # the user config dirs registered in this process
 
 __all__ = ["CONF_DIR", "ConfigError", "EnvConfig", "ExplorationConfig", "QlabConfig",
            "TrackingConfig", "complete", "flatten", "options", "register", "search_dirs",
@@ -41,6 +42,9 @@ def register(config_dirs: Sequence[str | Path] = ()) -> None:
     (a user's own, added to Hydra's search path) and of ``$QLAB_CONFIG_DIRS`` (how a sweep's
     worker processes learn them) are imported first, so they register."""
     env_dirs = [d for d in os.environ.get(CONFIG_DIRS_ENV, "").split(os.pathsep) if d]
+    for d in map(Path, [*config_dirs, *env_dirs]):
+        if d not in _user_dirs:
+            _user_dirs.append(d)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=QlabConfig)
     cs.store(group="env", name="base_env", node=EnvConfig)
@@ -93,8 +97,10 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def options(group: str) -> list[str]:
-    """The choices of a config group (its yaml files, without the ``base_*`` schemas)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The choices of a config group: its yaml files in qlab's configs and in the user config
+    dirs registered so far (:func:`register`), without the ``base_*`` schemas."""
+    dirs = [CONF_DIR, *_user_dirs]
+    return sorted({p.stem for d in dirs for p in (Path(d) / group).glob("*.yaml")})
 
 
 # ---------------------------------------------------------------------------- completion
