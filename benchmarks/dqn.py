@@ -37,8 +37,10 @@ SB3, QLAB1 = "Stable-Baselines3", "qlab R=1"
 BASE = ["env=cartpole", "agent=dqn", "tracking.enabled=false"]
 
 
-def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()) -> dict:
-    """One qlab job of ``replicas`` replicas (seeds seed..), ``steps`` env steps each."""
+def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = (),
+             backward: str = "autograd") -> dict:
+    """One qlab job of ``replicas`` replicas (seeds seed..), ``steps`` env steps each;
+    ``backward``: the DQN's gradient path (autograd, or the hand-written ``manual``)."""
     from qlab.app.build import build
     from qlab.config import validate
 
@@ -46,6 +48,7 @@ def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()
                           f"total_steps={steps}", *overrides]))
     c.eval_every = c.episodes  # evaluate once, when the step budget ends
     job = build(c)
+    job.agent.backward = backward
     ev = job.evaluator = TimedEvaluator(job.evaluator)
     ev.start()
     hist = driver.train(job, flush_seconds=c.tracking.flush_seconds)
@@ -152,7 +155,24 @@ def sb3_runs(seeds: list[int], steps: int, overrides: list[str]) -> list[dict]:
     return [run_sb3(s, steps, overrides) for s in seeds]
 
 
-HANDLERS = {"qlab": qlab_runs, "sb3": sb3_runs, "bursts": bursts}
+def compare_backward(replicas: Sequence[int] = (1, 8), steps: int = 8000, repeats: int = 3,
+                     overrides: Sequence[str] = ()) -> list[dict]:
+    """Env steps/s of the hand-written backward (``manual``) and the autograd path, side by
+    side in this one process: for each R, ``repeats`` rounds of one job each, the order
+    alternating between rounds; ``steps`` env steps per job (CartPole's settings)."""
+    out = []
+    for R in replicas:
+        sps: dict[str, list[float]] = {"manual": [], "autograd": []}
+        for i in range(repeats):
+            for backward in (("manual", "autograd") if i % 2 == 0 else ("autograd", "manual")):
+                r = run_qlab(0, R, steps, overrides, backward=backward)
+                sps[backward].append(r["steps"] / r["seconds"])
+        out.append({"replicas": R, "steps": steps, **sps,
+                    "ratio": median(sps["manual"]) / median(sps["autograd"])})
+    return out
+
+
+HANDLERS = {"qlab": qlab_runs, "sb3": sb3_runs, "bursts": bursts, "backward": compare_backward}
 
 
 def have_sb3() -> bool:

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from qlab.app import train
 from qlab.app.build import build
-from qlab.config import CONF_DIR, register, validate
+from qlab.config import CONF_DIR, ConfigError, register, validate
 from qlab.core import driver
 from qlab.core.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
 from qlab.core.agents.optim import clip_adam
@@ -47,13 +47,13 @@ def test_batched_forward_equals_each_replicas_own_network():
     rows = [net.init(torch.Generator().manual_seed(s)) for s in range(4)]
     flat = torch.stack(rows)
     x = torch.randn(4, 7, 5)
-    out = net.forward(flat, x)
+    out = net.forward(net.views(flat), x)
     assert out.shape == (4, 7, 3)
     for k in range(4):
         single = mlp([5, 16, 8, 3])
         single.load_state_dict(net.state_dict(rows[k]))
         torch.testing.assert_close(out[k], single(x[k]), rtol=0, atol=1e-6)
-        assert torch.equal(out[k], net.forward(flat[k:k + 1], x[k:k + 1])[0])
+        assert torch.equal(out[k], net.forward(net.views(flat[k:k + 1]), x[k:k + 1])[0])
     np.testing.assert_allclose(net.forward_numpy(flat.numpy(), x.numpy()), out.numpy(),
                                rtol=0, atol=1e-6)  # numpy's, for acting
 
@@ -104,7 +104,7 @@ def test_huber_grad_equals_autograd():
     grad = torch.empty_like(flat)
     q, loss, _ = net.huber_grad(flat, x, action, y, net.views(grad))
     p = flat.clone().requires_grad_(True)
-    q_ref = net.forward(p, x).gather(2, action)[..., 0]
+    q_ref = net.forward(net.views(p), x).gather(2, action)[..., 0]
     loss_ref = torch.nn.functional.smooth_l1_loss(q_ref, y, reduction="none").mean(dim=1)
     loss_ref.sum().backward()
     torch.testing.assert_close(q, q_ref.detach(), rtol=0, atol=0)
@@ -112,8 +112,9 @@ def test_huber_grad_equals_autograd():
     torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("double", [False, True])
-def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
+def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double, backward):
     """One burst of ``gradient_steps`` (batched minibatches, targets from one forward pass,
     hand-written backward, compiled clip + Adam) against the textbook loop on each replica's
     own nn.Sequential: per step a fresh minibatch, target from the fixed target network, Huber
@@ -122,7 +123,8 @@ def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
     G, B = 5, 8
     agent = DQN(5, 3, [0, 1], observations=obs_table, hidden=(16, 16), lr=np.array([0.01, 0.02]),
                 gamma=np.array([0.9, 0.5]), learning_starts=0, batch_size=B, train_freq=10,
-                gradient_steps=G, target_update=1000, double=double, max_grad_norm=0.5)
+                gradient_steps=G, target_update=1000, double=double, max_grad_norm=0.5,
+                backward=backward)
     agent.params += 0.1 * torch.randn(agent.params.shape)  # online != target
     rng = np.random.default_rng(1)
     for _ in range(9):  # fill the buffers without training (step 10 trains)
@@ -160,16 +162,81 @@ def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
             torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
             opt.step()
             losses[k] += loss.item()
-    for k, (net, _, _) in enumerate(nets):
-        expected = agent.net.state_dict(agent.params[k])
-        for name, value in net.state_dict().items():
+    for k, (net, _, opt) in enumerate(nets):
+        expected = agent.net.state_dict(agent.params[k].detach())
+        exp_avg = agent.net.state_dict(agent._m[k])
+        for (name, value), p in zip(net.state_dict().items(), net.parameters(), strict=True):
             torch.testing.assert_close(expected[name], value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(exp_avg[name], opt.state[p]["exp_avg"], rtol=1e-5,
+                                       atol=1e-7)
     np.testing.assert_allclose(upd.stats["td_loss"], losses, rtol=1e-5)
     assert upd.stats_count.tolist() == [G, G] and upd.count.tolist() == [G * B, G * B]
 
 
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_each_replica_keeps_its_own_lr_and_adam_step_count(backward):
+    """Bursts that different replicas take part in (one finished for a while, one with another
+    lr): each replica equals a plain torch.optim.Adam of its own lr that stepped only in its
+    bursts (its step count, hence its bias correction, is its own), Adam's moments included;
+    a replica outside a burst does not change."""
+    obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+    G, B, lrs = 3, 4, [0.01, 0.01, 0.02]
+    agent = DQN(5, 3, [0, 1, 2], observations=obs_table, hidden=(8,), lr=np.array(lrs),
+                gamma=0.9, batch_size=B, gradient_steps=G, max_grad_norm=0.5,
+                backward=backward)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        agent.buffer.add(obs_table[rng.integers(0, 12, 3)], rng.integers(0, 3, 3),
+                         rng.standard_normal(3).astype(np.float32),
+                         obs_table[rng.integers(0, 12, 3)], rng.random(3) < 0.3,
+                         np.ones(3, dtype=bool))
+    with torch.no_grad():
+        agent.params += 0.1 * torch.randn(agent.params.shape)  # online != target
+    refs = []
+    for k in range(3):
+        net, tgt = mlp([5, 8, 3]), mlp([5, 8, 3])
+        net.load_state_dict(agent.net.state_dict(agent.params[k].detach()))
+        tgt.load_state_dict(agent.net.state_dict(agent.target[k]))
+        refs.append((net, tgt, torch.optim.Adam(net.parameters(), lr=lrs[k])))
+    for due in ([True, False, True], [True, True, True], [False, True, True]):
+        replay, before = agent.buffer._rand.state(), agent.params.detach().clone()
+        train = agent._train if backward == "autograd" else agent._train_manual
+        train(np.array(due))
+        agent.buffer._rand.load_state(replay)  # the burst's minibatches again
+        b = agent.buffer.sample(G * B)
+        for k in range(3):
+            if not due[k]:
+                assert torch.equal(agent.params[k], before[k])
+                continue
+            net, tgt, opt = refs[k]
+            for j in range(G):
+                rows = slice(j * B, (j + 1) * B)
+                with torch.no_grad():
+                    y = torch.from_numpy(b.reward[k, rows]) + 0.9 * (
+                        1.0 - torch.from_numpy(b.terminated[k, rows]).float()
+                    ) * tgt(torch.from_numpy(b.next_obs[k, rows])).amax(dim=1)
+                q = net(torch.from_numpy(b.obs[k, rows])).gather(
+                    1, torch.from_numpy(b.action[k, rows])[:, None])[:, 0]
+                opt.zero_grad()
+                torch.nn.functional.smooth_l1_loss(q, y).backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+                opt.step()
+    assert agent._t.tolist() == [2 * G, 2 * G, 3 * G]
+    for k, (net, _, opt) in enumerate(refs):
+        got = {"param": agent.net.state_dict(agent.params[k].detach()),
+               "exp_avg": agent.net.state_dict(agent._m[k]),
+               "exp_avg_sq": agent.net.state_dict(agent._v[k])}
+        for name, p in net.named_parameters():
+            assert opt.state[p]["step"].item() == agent._t[k]
+            torch.testing.assert_close(got["param"][name], p.detach(), rtol=1e-5, atol=1e-6)
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(got[key][name], opt.state[p][key], rtol=1e-5,
+                                           atol=1e-8)
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("double", [False, True])
-def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, monkeypatch):
+def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, backward, monkeypatch):
     """A burst too large to draw at once (BURST_VALUES) is drawn a few steps at a time: the
     same minibatches, the same updates, the same metrics."""
     from qlab.core.agents import dqn
@@ -178,7 +245,8 @@ def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, monkeypatch):
 
     def burst():
         agent = DQN(5, 3, [0, 1, 2], observations=obs_table, hidden=(16,), learning_starts=0,
-                    batch_size=4, train_freq=20, gradient_steps=7, double=double)
+                    batch_size=4, train_freq=20, gradient_steps=7, double=double,
+                    backward=backward)
         rng = np.random.default_rng(1)
         for _ in range(20):
             s = rng.integers(0, 12, 3)
@@ -191,17 +259,18 @@ def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, monkeypatch):
     monkeypatch.setattr(dqn, "BURST_VALUES", 2 * 2 * 4 * 5)  # 2 steps of 2 replicas at a time
     pieces, upd_pieces = burst()
     torch.testing.assert_close(pieces.params, whole.params, rtol=0, atol=1e-6)
-    assert torch.equal(pieces._t, whole._t) and pieces._t.tolist() == [7, 7, 0]
+    assert pieces._t.tolist() == whole._t.tolist() == [7, 7, 0]
     np.testing.assert_allclose(upd_pieces.abs_delta, upd_whole.abs_delta, rtol=1e-6)
     for key in DQN.stat_keys:
         np.testing.assert_allclose(upd_pieces.stats[key], upd_whole.stats[key], rtol=1e-6)
 
 
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("double", [False, True])
-def test_inactive_replicas_do_not_learn_or_store(double):
+def test_inactive_replicas_do_not_learn_or_store(double, backward):
     obs = np.eye(4, dtype=np.float32)
     agent = DQN(4, 2, [0, 1], observations=obs, learning_starts=0, batch_size=4,
-                target_update=1, double=double)
+                target_update=1, double=double, backward=backward)
     before = agent.params.clone()
     active = np.array([True, False])
     for t in range(6):
@@ -214,6 +283,83 @@ def test_inactive_replicas_do_not_learn_or_store(double):
     assert not agent._m[1].any() and agent._t.tolist() == [6, 0]
     assert upd.count.tolist() == [4, 0] and upd.stats_count.tolist() == [1, 0]
     assert set(upd.stats) == set(agent.stat_keys)
+
+
+def test_a_checkpointed_agent_continues_bit_exactly(tmp_path):
+    """state_dict -> checkpoint file (numpy arrays and JSON, nothing pickled) -> a fresh agent:
+    networks, Adam's moments and step counts, counters and streams carry over, so it continues
+    exactly as the uninterrupted agent (here while one replica finishes)."""
+    from qlab.app import checkpoint
+
+    obs = np.eye(6, dtype=np.float32)
+
+    def make() -> DQN:
+        return DQN(6, 2, [0, 1], observations=obs, hidden=(8,), lr=np.array([0.01, 0.02]),
+                   learning_starts=4, batch_size=4, train_freq=2, gradient_steps=3,
+                   target_update=3)
+
+    def feed(agent: DQN, rng: np.random.Generator, steps: int, active: np.ndarray) -> None:
+        for _ in range(steps):
+            s = rng.integers(0, 6, 2)
+            agent.learn(Transition(s, rng.integers(0, 2, 2), rng.standard_normal(2),
+                                   rng.integers(0, 6, 2), rng.random(2) < 0.2,
+                                   np.zeros(2, dtype=bool), active))
+
+    both, first = np.array([True, True]), np.array([True, False])
+    agent, rng = make(), np.random.default_rng(0)
+    feed(agent, rng, 11, both)
+    checkpoint.write(tmp_path / "c.npz", {"agent": agent.state_dict()}, {})
+    _, state = checkpoint.read(tmp_path / "c.npz")
+    assert state["agent"]["adam"]["step"].tolist() == [9, 9]
+    restored, rng2 = make(), np.random.default_rng(0)
+    restored.load_state_dict(state["agent"])
+    rng2.bit_generator.state = rng.bit_generator.state
+    for a, r in ((agent, rng), (restored, rng2)):
+        feed(a, r, 5, both)
+        feed(a, r, 6, first)
+    for name in ("params", "target", "_m", "_v"):
+        assert torch.equal(getattr(restored, name), getattr(agent, name)), name
+    assert restored._t.tolist() == agent._t.tolist() == [27, 18]
+    assert restored.steps.tolist() == agent.steps.tolist()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")
+def test_agent_device_cuda_is_refused_without_a_gpu():
+    with pytest.raises(ConfigError, match=r"^agent\.device='cuda': no CUDA device here"):
+        validate(compose_cfg("env=cartpole", "agent.device=cuda"))
+    with pytest.raises(ConfigError, match=r"^agent\.device='tpu': must be one of cpu, cuda$"):
+        validate(compose_cfg("env=cartpole", "agent.device=tpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_agent_device_cuda_keeps_networks_and_optimiser_on_the_gpu(tmp_path):
+    """agent.device=cuda: networks, Adam's state and minibatches on the GPU, the same burst as
+    on the CPU up to float rounding; acting, checkpoints and artifacts as on the CPU."""
+    obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+    trained = {}
+    for device in ("cpu", "cuda"):
+        agent = DQN(5, 3, [0, 1], observations=obs_table, hidden=(16,), batch_size=8,
+                    gradient_steps=4, device=device)
+        rng = np.random.default_rng(1)
+        for _ in range(10):
+            agent.buffer.add(obs_table[rng.integers(0, 12, 2)], rng.integers(0, 3, 2),
+                             rng.standard_normal(2).astype(np.float32),
+                             obs_table[rng.integers(0, 12, 2)], rng.random(2) < 0.3,
+                             np.ones(2, dtype=bool))
+        agent._train(np.ones(2, dtype=bool))
+        trained[device] = agent
+    gpu, cpu = trained["cuda"], trained["cpu"]
+    assert gpu.params.device.type == gpu._m.device.type == gpu.target.device.type == "cuda"
+    torch.testing.assert_close(gpu.params.cpu(), cpu.params, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gpu._v.cpu(), cpu._v, rtol=1e-4, atol=1e-8)
+    assert gpu.act(np.array([0, 1]), np.zeros(2)).shape == (2,)
+    np.testing.assert_allclose(gpu.q_values(), cpu.q_values(), rtol=1e-4, atol=1e-5)
+    assert isinstance(gpu.state_dict()["adam"]["exp_avg"], np.ndarray)
+    gpu.save(0, tmp_path)
+    assert load_q_network(tmp_path / "q_network.pt")[0].weight.device.type == "cpu"
+    result = train.run(compose_cfg("env=griddy", "agent.device=cuda", "episodes=20",
+                                   "agent.learning_starts=50"))
+    assert np.isfinite(result.history.train["train/td_loss"]).any()
 
 
 def test_target_refresh_hard_copy_or_polyak_only_for_masked_replicas():

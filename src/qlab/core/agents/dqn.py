@@ -46,7 +46,8 @@ layout (``{"state_dict": {"0.weight": (out, in), "0.bias": ..., "2.weight": ...}
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,16 +55,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qlab.core.agents.optim import clip_adam
+from qlab.core.agents.optim import BETAS, EPS, clip_adam
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.replay import ReplayBuffer
 from qlab.core.agents.tabular import Transition, Updates
-from qlab.core.checks import check_range
+from qlab.core.checks import check_in, check_range, fail
 from qlab.core.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
 from qlab.core.statedict import load_array
 
 TARGET_ROWS = 1024  # rows per replica per forward pass when computing a burst's targets
 BURST_VALUES = 1 << 24  # observation values of a burst's minibatches drawn at once (64 MB)
+# torch's note (once per process) that a layer's gradient, a strided view of the flat one,
+# is not laid out as it would allocate it: intended here (see DQN._optimizer).
+LAYOUT_WARNING = "grad and param do not obey the gradient layout contract"
+DEVICES = ("cpu", "cuda")
+ROW_ALIGN = 16  # float32 values per 64-byte cache line, the widest SIMD vector (AVX-512)
 
 
 class BatchedMLP:
@@ -78,6 +84,11 @@ class BatchedMLP:
             self.layers.append((off, off + n_in * n_out, n_in, n_out))
             off += n_in * n_out + n_out
         self.n_params = off
+        # The row length DQN allocates: P rounded up to whole cache lines of float32 (zeros
+        # after P). torch's fused CPU Adam runs whole SIMD vectors and finishes a tensor's
+        # remainder with scalar code of different rounding; with whole rows of whole vectors
+        # no element of any replica falls in that remainder, whatever R.
+        self.row_size = -(-off // ROW_ALIGN) * ROW_ALIGN
 
     def views(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(weight (R, in, out), bias (R, 1, out)) views of ``flat`` (R, P), per layer."""
@@ -85,12 +96,14 @@ class BatchedMLP:
         return [(flat[:, w:b].view(R, n_in, n_out), flat[:, b:b + n_out].view(R, 1, n_out))
                 for w, b, n_in, n_out in self.layers]
 
-    def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x (R, B, in) -> (R, B, out): replica k's inputs through replica k's network."""
-        views = self.views(flat)
-        for i, (w, b) in enumerate(views):
+    @staticmethod
+    def forward(layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                x: torch.Tensor) -> torch.Tensor:
+        """x (R, B, in) -> (R, B, out) through the (weight, bias) ``layers`` (:meth:`views`):
+        replica k's inputs through replica k's network."""
+        for i, (w, b) in enumerate(layers):
             x = torch.baddbmm(b, x, w)
-            if i < len(views) - 1:
+            if i < len(layers) - 1:
                 x = x.relu_()  # in place: x is baddbmm's fresh output
         return x
 
@@ -181,9 +194,14 @@ def load_q_network(path: str | Path) -> torch.nn.Sequential:
 
 
 class DQN:
-    """R independent DQN learners (see the module docstring)."""
+    """R independent DQN learners (see the module docstring).
+
+    ``backward``: ``"autograd"`` (torch autograd and ``torch.optim.Adam``) or ``"manual"``
+    (hand-written backward pass and compiled clip + Adam), kept side by side to be benchmarked.
+    """
 
     stat_keys = ("td_loss", "q_mean")
+    _adam_options: dict = {"fused": True}
 
     def __init__(self, obs_dim: int, n_actions: int, seeds: Sequence[int], *,
                  observations: np.ndarray | None = None, lr: float | np.ndarray = 1e-3,
@@ -191,7 +209,8 @@ class DQN:
                  hidden: Sequence[int] = (64, 64), buffer_size: int = 10_000,
                  batch_size: int = 64, learning_starts: int = 500, train_freq: int = 1,
                  gradient_steps: int = 1, target_update: int = 100, tau: float = 1.0,
-                 double: bool = False, max_grad_norm: float = 10.0) -> None:
+                 double: bool = False, max_grad_norm: float = 10.0, device: str = "cpu",
+                 backward: str = "autograd") -> None:
         R = len(seeds)
         self.replicas, self.n_actions, self.obs_dim = R, int(n_actions), int(obs_dim)
         self.hidden = [int(h) for h in hidden]
@@ -207,15 +226,25 @@ class DQN:
         self.train_freq, self.gradient_steps = int(train_freq), int(gradient_steps)
         self.target_update, self.tau = int(target_update), float(tau)
         self.double, self.max_grad_norm = bool(double), float(max_grad_norm)
+        self.device = torch.device(device)
+        if backward not in ("autograd", "manual"):
+            raise ValueError(f"backward={backward!r}: must be autograd or manual")
+        if backward == "manual" and self.device.type != "cpu":
+            raise ValueError("backward='manual' runs on the CPU only")
+        self.backward = backward
         self.net = BatchedMLP([self.obs_dim, *self.hidden, self.n_actions])
         rows = [self.net.init(torch.Generator().manual_seed(derive_seed(s, NETWORK_STREAM)))
                 for s in seeds]
-        self.params = torch.stack(rows)  # (R, P) online network
-        self.target = self.params.clone()  # (R, P) target network
-        self._m = torch.zeros_like(self.params)  # Adam first moments
-        self._v = torch.zeros_like(self.params)  # Adam second moments
-        self._t = torch.zeros(R, dtype=torch.int64)  # Adam steps, per replica
-        self._gamma_t = torch.tensor(self.gamma, dtype=torch.float32)[:, None]
+        self.params = torch.zeros(R, self.net.row_size)  # (R, P') online network: row_size
+        self.params[:, :self.net.n_params] = torch.stack(rows)
+        self.params = self.params.to(self.device)
+        self.target = self.params.clone()  # (R, P') target network
+        self._m = torch.zeros_like(self.params)  # Adam's exp_avg, per replica
+        self._v = torch.zeros_like(self.params)  # Adam's exp_avg_sq, per replica
+        self._t = np.zeros(R, dtype=np.int64)  # Adam's step count, per replica
+        self._opt: tuple | None = None  # (runs, optimiser, layers): see _optimizer
+        self._gamma_t = torch.tensor(self.gamma, dtype=torch.float32,
+                                     device=self.device)[:, None]
         self.steps = np.zeros(R, dtype=np.int64)  # env steps learned from, per replica
         self._rows = np.arange(R)
         self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
@@ -233,15 +262,24 @@ class DQN:
         """Epsilon-greedy actions (R,) on the online network (greedy ties: lowest index)."""
         u = self._rand.take(2)
         x = self.features(state)[:, None, :]
-        greedy = self.net.forward_numpy(self.params.numpy(), x)[:, 0].argmax(axis=1)
+        if self.device.type == "cpu":
+            q = self.net.forward_numpy(self.params.numpy(), x)
+        else:
+            with torch.no_grad():
+                q = self._forward(self.params, torch.from_numpy(x).to(self.device)).cpu().numpy()
+        greedy = q[:, 0].argmax(axis=1)
         random = (u[:, 1] * self.n_actions).astype(np.int64)
         return np.where(u[:, 0] < epsilon, random, greedy)
+
+    def _forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward(self.net.views(flat), x)
 
     @torch.no_grad()
     def greedy_actions(self, replica: int, obs: np.ndarray) -> np.ndarray:
         """(N,) greedy actions of replica ``replica`` for observation vectors ``obs`` (N, D)."""
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1, self.obs_dim))
-        return self.net.forward(self.params[replica:replica + 1], x)[0].argmax(dim=1).numpy()
+        q = self._forward(self.params[replica:replica + 1], x.to(self.device))
+        return q[0].argmax(dim=1).cpu().numpy()
 
     @torch.no_grad()
     def q_values(self) -> np.ndarray:
@@ -249,8 +287,9 @@ class DQN:
         if self.observations is None:
             raise ValueError("DQN.q_values: this env has no state table (observations=None); "
                              "evaluate it with greedy rollouts instead")
-        x = torch.from_numpy(self.observations).expand(self.replicas, *self.observations.shape)
-        return self.net.forward(self.params, x).double().numpy()
+        x = torch.from_numpy(self.observations).to(self.device)
+        q = self._forward(self.params, x.expand(self.replicas, *x.shape))
+        return q.double().cpu().numpy()
 
     # ---- learning ----
     def learn(self, tr: Transition) -> Updates:
@@ -262,23 +301,130 @@ class DQN:
         due = active & (self.steps > self.learning_starts) & (self.steps % self.train_freq == 0)
         upd = Updates(np.zeros(R), np.zeros(R))
         if due.any():
-            upd = self._train(due)
+            upd = self._train(due) if self.backward == "autograd" else self._train_manual(due)
         sync = active & (self.steps % self.target_update == 0)
         if sync.any():
-            self._update_target(torch.from_numpy(sync))
+            self._update_target(torch.from_numpy(sync).to(self.device))
         return upd
 
+    def _update(self, online: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]],
+                target: list[tuple[torch.Tensor, torch.Tensor]], opt: torch.optim.Adam,
+                gamma: torch.Tensor, obs: torch.Tensor, action: torch.Tensor,
+                reward: torch.Tensor, next_obs: torch.Tensor, cont: torch.Tensor
+                ) -> torch.Tensor:
+        """One DQN gradient step of n replicas, each on its own minibatch of B transitions.
+
+        ``online()``: the n online networks' (weight, bias) layers, ``opt`` their optimiser
+        (:meth:`_optimizer`); ``target``: the target networks' layers; ``gamma`` (n, 1);
+        ``obs``/``next_obs`` (n, B, D), ``action`` (n, B, 1), ``reward`` and ``cont``
+        (1 - terminated) (n, B). The losses are summed over replicas, so replica k's gradient
+        is its own loss's; each replica's gradient is clipped to its own norm. Returns (3, n):
+        the Huber loss, the mean of Q(s, a) before the step, and the sum of |ΔQ(s, a)|."""
+        with torch.no_grad():
+            if self.double:
+                a_next = self.net.forward(online(), next_obs).argmax(dim=2, keepdim=True)
+                v_next = self.net.forward(target, next_obs).gather(2, a_next)[..., 0]
+            else:
+                v_next = self.net.forward(target, next_obs).amax(dim=2)
+            y = reward + gamma * cont * v_next
+        q = self.net.forward(online(), obs).gather(2, action)[..., 0]
+        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)
+        opt.zero_grad(set_to_none=False)  # zeroes the layers' gradients too: views of it
+        loss.sum().backward()
+        clip_grad_norm_per_replica_(opt, self.max_grad_norm)
+        opt.step()
+        with torch.no_grad():
+            q_after = self.net.forward(online(), obs).gather(2, action)[..., 0]
+            return torch.stack([loss, q.mean(dim=1), (q_after - q).abs().sum(dim=1)])
+
+    def _optimizer(self, rows: np.ndarray) -> tuple[
+            Callable[[], list[tuple[torch.Tensor, torch.Tensor]]], torch.optim.Adam]:
+        """``torch.optim.Adam`` over the online networks of replicas ``rows``, and a function
+        giving their (weight, bias) layers, (len(rows), ...) each, for the forward pass.
+
+        Adam is elementwise, so one Adam over rows of replicas is one Adam per replica as long
+        as those rows share lr and step count. Its parameters are rows of ``params``: one
+        param group per maximal run of consecutive ``rows`` sharing lr and step count (almost
+        always one: all replicas), its parameter the run's (n, P) rows, its state the same
+        rows of ``_m``, ``_v`` and ``_t`` (updated in place). Replicas outside ``rows`` are no
+        parameter, so finished replicas never change. The layers autograd differentiates
+        are views of those rows whose gradients are views of the group's gradient, so the
+        per-replica clip is one norm per row and Adam one fused pass. Rebuilt only when the
+        runs change (a replica finishes)."""
+        breaks = ((np.diff(rows) != 1) | (np.diff(self.lr[rows]) != 0)
+                  | (np.diff(self._t[rows]) != 0))
+        starts = np.r_[0, np.flatnonzero(breaks) + 1]
+        runs = [(int(rows[i]), int(rows[j - 1]) + 1)
+                for i, j in zip(starts, np.r_[starts[1:], len(rows)], strict=True)]
+        if self._opt is None or self._opt[0] != runs:
+            groups, state, layers = [], {}, []
+            for a, b in runs:
+                flat = self.params[a:b]
+                flat.grad = torch.zeros_like(flat)
+                leaves = []
+                for (w, bias), (gw, gb) in zip(self.net.views(flat), self.net.views(flat.grad),
+                                               strict=True):
+                    w.requires_grad_(), bias.requires_grad_()
+                    w.grad, bias.grad = gw, gb  # backward accumulates into the flat gradient
+                    leaves.append((w, bias))
+                layers.append(leaves)
+                groups.append({"params": [flat], "lr": float(self.lr[a])})
+                state[flat] = {"step": torch.tensor(float(self._t[a]), device=self.device),
+                               "exp_avg": self._m[a:b], "exp_avg_sq": self._v[a:b]}
+            opt = torch.optim.Adam(groups, betas=BETAS, eps=EPS, **self._adam_options)
+            opt.state.update(state)
+            self._opt = (runs, opt, layers)
+        _, opt, layers = self._opt
+        if len(layers) == 1:
+            return lambda: layers[0], opt
+        return lambda: [(torch.cat([run[i][0] for run in layers]),
+                         torch.cat([run[i][1] for run in layers]))
+                        for i in range(len(layers[0]))], opt
+
     def _train(self, due: np.ndarray) -> Updates:
-        """``gradient_steps`` steps for the replicas in ``due``; sums of the metrics.
+        """``gradient_steps`` steps (:meth:`_update`) for the replicas in ``due``; sums of the
+        metrics.
 
         Only the rows in ``due`` are computed: replicas that finished (or wait) cost nothing,
         which matters when replicas run for very different step counts (a fused sweep's
         epsilon decays); each row's arithmetic is the same either way. No env step and no
         target refresh happen inside a burst, so its minibatches are drawn many steps at once
         (the same numbers as drawing them one by one: a replica's stream is sequential and
-        its buffer does not change; up to ``BURST_VALUES`` observation values at a time) and,
-        without double DQN, their targets y come from one forward pass of the (fixed) target
-        network over all those steps' next states."""
+        its buffer does not change; up to ``BURST_VALUES`` observation values at a time)."""
+        R, G, B, D = self.replicas, self.gradient_steps, self.batch_size, self.obs_dim
+        rows = np.arange(R) if due.all() else np.flatnonzero(due)
+        subset = len(rows) < R
+        n, dev = len(rows), self.device
+        idx = torch.from_numpy(rows).to(dev)
+        per = max(1, min(G, BURST_VALUES // (n * B * max(D, 1))))  # steps drawn at once
+        gamma = self._gamma_t[idx] if subset else self._gamma_t  # (n, 1)
+        target = self.net.views(self.target[idx] if subset else self.target)
+        online, opt = self._optimizer(rows)
+        stats = torch.empty(G, 3, n, device=dev)  # loss, mean Q(s, a), sum |ΔQ(s, a)|
+        for g0 in range(0, G, per):
+            k = min(per, G - g0)
+            s = self.buffer.sample(k * B, used=due, only_used=subset)
+            obs = torch.from_numpy(s.obs).to(dev).view(n, k, B, D)
+            next_obs = torch.from_numpy(s.next_obs).to(dev).view(n, k, B, D)
+            action = torch.from_numpy(s.action).to(dev).view(n, k, B, 1)
+            reward = torch.from_numpy(s.reward).to(dev).view(n, k, B)
+            cont = (~torch.from_numpy(s.terminated)).to(dev).float().view(n, k, B)
+            with warnings.catch_warnings():  # accumulating into the flat gradient's views
+                warnings.filterwarnings("ignore", LAYOUT_WARNING, UserWarning)
+                for j in range(k):
+                    stats[g0 + j] = self._update(online, target, opt, gamma, obs[:, j],
+                                                 action[:, j], reward[:, j], next_obs[:, j],
+                                                 cont[:, j])
+        self._t[rows] += G
+        sums = stats.double().sum(dim=0).cpu().numpy()  # (3, n)
+        out = np.zeros((3, R))
+        out[:, rows] = sums
+        count = np.zeros(R)
+        count[rows] = G
+        return Updates(out[2], count * B, {"td_loss": out[0], "q_mean": out[1]}, count)
+
+    def _train_manual(self, due: np.ndarray) -> Updates:
+        """:meth:`_train` with the hand-written backward pass and compiled clip + Adam."""
         R, G, B, D = self.replicas, self.gradient_steps, self.batch_size, self.obs_dim
         rows = np.arange(R) if due.all() else np.flatnonzero(due)
         subset = len(rows) < R
@@ -287,11 +433,12 @@ class DQN:
         per = max(1, min(G, BURST_VALUES // (n * B * max(D, 1))))  # steps drawn at once
         gamma = self._gamma_t[idx] if subset else self._gamma_t  # (n, 1)
         target = self.target[idx] if subset else self.target
-        grad = torch.empty(n, self.net.n_params)
+        grad = torch.zeros(n, self.net.row_size)
         grad_views = self.net.views(grad)
         stats = torch.empty(G, 3, n)  # sum |ΔQ(s, a)|, loss, mean Q(s, a) per step
         params_np, m_np, v_np = self.params.numpy(), self._m.numpy(), self._v.numpy()
-        t_np, grad_np = self._t.numpy(), grad.numpy()
+        t_np, grad_np = self._t, grad.numpy()
+        self._opt = None  # step counts change outside the autograd optimiser
         prev = None  # the previous step's (x, a, Q(x, a) before its update)
         with torch.no_grad():
             for g0 in range(0, G, per):
@@ -305,7 +452,7 @@ class DQN:
                 if not self.double:  # in slices of ~TARGET_ROWS rows: activations stay in cache
                     rows_at_once = max(1, TARGET_ROWS // B) * B
                     v_next = torch.cat(
-                        [self.net.forward(target, next_obs[:, i:i + rows_at_once]).amax(dim=2)
+                        [self._forward(target, next_obs[:, i:i + rows_at_once]).amax(dim=2)
                          for i in range(0, k * B, rows_at_once)], dim=1).view(n, k, B)
                     y_all = reward + gamma[:, :, None] * cont * v_next
                 for j in range(k):
@@ -313,8 +460,8 @@ class DQN:
                     params = self.params[idx] if subset else self.params
                     if self.double:
                         x_next = next_obs.view(n, k, B, D)[:, j]
-                        a_next = self.net.forward(params, x_next).argmax(dim=2, keepdim=True)
-                        v_next = self.net.forward(target, x_next).gather(2, a_next)[..., 0]
+                        a_next = self._forward(params, x_next).argmax(dim=2, keepdim=True)
+                        v_next = self._forward(target, x_next).gather(2, a_next)[..., 0]
                         y = reward[:, j] + gamma * cont[:, j] * v_next
                     else:
                         y = y_all[:, j]
@@ -331,7 +478,7 @@ class DQN:
                     stats[g, 2] = q.mean(dim=1)
                     prev = (obs[:, j], action[:, j], q)
             after = self.params[idx] if subset else self.params
-            q_after = self.net.forward(after, prev[0]).gather(2, prev[1])[..., 0]
+            q_after = self._forward(after, prev[0]).gather(2, prev[1])[..., 0]
             stats[G - 1, 0] = (q_after - prev[2]).abs().sum(dim=1)
         sums = stats.double().sum(dim=0).numpy()  # (3, n)
         out = np.zeros((3, R))
@@ -350,20 +497,26 @@ class DQN:
 
     # ---- checkpoints ----
     def state_dict(self) -> dict:
-        """Online and target networks, Adam's moments and step counts, env-step counters,
-        the acting stream and the replay buffer (tensors as numpy arrays)."""
-        return {"params": self.params.detach().numpy().copy(),
-                "target": self.target.numpy().copy(), "adam_m": self._m.numpy().copy(),
-                "adam_v": self._v.numpy().copy(), "adam_t": self._t.numpy().copy(),
+        """Online and target networks, Adam's state per replica (``adam``: torch.optim.Adam's
+        ``exp_avg``, ``exp_avg_sq`` and ``step``, (R, P), (R, P) and (R,)), env-step counters,
+        the acting stream and the replay buffer; tensors as numpy arrays."""
+        a = lambda x: x[..., :self.net.n_params].detach().cpu().numpy().copy()  # noqa: E731
+        return {"params": a(self.params), "target": a(self.target),
+                "adam": {"exp_avg": a(self._m), "exp_avg_sq": a(self._v),
+                         "step": self._t.copy()},
                 "steps": self.steps.copy(), "rand": self._rand.state(),
                 "buffer": self.buffer.state_dict()}
 
+    @torch.no_grad()
     def load_state_dict(self, d: dict) -> None:
         """Continue from :meth:`state_dict` (an agent built with the same config)."""
-        t = lambda name, x: torch.from_numpy(load_array(f"agent.{name}", d[name],  # noqa: E731
-                                                        x.numpy()))
-        self.params, self.target = t("params", self.params.detach()), t("target", self.target)
-        self._m, self._v, self._t = t("adam_m", self._m), t("adam_v", self._v), t("adam_t", self._t)
+        for name, x in (("params", self.params), ("target", self.target),
+                        ("adam.exp_avg", self._m), ("adam.exp_avg_sq", self._v)):
+            node = d["adam"][name[5:]] if name.startswith("adam.") else d[name]
+            x = x[:, :self.net.n_params]
+            x.copy_(torch.from_numpy(load_array(f"agent.{name}", node, x.cpu().numpy())))
+        self._t = load_array("agent.adam.step", d["adam"]["step"], self._t)
+        self._opt = None  # rebuilt with the loaded step counts
         self.steps = load_array("agent.steps", d["steps"], self.steps)
         self._rand.load_state(d["rand"])
         self.buffer.load_state_dict(d["buffer"])
@@ -375,9 +528,19 @@ class DQN:
 
     def weights(self, replica: int) -> dict:
         """Replica ``replica``'s network as plain tensors and sizes (what ``save`` writes)."""
-        return {"state_dict": self.net.state_dict(self.params[replica].detach()),
+        return {"state_dict": self.net.state_dict(self.params[replica].detach().cpu()),
                 "hidden_sizes": list(self.hidden), "obs_dim": self.obs_dim,
                 "n_actions": self.n_actions}
+
+
+def clip_grad_norm_per_replica_(opt: torch.optim.Optimizer, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for each replica: every parameter of ``opt`` is
+    (n, P) rows of n replicas; row k of its gradient is scaled by
+    ``min(1, max_norm / (||row k|| + 1e-6))``."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            norm = torch.linalg.vector_norm(p.grad, dim=1, keepdim=True)
+            p.grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
 
 
 @dataclass
@@ -397,6 +560,7 @@ class DQNConfig(AgentConfig):
     double: bool = False  # double DQN: the online net picks the bootstrap action
     max_grad_norm: float = 10.0  # clip each replica's gradient to this L2 norm, > 0
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small nets
+    device: str = "cpu"  # where the networks, minibatches and optimiser live: cpu | cuda
 
     def check(self) -> None:
         super().check()
@@ -409,6 +573,10 @@ class DQNConfig(AgentConfig):
         check_range("agent.tau", self.tau, 0, 1, lo_open=True)
         check_range("agent.max_grad_norm", self.max_grad_norm, 0, lo_open=True)
         check_range("agent.threads", self.threads, 0)
+        check_in("agent.device", self.device, DEVICES)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            fail("agent.device", self.device, "no CUDA device here "
+                 "(torch.cuda.is_available() is False); use agent.device=cpu")
 
 
 def build(cfg: DQNConfig, env, seeds: Sequence[int]) -> DQN:
@@ -422,7 +590,7 @@ def build(cfg: DQNConfig, env, seeds: Sequence[int]) -> DQN:
                hidden=list(cfg.hidden), buffer_size=cfg.buffer_size, batch_size=cfg.batch_size,
                learning_starts=cfg.learning_starts, train_freq=cfg.train_freq,
                gradient_steps=cfg.gradient_steps, target_update=cfg.target_update, tau=cfg.tau,
-               double=cfg.double, max_grad_norm=cfg.max_grad_norm)
+               double=cfg.double, max_grad_norm=cfg.max_grad_norm, device=cfg.device)
 
 
 register(AgentSpec("dqn", DQNConfig, build))
