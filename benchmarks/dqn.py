@@ -49,16 +49,33 @@ def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()
     c.eval_every = c.episodes  # evaluate once, when the step budget ends
     job = build(c)
     job.agent.backward = backward
-    ev = job.evaluator = TimedEvaluator(job.evaluator)
+    ev = job.evaluator = CpuTimedEvaluator(job.evaluator)
     ev.start()
+    cpu = time.process_time()
     hist = driver.train(job, flush_seconds=c.tracking.flush_seconds)
     seconds = time.perf_counter() - ev.t0 - ev.spent
+    cpu_seconds = time.process_time() - cpu - ev.cpu_spent
     final = [float(hist.evals["eval/return"][k, max(int(hist.evals_done[k]) - 1, 0)])
              for k in range(c.replicas)]
     import torch
 
     return {"steps": float(np.nansum(hist.train["train/episode_length"])), "seconds": seconds,
-            "final_returns": final, "threads": torch.get_num_threads()}
+            "cpu_seconds": cpu_seconds, "final_returns": final,
+            "threads": torch.get_num_threads()}
+
+
+class CpuTimedEvaluator(TimedEvaluator):
+    """A :class:`TimedEvaluator` that also counts the CPU time evaluations take."""
+
+    def start(self) -> None:
+        super().start()
+        self.cpu_spent = 0.0
+
+    def __call__(self, replica: int, agent) -> dict[str, float]:
+        t = time.process_time()
+        out = super().__call__(replica, agent)
+        self.cpu_spent += time.process_time() - t
+        return out
 
 
 def sb3_kwargs(c, steps: int) -> dict:
@@ -159,16 +176,21 @@ def compare_backward(replicas: Sequence[int] = (1, 8), steps: int = 8000, repeat
                      overrides: Sequence[str] = ()) -> list[dict]:
     """Env steps/s of the hand-written backward (``manual``) and the autograd path, side by
     side in this one process: for each R, ``repeats`` rounds of one job each, the order
-    alternating between rounds; ``steps`` env steps per job (CartPole's settings)."""
+    alternating between rounds; ``steps`` env steps per job (CartPole's settings). Per wall
+    second (``sps``) and per CPU second of this process (``cpu_sps``: what a busy machine
+    disturbs least; one torch thread, so the two agree on an idle one)."""
     out = []
     for R in replicas:
         sps: dict[str, list[float]] = {"manual": [], "autograd": []}
+        cpu: dict[str, list[float]] = {"manual": [], "autograd": []}
         for i in range(repeats):
             for backward in (("manual", "autograd") if i % 2 == 0 else ("autograd", "manual")):
                 r = run_qlab(0, R, steps, overrides, backward=backward)
                 sps[backward].append(r["steps"] / r["seconds"])
-        out.append({"replicas": R, "steps": steps, **sps,
-                    "ratio": median(sps["manual"]) / median(sps["autograd"])})
+                cpu[backward].append(r["steps"] / r["cpu_seconds"])
+        out.append({"replicas": R, "steps": steps, "sps": sps, "cpu_sps": cpu,
+                    "ratio": median(sps["manual"]) / median(sps["autograd"]),
+                    "cpu_ratio": median(cpu["manual"]) / median(cpu["autograd"])})
     return out
 
 
