@@ -1,5 +1,6 @@
 """DQN section: qlab against Stable-Baselines3 on CartPole-v1 with the same hyperparameters,
-and R replicas in one job against R runs one after another.
+and R replicas in one job against R runs one after another. Both update through torch
+autograd and ``torch.optim.Adam`` (qlab's fused, over its replica rows; SB3's default).
 
 The hyperparameters are qlab's composed config for ``agent=dqn env=cartpole`` (rl-zoo's tuned
 SB3 settings, ``conf/hparams/dqn_cartpole.yaml``), handed to SB3's ``DQN`` key by key: lr,
@@ -37,10 +38,8 @@ SB3, QLAB1 = "Stable-Baselines3", "qlab R=1"
 BASE = ["env=cartpole", "agent=dqn", "tracking.enabled=false"]
 
 
-def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = (),
-             backward: str = "autograd") -> dict:
-    """One qlab job of ``replicas`` replicas (seeds seed..), ``steps`` env steps each;
-    ``backward``: the DQN's gradient path (autograd, or the hand-written ``manual``)."""
+def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()) -> dict:
+    """One qlab job of ``replicas`` replicas (seeds seed..), ``steps`` env steps each."""
     from qlab.app.build import build
     from qlab.config import validate
 
@@ -48,34 +47,16 @@ def run_qlab(seed: int, replicas: int, steps: int, overrides: Sequence[str] = ()
                           f"total_steps={steps}", *overrides]))
     c.eval_every = c.episodes  # evaluate once, when the step budget ends
     job = build(c)
-    job.agent.backward = backward
-    ev = job.evaluator = CpuTimedEvaluator(job.evaluator)
+    ev = job.evaluator = TimedEvaluator(job.evaluator)
     ev.start()
-    cpu = time.process_time()
     hist = driver.train(job, flush_seconds=c.tracking.flush_seconds)
     seconds = time.perf_counter() - ev.t0 - ev.spent
-    cpu_seconds = time.process_time() - cpu - ev.cpu_spent
     final = [float(hist.evals["eval/return"][k, max(int(hist.evals_done[k]) - 1, 0)])
              for k in range(c.replicas)]
     import torch
 
     return {"steps": float(np.nansum(hist.train["train/episode_length"])), "seconds": seconds,
-            "cpu_seconds": cpu_seconds, "final_returns": final,
-            "threads": torch.get_num_threads()}
-
-
-class CpuTimedEvaluator(TimedEvaluator):
-    """A :class:`TimedEvaluator` that also counts the CPU time evaluations take."""
-
-    def start(self) -> None:
-        super().start()
-        self.cpu_spent = 0.0
-
-    def __call__(self, replica: int, agent) -> dict[str, float]:
-        t = time.process_time()
-        out = super().__call__(replica, agent)
-        self.cpu_spent += time.process_time() - t
-        return out
+            "final_returns": final, "threads": torch.get_num_threads()}
 
 
 def sb3_kwargs(c, steps: int) -> dict:
@@ -146,7 +127,7 @@ def bursts(replicas: list[int], repeats: int, overrides: list[str]) -> list[dict
                              rng.integers(0, agent.n_actions, R), np.ones(R, np.float32),
                              rng.standard_normal((R, D)).astype(np.float32),
                              rng.random(R) < 0.05, every)
-        agent._train(every)  # warm-up: the optimiser kernel's compilation or cache load
+        agent._train(every)  # warm-up: the optimiser's construction, first calls
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -172,29 +153,7 @@ def sb3_runs(seeds: list[int], steps: int, overrides: list[str]) -> list[dict]:
     return [run_sb3(s, steps, overrides) for s in seeds]
 
 
-def compare_backward(replicas: Sequence[int] = (1, 8), steps: int = 8000, repeats: int = 3,
-                     overrides: Sequence[str] = ()) -> list[dict]:
-    """Env steps/s of the hand-written backward (``manual``) and the autograd path, side by
-    side in this one process: for each R, ``repeats`` rounds of one job each, the order
-    alternating between rounds; ``steps`` env steps per job (CartPole's settings). Per wall
-    second (``sps``) and per CPU second of this process (``cpu_sps``: what a busy machine
-    disturbs least; one torch thread, so the two agree on an idle one)."""
-    out = []
-    for R in replicas:
-        sps: dict[str, list[float]] = {"manual": [], "autograd": []}
-        cpu: dict[str, list[float]] = {"manual": [], "autograd": []}
-        for i in range(repeats):
-            for backward in (("manual", "autograd") if i % 2 == 0 else ("autograd", "manual")):
-                r = run_qlab(0, R, steps, overrides, backward=backward)
-                sps[backward].append(r["steps"] / r["seconds"])
-                cpu[backward].append(r["steps"] / r["cpu_seconds"])
-        out.append({"replicas": R, "steps": steps, "sps": sps, "cpu_sps": cpu,
-                    "ratio": median(sps["manual"]) / median(sps["autograd"]),
-                    "cpu_ratio": median(cpu["manual"]) / median(cpu["autograd"])})
-    return out
-
-
-HANDLERS = {"qlab": qlab_runs, "sb3": sb3_runs, "bursts": bursts, "backward": compare_backward}
+HANDLERS = {"qlab": qlab_runs, "sb3": sb3_runs, "bursts": bursts}
 
 
 def have_sb3() -> bool:
@@ -233,7 +192,8 @@ def measure(steps: int = 50_000, sb3_repeats: int = 3, replicas: int = 8,
     sps = [Row(section, "env steps/s (one seed)", QLAB1,
                median([r["steps"] / r["seconds"] for r in seq]), "steps/s",
                [r["steps"] / r["seconds"] for r in seq],
-               note=f"{len(seq)} runs x {steps} steps; {threads}")]
+               note=f"{len(seq)} runs x {steps} steps; autograd + fused torch.optim.Adam; "
+                    f"{threads}")]
     ret = [Row(section, f"final greedy return at {steps} steps", QLAB1,
                median([r["final_returns"][0] for r in seq]), "",
                [r["final_returns"][0] for r in seq], note=f"{len(seq)} seeds, 10 episodes each"),

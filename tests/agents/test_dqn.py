@@ -1,5 +1,6 @@
-"""DQN on the replica axis: batched network, per-replica clipping and Adam, artifacts,
-ground truth on the 4x4 grid, replica equivalence, and (slow) CartPole-v1."""
+"""DQN on the replica axis: batched network, per-replica clipping and Adam against plain
+torch, checkpoints, agent.device, artifacts, ground truth on the 4x4 grid, replica
+equivalence, and (slow) CartPole-v1."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from qlab.app.build import build
 from qlab.config import CONF_DIR, ConfigError, register, validate
 from qlab.core import driver
 from qlab.core.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
-from qlab.core.agents.optim import clip_adam
 from qlab.core.agents.tabular import Transition
 
 
@@ -67,64 +67,18 @@ def test_per_replica_init_equals_single_replica_runs():
     assert torch.equal(batch.params, batch.target)
 
 
-def test_clip_adam_equals_torch_clip_grad_norm_and_adam_per_replica():
-    """The compiled step equals torch.nn.utils.clip_grad_norm_ + torch.optim.Adam applied to
-    each replica alone: own lr, own step count (a masked replica skips steps), only the norm
-    of a replica over max_norm is clipped."""
-    R, P = 3, 300
-    params = torch.randn(R, P)
-    m, v, t = torch.zeros(R, P), torch.zeros(R, P), torch.zeros(R, dtype=torch.int64)
-    lrs = np.array([0.01, 0.003, 0.05])
-    ref = [torch.nn.Parameter(params[k].clone()) for k in range(R)]
-    opts = [torch.optim.Adam([p], lr=float(lr)) for p, lr in zip(ref, lrs, strict=True)]
-    gen = torch.Generator().manual_seed(0)
-    for step in range(6):
-        grad = torch.randn(R, P, generator=gen)
-        grad[0] *= 100.0  # over max_norm: clipped
-        grad[2] *= 1e-3  # under it: untouched
-        rows = np.array([0, 2] if step % 2 else [0, 1, 2])  # replica 1 skips odd steps
-        norms = clip_adam(params.numpy(), m.numpy(), v.numpy(), grad[rows].numpy().copy(),
-                          rows, t.numpy(), lrs, 1.0)
-        np.testing.assert_allclose(norms, grad[rows].norm(dim=1).numpy(), rtol=1e-5)
-        for k in rows:
-            ref[k].grad = grad[k].clone()
-            torch.nn.utils.clip_grad_norm_([ref[k]], max_norm=1.0)
-            opts[k].step()
-    for k in range(R):
-        torch.testing.assert_close(params[k], ref[k].detach(), rtol=1e-5, atol=1e-6)
-    assert t.tolist() == [6, 3, 6]
-
-
-def test_huber_grad_equals_autograd():
-    net = BatchedMLP([5, 16, 8, 3])
-    flat = torch.stack([net.init(torch.Generator().manual_seed(s)) for s in range(4)])
-    x = torch.randn(4, 7, 5)
-    action = torch.randint(0, 3, (4, 7, 1))
-    y = torch.randn(4, 7) * 3.0  # errors on both sides of the Huber knee
-    grad = torch.empty_like(flat)
-    q, loss, _ = net.huber_grad(flat, x, action, y, net.views(grad))
-    p = flat.clone().requires_grad_(True)
-    q_ref = net.forward(net.views(p), x).gather(2, action)[..., 0]
-    loss_ref = torch.nn.functional.smooth_l1_loss(q_ref, y, reduction="none").mean(dim=1)
-    loss_ref.sum().backward()
-    torch.testing.assert_close(q, q_ref.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(loss, loss_ref.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("double", [False, True])
-def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double, backward):
-    """One burst of ``gradient_steps`` (batched minibatches, targets from one forward pass,
-    hand-written backward, compiled clip + Adam) against the textbook loop on each replica's
-    own nn.Sequential: per step a fresh minibatch, target from the fixed target network, Huber
-    loss, autograd, clip_grad_norm_, torch.optim.Adam."""
+def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double):
+    """One burst of ``gradient_steps`` (minibatches drawn at once, one backward over the
+    replica axis, per-replica clip, one torch.optim.Adam over rows of replicas with different
+    lr) against the textbook loop on each replica's own nn.Sequential: per step a fresh
+    minibatch, target from the fixed target network, Huber loss, autograd, clip_grad_norm_,
+    torch.optim.Adam; weights and Adam's moments agree."""
     obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
     G, B = 5, 8
     agent = DQN(5, 3, [0, 1], observations=obs_table, hidden=(16, 16), lr=np.array([0.01, 0.02]),
                 gamma=np.array([0.9, 0.5]), learning_starts=0, batch_size=B, train_freq=10,
-                gradient_steps=G, target_update=1000, double=double, max_grad_norm=0.5,
-                backward=backward)
+                gradient_steps=G, target_update=1000, double=double, max_grad_norm=0.5)
     agent.params += 0.1 * torch.randn(agent.params.shape)  # online != target
     rng = np.random.default_rng(1)
     for _ in range(9):  # fill the buffers without training (step 10 trains)
@@ -173,8 +127,7 @@ def test_a_burst_equals_plain_torch_dqn_steps_on_the_same_minibatches(double, ba
     assert upd.stats_count.tolist() == [G, G] and upd.count.tolist() == [G * B, G * B]
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
-def test_each_replica_keeps_its_own_lr_and_adam_step_count(backward):
+def test_each_replica_keeps_its_own_lr_and_adam_step_count():
     """Bursts that different replicas take part in (one finished for a while, one with another
     lr): each replica equals a plain torch.optim.Adam of its own lr that stepped only in its
     bursts (its step count, hence its bias correction, is its own), Adam's moments included;
@@ -182,8 +135,7 @@ def test_each_replica_keeps_its_own_lr_and_adam_step_count(backward):
     obs_table = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
     G, B, lrs = 3, 4, [0.01, 0.01, 0.02]
     agent = DQN(5, 3, [0, 1, 2], observations=obs_table, hidden=(8,), lr=np.array(lrs),
-                gamma=0.9, batch_size=B, gradient_steps=G, max_grad_norm=0.5,
-                backward=backward)
+                gamma=0.9, batch_size=B, gradient_steps=G, max_grad_norm=0.5)
     rng = np.random.default_rng(1)
     for _ in range(10):
         agent.buffer.add(obs_table[rng.integers(0, 12, 3)], rng.integers(0, 3, 3),
@@ -200,8 +152,7 @@ def test_each_replica_keeps_its_own_lr_and_adam_step_count(backward):
         refs.append((net, tgt, torch.optim.Adam(net.parameters(), lr=lrs[k])))
     for due in ([True, False, True], [True, True, True], [False, True, True]):
         replay, before = agent.buffer._rand.state(), agent.params.detach().clone()
-        train = agent._train if backward == "autograd" else agent._train_manual
-        train(np.array(due))
+        agent._train(np.array(due))
         agent.buffer._rand.load_state(replay)  # the burst's minibatches again
         b = agent.buffer.sample(G * B)
         for k in range(3):
@@ -234,9 +185,8 @@ def test_each_replica_keeps_its_own_lr_and_adam_step_count(backward):
                                            atol=1e-8)
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("double", [False, True])
-def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, backward, monkeypatch):
+def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, monkeypatch):
     """A burst too large to draw at once (BURST_VALUES) is drawn a few steps at a time: the
     same minibatches, the same updates, the same metrics."""
     from qlab.core.agents import dqn
@@ -245,8 +195,7 @@ def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, backward, monk
 
     def burst():
         agent = DQN(5, 3, [0, 1, 2], observations=obs_table, hidden=(16,), learning_starts=0,
-                    batch_size=4, train_freq=20, gradient_steps=7, double=double,
-                    backward=backward)
+                    batch_size=4, train_freq=20, gradient_steps=7, double=double)
         rng = np.random.default_rng(1)
         for _ in range(20):
             s = rng.integers(0, 12, 3)
@@ -265,12 +214,11 @@ def test_a_burst_drawn_in_pieces_equals_one_drawn_at_once(double, backward, monk
         np.testing.assert_allclose(upd_pieces.stats[key], upd_whole.stats[key], rtol=1e-6)
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("double", [False, True])
-def test_inactive_replicas_do_not_learn_or_store(double, backward):
+def test_inactive_replicas_do_not_learn_or_store(double):
     obs = np.eye(4, dtype=np.float32)
     agent = DQN(4, 2, [0, 1], observations=obs, learning_starts=0, batch_size=4,
-                target_update=1, double=double, backward=backward)
+                target_update=1, double=double)
     before = agent.params.clone()
     active = np.array([True, False])
     for t in range(6):

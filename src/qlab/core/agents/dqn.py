@@ -13,19 +13,29 @@ The algorithm (Mnih et al. 2015, as in CleanRL / Stable-Baselines3), per replica
     or Polyak averaging theta⁻ <- tau * theta + (1 - tau) * theta⁻.
 Truncated episodes bootstrap (only ``terminated`` stops it).
 
-The replica axis: all R networks' parameters live in one flat float32 tensor of shape
-(R, P); layer l's weight is a (R, in, out) view of it, and one forward is a chain of
-``torch.baddbmm`` over the replica axis, so one batched forward/backward serves all replicas
-(measured faster on CPU than ``torch.func.vmap`` over stacked modules, whose per-call
-batching overhead dominates for nets this small, and than a Python loop of R modules).
-Loss terms are summed over replicas, so replica k's gradient is its own loss's gradient;
-clipping uses replica k's own gradient norm; Adam is elementwise with per-replica step
-counts, and rows of inactive replicas are left untouched. ``lr`` and ``gamma`` may differ
-per replica (an (R,) step size in Adam, an (R, 1) discount in the targets): a fused sweep
-trains points with different values in one batch (:mod:`qlab.sweeps.fused`). Replica k's weights are
-initialised from a torch.Generator seeded from seed k, its epsilon-greedy numbers come from
-its agent stream and its minibatches from its replay stream: replica k of a batch
-reproduces a run of R = 1 with seed k up to float rounding of the batched kernels.
+The replica axis: all R networks' parameters live in one float32 tensor ``params`` of
+shape (R, P') (replica k's P weights and biases in row k, zero-padded to P'); layer l's
+weight is an (R, in, out) view of it, so one forward is a chain of ``torch.baddbmm`` over
+the replica axis and one autograd backward serves all replicas (measured faster on CPU than
+``torch.func.vmap`` over stacked modules, whose per-call batching overhead dominates for
+nets this small, and than a Python loop of R modules). The update (:meth:`DQN._update`) is
+the textbook one: targets from the target network, Huber loss, ``backward()``, gradient
+clipping, ``torch.optim.Adam.step()``. Losses are summed over replicas, so replica k's
+gradient is its own loss's; clipping scales replica k's gradient by its own norm. Adam is
+elementwise, so one Adam over the rows of several replicas is each replica's own Adam as
+long as they share lr and step count: the optimiser groups the replicas that train into
+runs that do (:meth:`DQN._optimizer`), and replicas outside them (finished ones) are never
+touched. ``lr`` and ``gamma`` may differ per replica (a param group's lr, an (R, 1)
+discount in the targets): a fused sweep trains points with different values in one batch
+(:mod:`qlab.sweeps.fused`). Replica k's weights are initialised from a torch.Generator
+seeded from seed k, its epsilon-greedy numbers come from its agent stream and its
+minibatches from its replay stream, and every kernel computes a replica's row the same
+whatever the number of rows: replica k of a batch reproduces a run of R = 1 with seed k
+(bit for bit on the CPU with one torch thread; tests/agents/test_dqn.py).
+
+``device`` (``agent.device``): where the networks, Adam's state and the minibatches live,
+``cpu`` or ``cuda``; replay storage stays in numpy, and acting on the CPU goes through
+numpy (cheaper than torch's dispatch for one observation per replica).
 
 Metrics (``Updates.stats``, logged per episode as ``train/<name>``): ``td_loss`` (the Huber
 loss of each gradient step) and ``q_mean`` (mean Q(s, a) of the sampled pairs before the step).
@@ -55,7 +65,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qlab.core.agents.optim import BETAS, EPS, clip_adam
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.replay import ReplayBuffer
 from qlab.core.agents.tabular import Transition, Updates
@@ -63,7 +72,6 @@ from qlab.core.checks import check_in, check_range, fail
 from qlab.core.rng import AGENT_STREAM, NETWORK_STREAM, REPLAY_STREAM, ReplicaUniforms, derive_seed
 from qlab.core.statedict import load_array
 
-TARGET_ROWS = 1024  # rows per replica per forward pass when computing a burst's targets
 BURST_VALUES = 1 << 24  # observation values of a burst's minibatches drawn at once (64 MB)
 # torch's note (once per process) that a layer's gradient, a strided view of the flat one,
 # is not laid out as it would allocate it: intended here (see DQN._optimizer).
@@ -74,7 +82,8 @@ ROW_ALIGN = 16  # float32 values per 64-byte cache line, the widest SIMD vector 
 
 class BatchedMLP:
     """The layout of R MLPs ``sizes[0] -> ... -> sizes[-1]`` (ReLU between layers) in one flat
-    parameter row of length P per replica; functions of (R, P) parameters, no state."""
+    parameter row per replica, its first P = ``n_params`` values; functions of (R, >= P)
+    parameters, no state."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
         self.sizes = [int(s) for s in sizes]
@@ -84,10 +93,10 @@ class BatchedMLP:
             self.layers.append((off, off + n_in * n_out, n_in, n_out))
             off += n_in * n_out + n_out
         self.n_params = off
-        # The row length DQN allocates: P rounded up to whole cache lines of float32 (zeros
-        # after P). torch's fused CPU Adam runs whole SIMD vectors and finishes a tensor's
-        # remainder with scalar code of different rounding; with whole rows of whole vectors
-        # no element of any replica falls in that remainder, whatever R.
+        # The row length DQN allocates: P rounded up to whole 64-byte lines of float32 (zeros
+        # after P). torch's fused CPU Adam runs whole SIMD vectors over 64-byte units and ends a
+        # tensor's remainder with scalar code, which may round differently; with rows of whole
+        # units no element of any replica falls in a remainder, whatever R.
         self.row_size = -(-off // ROW_ALIGN) * ROW_ALIGN
 
     def views(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,44 +126,6 @@ class BatchedMLP:
             if i < len(self.layers) - 1:
                 np.maximum(x, 0.0, out=x)
         return x
-
-    def huber_grad(self, flat: torch.Tensor, x: torch.Tensor, action: torch.Tensor,
-                   y: torch.Tensor, grad: list[tuple[torch.Tensor, torch.Tensor]],
-                   also: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The DQN loss of each replica and its gradient, by hand-written backpropagation.
-
-        ``x`` (R, B, in), ``action`` (R, B, 1) int64, targets ``y`` (R, B): the loss of
-        replica k is ``smooth_l1(Q(x, a; flat[k]) - y).mean()`` over its B pairs (Huber,
-        beta 1). Its gradient with respect to ``flat[k]`` is written into ``grad``, the
-        :meth:`views` of an (R, P) tensor (made once per burst, not per step).
-        ``also`` (R, B', in): more inputs sent through the same forward pass, outside the
-        loss (a DQN burst passes the previous step's minibatch, for its Q after that step).
-        Returns (Q(x, a) (R, B), loss (R,), the network's outputs for ``also`` (R, B', out)
-        or None). The same products autograd would form (tests compare the two), without
-        autograd's graph: backward is 2 batched matmuls per layer."""
-        views = self.views(flat)
-        extra = 0 if also is None else also.shape[1]
-        acts = [x if also is None else torch.cat([also, x], dim=1)]  # each layer's input
-        for i, (w, b) in enumerate(views):
-            h = torch.baddbmm(b, acts[-1], w)
-            acts.append(h.relu_() if i < len(views) - 1 else h)
-        out_also = acts[-1][:, :extra] if extra else None
-        if extra:
-            acts = [a[:, extra:] for a in acts]
-        q = acts[-1].gather(2, action)[..., 0]
-        diff = q - y
-        loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)
-        # d loss / d q: smooth_l1's derivative is clamp(diff, -1, 1) at beta 1.
-        delta = torch.zeros_like(acts[-1]).scatter_(
-            2, action, (diff.clamp(-1.0, 1.0) / diff.shape[1])[..., None])
-        for i, (gw, gb) in reversed(list(enumerate(grad))):
-            torch.bmm(acts[i].transpose(1, 2), delta, out=gw)
-            torch.sum(delta, dim=1, keepdim=True, out=gb)
-            if i > 0:
-                delta = torch.ops.aten.threshold_backward(  # ReLU's backward: 0 where
-                    torch.bmm(delta, views[i][0].transpose(1, 2)), acts[i], 0.0)  # acts[i] <= 0
-        return q, loss, out_also
 
     def init(self, generator: torch.Generator) -> torch.Tensor:
         """One replica's parameters (P,), each layer as ``torch.nn.Linear`` initialises it:
@@ -194,14 +165,15 @@ def load_q_network(path: str | Path) -> torch.nn.Sequential:
 
 
 class DQN:
-    """R independent DQN learners (see the module docstring).
+    """R independent DQN learners (see the module docstring), one per seed of ``seeds``.
 
-    ``backward``: ``"autograd"`` (torch autograd and ``torch.optim.Adam``) or ``"manual"``
-    (hand-written backward pass and compiled clip + Adam), kept side by side to be benchmarked.
+    ``obs_dim``/``n_actions``: the network's input and output sizes; ``observations``: the
+    (S, obs_dim) inputs of a state table (envs with discrete states), or None to take the
+    env's observation vectors. ``lr`` and ``gamma``: a number, or (R,) values per replica.
+    The other keys are :class:`DQNConfig`'s.
     """
 
     stat_keys = ("td_loss", "q_mean")
-    _adam_options: dict = {"fused": True}
 
     def __init__(self, obs_dim: int, n_actions: int, seeds: Sequence[int], *,
                  observations: np.ndarray | None = None, lr: float | np.ndarray = 1e-3,
@@ -209,8 +181,7 @@ class DQN:
                  hidden: Sequence[int] = (64, 64), buffer_size: int = 10_000,
                  batch_size: int = 64, learning_starts: int = 500, train_freq: int = 1,
                  gradient_steps: int = 1, target_update: int = 100, tau: float = 1.0,
-                 double: bool = False, max_grad_norm: float = 10.0, device: str = "cpu",
-                 backward: str = "autograd") -> None:
+                 double: bool = False, max_grad_norm: float = 10.0, device: str = "cpu") -> None:
         R = len(seeds)
         self.replicas, self.n_actions, self.obs_dim = R, int(n_actions), int(obs_dim)
         self.hidden = [int(h) for h in hidden]
@@ -227,11 +198,6 @@ class DQN:
         self.target_update, self.tau = int(target_update), float(tau)
         self.double, self.max_grad_norm = bool(double), float(max_grad_norm)
         self.device = torch.device(device)
-        if backward not in ("autograd", "manual"):
-            raise ValueError(f"backward={backward!r}: must be autograd or manual")
-        if backward == "manual" and self.device.type != "cpu":
-            raise ValueError("backward='manual' runs on the CPU only")
-        self.backward = backward
         self.net = BatchedMLP([self.obs_dim, *self.hidden, self.n_actions])
         rows = [self.net.init(torch.Generator().manual_seed(derive_seed(s, NETWORK_STREAM)))
                 for s in seeds]
@@ -242,7 +208,7 @@ class DQN:
         self._m = torch.zeros_like(self.params)  # Adam's exp_avg, per replica
         self._v = torch.zeros_like(self.params)  # Adam's exp_avg_sq, per replica
         self._t = np.zeros(R, dtype=np.int64)  # Adam's step count, per replica
-        self._opt: tuple | None = None  # (runs, optimiser, layers): see _optimizer
+        self._opt: tuple | None = None  # (rows, optimiser, layers): see _optimizer
         self._gamma_t = torch.tensor(self.gamma, dtype=torch.float32,
                                      device=self.device)[:, None]
         self.steps = np.zeros(R, dtype=np.int64)  # env steps learned from, per replica
@@ -272,6 +238,7 @@ class DQN:
         return np.where(u[:, 0] < epsilon, random, greedy)
 
     def _forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The networks of parameter rows ``flat`` (n, P') on inputs ``x`` (n, B, D)."""
         return self.net.forward(self.net.views(flat), x)
 
     @torch.no_grad()
@@ -301,7 +268,7 @@ class DQN:
         due = active & (self.steps > self.learning_starts) & (self.steps % self.train_freq == 0)
         upd = Updates(np.zeros(R), np.zeros(R))
         if due.any():
-            upd = self._train(due) if self.backward == "autograd" else self._train_manual(due)
+            upd = self._train(due)
         sync = active & (self.steps % self.target_update == 0)
         if sync.any():
             self._update_target(torch.from_numpy(sync).to(self.device))
@@ -342,21 +309,23 @@ class DQN:
         """``torch.optim.Adam`` over the online networks of replicas ``rows``, and a function
         giving their (weight, bias) layers, (len(rows), ...) each, for the forward pass.
 
-        Adam is elementwise, so one Adam over rows of replicas is one Adam per replica as long
-        as those rows share lr and step count. Its parameters are rows of ``params``: one
-        param group per maximal run of consecutive ``rows`` sharing lr and step count (almost
-        always one: all replicas), its parameter the run's (n, P) rows, its state the same
-        rows of ``_m``, ``_v`` and ``_t`` (updated in place). Replicas outside ``rows`` are no
-        parameter, so finished replicas never change. The layers autograd differentiates
-        are views of those rows whose gradients are views of the group's gradient, so the
-        per-replica clip is one norm per row and Adam one fused pass. Rebuilt only when the
-        runs change (a replica finishes)."""
-        breaks = ((np.diff(rows) != 1) | (np.diff(self.lr[rows]) != 0)
-                  | (np.diff(self._t[rows]) != 0))
-        starts = np.r_[0, np.flatnonzero(breaks) + 1]
-        runs = [(int(rows[i]), int(rows[j - 1]) + 1)
-                for i, j in zip(starts, np.r_[starts[1:], len(rows)], strict=True)]
-        if self._opt is None or self._opt[0] != runs:
+        Adam is elementwise, so one ``torch.optim.Adam`` over the rows of several replicas is
+        each replica's own Adam as long as they share lr (one per param group) and step count
+        (one per parameter: it sets the bias correction). Its param groups are therefore the
+        maximal runs of consecutive ``rows`` sharing both (almost always one: all replicas),
+        each holding one parameter, the run's (n, P') rows of ``params``, whose state is the
+        same rows of ``_m`` / ``_v`` (updated in place) and the run's count of ``_t``.
+        Replicas outside ``rows`` (finished ones) are in no group: they never change, and
+        their counts wait. The layers autograd differentiates are views of those rows, with
+        gradients that are views of the parameter's (n, P') gradient, so the per-replica
+        clip is one norm per row and Adam one fused pass per run. Rebuilt only when the rows
+        change (the same rows keep the same runs: their counts advance together)."""
+        if self._opt is None or not np.array_equal(self._opt[0], rows):
+            breaks = ((np.diff(rows) != 1) | (np.diff(self.lr[rows]) != 0)
+                      | (np.diff(self._t[rows]) != 0))
+            starts = np.r_[0, np.flatnonzero(breaks) + 1]
+            runs = [(int(rows[i]), int(rows[j - 1]) + 1)
+                    for i, j in zip(starts, np.r_[starts[1:], len(rows)], strict=True)]
             groups, state, layers = [], {}, []
             for a, b in runs:
                 flat = self.params[a:b]
@@ -371,9 +340,9 @@ class DQN:
                 groups.append({"params": [flat], "lr": float(self.lr[a])})
                 state[flat] = {"step": torch.tensor(float(self._t[a]), device=self.device),
                                "exp_avg": self._m[a:b], "exp_avg_sq": self._v[a:b]}
-            opt = torch.optim.Adam(groups, betas=BETAS, eps=EPS, **self._adam_options)
+            opt = torch.optim.Adam(groups, fused=True)  # one pass per run
             opt.state.update(state)
-            self._opt = (runs, opt, layers)
+            self._opt = (rows.copy(), opt, layers)
         _, opt, layers = self._opt
         if len(layers) == 1:
             return lambda: layers[0], opt
@@ -422,70 +391,6 @@ class DQN:
         count = np.zeros(R)
         count[rows] = G
         return Updates(out[2], count * B, {"td_loss": out[0], "q_mean": out[1]}, count)
-
-    def _train_manual(self, due: np.ndarray) -> Updates:
-        """:meth:`_train` with the hand-written backward pass and compiled clip + Adam."""
-        R, G, B, D = self.replicas, self.gradient_steps, self.batch_size, self.obs_dim
-        rows = np.arange(R) if due.all() else np.flatnonzero(due)
-        subset = len(rows) < R
-        idx = torch.from_numpy(rows)
-        n = len(rows)
-        per = max(1, min(G, BURST_VALUES // (n * B * max(D, 1))))  # steps drawn at once
-        gamma = self._gamma_t[idx] if subset else self._gamma_t  # (n, 1)
-        target = self.target[idx] if subset else self.target
-        grad = torch.zeros(n, self.net.row_size)
-        grad_views = self.net.views(grad)
-        stats = torch.empty(G, 3, n)  # sum |ΔQ(s, a)|, loss, mean Q(s, a) per step
-        params_np, m_np, v_np = self.params.numpy(), self._m.numpy(), self._v.numpy()
-        t_np, grad_np = self._t, grad.numpy()
-        self._opt = None  # step counts change outside the autograd optimiser
-        prev = None  # the previous step's (x, a, Q(x, a) before its update)
-        with torch.no_grad():
-            for g0 in range(0, G, per):
-                k = min(per, G - g0)
-                s = self.buffer.sample(k * B, used=due, only_used=subset)
-                obs = torch.from_numpy(s.obs).view(n, k, B, D)
-                next_obs = torch.from_numpy(s.next_obs).view(n, k * B, D)
-                action = torch.from_numpy(s.action).view(n, k, B, 1)
-                reward = torch.from_numpy(s.reward).view(n, k, B)
-                cont = (~torch.from_numpy(s.terminated)).float().view(n, k, B)
-                if not self.double:  # in slices of ~TARGET_ROWS rows: activations stay in cache
-                    rows_at_once = max(1, TARGET_ROWS // B) * B
-                    v_next = torch.cat(
-                        [self._forward(target, next_obs[:, i:i + rows_at_once]).amax(dim=2)
-                         for i in range(0, k * B, rows_at_once)], dim=1).view(n, k, B)
-                    y_all = reward + gamma[:, :, None] * cont * v_next
-                for j in range(k):
-                    g = g0 + j
-                    params = self.params[idx] if subset else self.params
-                    if self.double:
-                        x_next = next_obs.view(n, k, B, D)[:, j]
-                        a_next = self._forward(params, x_next).argmax(dim=2, keepdim=True)
-                        v_next = self._forward(target, x_next).gather(2, a_next)[..., 0]
-                        y = reward[:, j] + gamma * cont[:, j] * v_next
-                    else:
-                        y = y_all[:, j]
-                    # The previous minibatch rides along: its Q under these (updated) params.
-                    q, loss, out_prev = self.net.huber_grad(
-                        params, obs[:, j], action[:, j], y, grad_views,
-                        also=None if prev is None else prev[0])
-                    if prev is not None:
-                        q_after = out_prev.gather(2, prev[1])[..., 0]
-                        stats[g - 1, 0] = (q_after - prev[2]).abs().sum(dim=1)
-                    clip_adam(params_np, m_np, v_np, grad_np, rows, t_np, self.lr,
-                              self.max_grad_norm)
-                    stats[g, 1] = loss
-                    stats[g, 2] = q.mean(dim=1)
-                    prev = (obs[:, j], action[:, j], q)
-            after = self.params[idx] if subset else self.params
-            q_after = self._forward(after, prev[0]).gather(2, prev[1])[..., 0]
-            stats[G - 1, 0] = (q_after - prev[2]).abs().sum(dim=1)
-        sums = stats.double().sum(dim=0).numpy()  # (3, n)
-        out = np.zeros((3, R))
-        out[:, rows] = sums
-        count = np.zeros(R)
-        count[rows] = G
-        return Updates(out[0], count * B, {"td_loss": out[1], "q_mean": out[2]}, count)
 
     @torch.no_grad()
     def _update_target(self, mask: torch.Tensor) -> None:
