@@ -15,6 +15,7 @@ from qlab.core.agents.qlearning import TabularQ
 from qlab.core.envs.griddy import griddy_model
 from qlab.core.envs.vector import TabularVecEnv
 from qlab.core.exploration import Schedule
+from tests.helpers import build
 
 
 def bits(x: np.ndarray) -> np.ndarray:
@@ -205,11 +206,8 @@ def test_kernel_schedules_match_numpy_bitwise() -> None:
 # ------------------------------------------------------------------ dispatch
 
 def _objects(compose_cfg, overrides):
-    c = validate(compose_cfg(overrides))
-    seeds = [c.seed + k for k in range(c.replicas)]
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds) if c.agent.name != "dqn" else None
-    return c, env, agent, exploration.make(c.exploration, c.replicas)
+    c, env, agent, schedule, _ = build(compose_cfg(overrides))
+    return c, env, agent, schedule
 
 
 def test_choose_picks_the_fast_path_when_supported(compose_cfg) -> None:

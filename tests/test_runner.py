@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from qlab.app.progress import ProgressBar
-from qlab.config import validate
-from qlab.core import agents, envs, exploration, runner
+from qlab.core import runner
 from qlab.core.envs.griddy import griddy_model
 from qlab.core.oracle import value_iteration
 from qlab.core.runner import EVAL_KEYS, TRAIN_KEYS, History
+from tests.helpers import build
 
 
 def eval_steps(hist: History) -> np.ndarray:
@@ -69,11 +69,9 @@ class CountingEvaluator:
 
 
 def setup_run(compose_cfg, overrides: list[str], R: int):
-    c = validate(compose_cfg([*overrides, f"replicas={R}"]))
-    seeds = list(range(R))
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    return c, env, agent, exploration.make(c.exploration, R)
+    """Seeds 0 .. R - 1 of a composed config: (config, env, agent, schedule)."""
+    c, env, agent, schedule, _ = build(compose_cfg([*overrides, "seed=0", f"replicas={R}"]))
+    return c, env, agent, schedule
 
 
 def test_train_records_one_value_per_episode_per_key(compose_cfg) -> None:

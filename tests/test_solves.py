@@ -23,8 +23,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from qlab.config import CONF_DIR, validate
-from qlab.core import agents, envs, exploration, fastpath, runner
+from qlab.core import agents, envs, fastpath, runner
 from qlab.core.oracle import policy_value, value_iteration
+from tests.helpers import build
 
 SEEDS = 5
 TOLERANCE = 0.02
@@ -34,13 +35,9 @@ def train(compose_cfg, agent: str, env: str):
     """Train agent on env with the composed config (its hparams included), seeds 0..4, with
     the trainer train.run picks (``fast: auto``). No evaluations during training: the checks
     score the final Q tables."""
-    cfg = compose_cfg([f"agent={agent}", f"env={env}", f"replicas={SEEDS}", "seed=0",
-                       "tracking.enabled=false"])
-    c = validate(cfg)
-    seeds = [c.seed + k for k in range(c.replicas)]
-    vec = envs.make(c.env, seeds)
-    learner = agents.make(c.agent, vec, seeds)
-    schedule = exploration.make(c.exploration, c.replicas)
+    c, vec, learner, schedule, _ = build(compose_cfg([f"agent={agent}", f"env={env}",
+                                                     f"replicas={SEEDS}", "seed=0",
+                                                     "tracking.enabled=false"]))
     trainer = fastpath.choose(c.fast, vec, learner, schedule)
     trainer(vec, learner, schedule, c.episodes, c.episodes, None)
     return c, vec.model, learner

@@ -6,39 +6,34 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from qlab.app import train
-from qlab.config import CONF_DIR, register, validate
-from qlab.core import agents, envs, exploration, runner
+from qlab.core import runner
 from qlab.core.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
 from qlab.core.agents.optim import clip_adam
 from qlab.core.agents.tabular import Transition
+from tests.helpers import build, compose
 
 
 def compose_cfg(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config",
-                       overrides=["agent=dqn", "tracking.enabled=false", *overrides])
+    """A DQN job's config, untracked."""
+    return compose(["agent=dqn", "tracking.enabled=false", *overrides])
 
 
-def griddy_run(seeds, episodes: int | None = None):
+def griddy_run(seed: int, replicas: int, episodes: int | None = None):
     """DQN on the 4x4 grid with the shipped defaults (conf/agent/dqn.yaml +
-    conf/hparams/dqn_griddy.yaml); returns (history, agent)."""
-    c = validate(compose_cfg("env=griddy", f"replicas={len(seeds)}"))
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    schedule = exploration.make(c.exploration, len(seeds))
-    hist = runner.train(env, agent, schedule, episodes or c.episodes, 10,
-                        runner.Evaluator(env.model, agent.gamma))
+    conf/hparams/dqn_griddy.yaml), seeds seed .. seed + replicas - 1; returns (history,
+    agent)."""
+    c, env, agent, schedule, evaluator = build(compose_cfg(
+        "env=griddy", f"seed={seed}", f"replicas={replicas}"))
+    hist = runner.train(env, agent, schedule, episodes or c.episodes, 10, evaluator)
     return hist, agent
 
 
 @pytest.fixture(scope="module")
 def griddy_batch():
     """One batched run of 5 seeds (0..4) with the shipped griddy settings."""
-    return griddy_run([0, 1, 2, 3, 4])
+    return griddy_run(0, 5)
 
 
 # ------------------------------------------------------------------ network and optimiser
@@ -261,7 +256,7 @@ def test_replica_k_of_a_batch_reproduces_a_single_run_with_seed_k(griddy_batch):
     """Observed: bitwise equal (max |Δθ| = 0.0 with 1 torch thread); asserted to 1e-6."""
     hist, agent = griddy_batch
     for k in (3,):
-        h1, a1 = griddy_run([k])
+        h1, a1 = griddy_run(k, 1)
         for key in ("train/episode_length", "train/episode_return"):
             np.testing.assert_array_equal(hist.train[key][k], h1.train[key][0])
         for key in ("train/td_loss", "train/q_delta", "train/q_mean"):

@@ -13,6 +13,7 @@ from qlab.config import validate
 from qlab.core import agents, envs, exploration, runner
 from qlab.core.agents.qlearning import TabularQ
 from qlab.core.agents.tabular import Transition
+from tests.helpers import capture_agents
 
 
 def transition(**fields) -> Transition:
@@ -229,14 +230,7 @@ def test_learns_the_optimal_policy(compose_cfg, case: str) -> None:
 
 def run_capturing_agent(compose_cfg, monkeypatch, overrides: list[str]):
     """``qlab.app.train.run`` on a composed config; returns its History and the trained agent."""
-    made = []
-    make = qlab.core.agents.make
-
-    def capture(*args, **kwargs):
-        made.append(make(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(qlab.core.agents, "make", capture)
+    made = capture_agents(monkeypatch)
     hist, _ = qlab.app.train.run(compose_cfg([*overrides, "tracking.enabled=false"]))
     return hist, made[0]
 
