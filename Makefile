@@ -20,7 +20,7 @@ ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
 # Extra Host headers the server accepts (the names clients use for it), comma-separated.
 ALLOWED_HOSTS ?=
 
-.PHONY: help setup train sweep test test-slow lint ui server server-auth clean cartpole report play bench bench-quick
+.PHONY: help setup train sweep test test-unit test-slow lint ui server server-auth clean cartpole report play bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -63,11 +63,19 @@ bench: setup $(BENCH_STAMP) ## Benchmark qlab against its baselines (tens of min
 bench-quick: setup $(BENCH_STAMP) ## The benchmark suite in under two minutes (fewer repeats and steps); prints only
 	$(BIN)/qlab-bench --quick $(ARGS)
 
-test: setup ## Run the default (fast) test suite
-	$(BIN)/python -m pytest $(ARGS)
+# pytest-xdist: TEST_WORKERS processes (auto: one per core); tests sharing an expensive
+# fixture stay on one worker (tests/conftest.py, SHARED).
+TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
+
+test-unit: setup ## Unit tests only: in-process, no subprocess or server; the quick check while coding
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration' $(ARGS)
+
+test: setup ## The default suite, run by CI: unit + integration tests, not the slow ones
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow' $(ARGS)
 
 test-slow: setup ## Run only the slow, long-training tests
-	$(BIN)/python -m pytest -m slow $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m slow $(ARGS)
 
 lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
 	$(BIN)/ruff check src tests benchmarks

@@ -1,52 +1,130 @@
-"""Shared fixtures: MLflow stores in temp dirs (no test ever writes to the project's
-mlflow.db) and Hydra composition of the real config tree."""
+"""Shared fixtures: every test runs in its own temp dir with its own MLflow store (no test
+ever writes to the checkout or the project's mlflow.db), Hydra composition of the real config
+tree, new sqlite stores without MLflow's migrations, tracking servers; and the test tiers.
+
+Tiers (README, Tests): *unit* tests stay in this process; *integration* tests start
+processes (``qlab-train``, ``qlab-server``, ``mlflow server``, Python workers); *slow* ones
+are long trainings. A test is integration if it is marked so or uses a fixture of
+``SPAWNING``; a unit test that starts a Python process fails, naming the process.
+Helpers that are not fixtures are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from qlab.config import CONF_DIR, register
+from tests.helpers import BIN, compose, copy_store, make_store_template, running_server, sqlite_uri
 
-BIN = Path(sys.executable).parent
+# Fixtures that start processes: a test using one (directly or through another fixture) is
+# an integration test.
+SPAWNING = ("small_sweep", "trained", "results", "launch_server", "qlab_server", "mlflow_server")
+# Test files (and directories) whose tests share a module- or session-scoped fixture that
+# takes seconds to build (a sweep, a server, a training): under xdist (--dist loadgroup)
+# each runs on one worker, so the fixture is built once; other tests go one by one.
+SHARED = ("tests/analysis/", "tests/agents/test_dqn.py", "tests/test_play.py",
+          "tests/test_resume.py", "tests/test_server.py", "tests/test_train_cli.py")
 
 
-def sqlite_uri(directory: Path) -> str:
-    """An absolute sqlite MLflow URI for a store in ``directory``."""
-    return f"sqlite:///{directory}/mlflow.db"
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests using a fixture of ``SPAWNING`` integration, and run the integration
+    tests first (they are the long ones: with several workers, the short ones fill the end).
+    A module's integration tests and its unit tests each stay together, in their order."""
+    for item in items:
+        if any(name in item.fixturenames for name in SPAWNING):
+            item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup``: the tests under each entry of ``SHARED`` go to one worker, the
+    others one by one. (Groups by node id: xdist's ``xdist_group`` marks no longer take effect
+    under pytest 9.2.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SharedFixtureScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((shared for shared in SHARED if path.startswith(shared)),
+                        super()._split_scope(nodeid))
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A per-test sqlite store, also set as ``MLFLOW_TRACKING_URI``, so anything that falls
-    back on the default store writes here. The file only appears if a test uses it. Sweep
-    variables a parent process might leak are cleared."""
+    back on the default store writes here; the file only appears if a test uses it. The test
+    runs in ``tmp_path`` (Hydra's outputs/, relative paths and child processes land there,
+    not in the checkout). Sweep variables a parent process might leak are cleared."""
     uri = sqlite_uri(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
     for var in ("QLAB_PARENT_RUN_ID", "QLAB_SWEEP_ID"):
         monkeypatch.delenv(var, raising=False)
     return uri
 
 
+@pytest.fixture(autouse=True)
+def in_process_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test (not marked integration or slow) that starts a Python process (a console
+    script of this venv or this interpreter) fails: mark it ``integration``. Other programs
+    (git, for provenance) may run."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker(
+            "slow"):
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *more, **kwargs):
+        program = str(args if isinstance(args, (str, bytes, Path)) else args[0])
+        if program == sys.executable or Path(program).parent == BIN:
+            pytest.fail(f"a unit test started {Path(program).name}: mark it "
+                        "@pytest.mark.integration (or make it run in-process)", pytrace=False)
+        real_init(self, args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
 @pytest.fixture(scope="session")
-def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One sqlite store for the whole session (creating a store costs seconds of migrations);
-    tests using it keep apart by experiment name (see :func:`experiment`)."""
-    return sqlite_uri(tmp_path_factory.mktemp("mlflow_shared"))
+def sqlite_store(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """``sqlite_store(directory, name="mlflow.db")``: the URI of a new, empty sqlite store
+    there, ready to use: a copy of one MLflow made, kept in pytest's cache per MLflow version
+    (MLflow's migrations cost seconds per new store). Tests about creating a store (races, a
+    first run) let MLflow create it instead."""
+    import mlflow
+
+    name = f"mlflow-{mlflow.__version__}.db"
+    cache = getattr(request.config, "cache", None)
+    template = cache.mkdir("qlab-store-template") / name if cache is not None else None
+    if template is None or not template.exists():
+        made = make_store_template(tmp_path_factory.mktemp("store_template"))
+        if template is None:  # -p no:cacheprovider
+            template = made
+        else:  # written whole, then renamed: xdist workers may race here
+            part = template.with_name(f"{name}.{os.getpid()}")
+            shutil.copyfile(made, part)
+            os.replace(part, template)
+    return lambda directory, name="mlflow.db": copy_store(template, directory, name)
+
+
+@pytest.fixture(scope="session")
+def shared_store(sqlite_store, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the whole session (per xdist worker); tests using it keep apart
+    by experiment name (see :func:`experiment`)."""
+    return sqlite_store(tmp_path_factory.mktemp("mlflow_shared"))
 
 
 @pytest.fixture
@@ -56,66 +134,21 @@ def experiment() -> str:
 
 
 @pytest.fixture(scope="session")
-def compose_cfg() -> Callable[[Sequence[str]], DictConfig]:
+def compose_cfg() -> Callable[..., object]:
     """``compose_cfg(overrides)``: the job config Hydra composes from conf/ for a command line."""
-    register()
-
-    def _compose(overrides: Sequence[str] = ()) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    return _compose
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(args: Sequence[str], port: int, env: dict[str, str] | None = None,
-                   timeout: float = 120) -> Iterator[str]:
-    """``qlab-server --port <port> args`` until the block ends (its whole process group is
-    stopped); yields its URI once it answers /health."""
-    import requests
-
-    log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would fill and block the server
-    proc = subprocess.Popen([str(BIN / "qlab-server"), "--port", str(port), *args],
-                            env={**os.environ, **(env or {})}, stdout=log, stderr=log,
-                            text=True, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"qlab-server exited {proc.returncode}: {log.read()[-2000:]}")
-            try:
-                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("qlab-server did not start")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)  # uvicorn's graceful shutdown can take 10+ s: not needed here
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    return compose
 
 
 @pytest.fixture(scope="session")
-def launch_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
-    """``with launch_server(args, env) as uri``: a ``qlab-server`` on a free port."""
-    return lambda args, env=None: running_server(args, free_port(), env)
+def launch_server(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``with launch_server(args, env=None, cwd=None) as uri``: ``qlab-server args`` on a
+    free port, run from ``cwd`` (by default a new temp dir)."""
+    def launch(args, env=None, cwd=None):
+        cwd = cwd or tmp_path_factory.mktemp("server_cwd")
+        return running_server([str(BIN / "qlab-server"), *args], cwd, env)
+
+    return launch
 
 
 class Server(NamedTuple):
@@ -124,9 +157,21 @@ class Server(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def qlab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def qlab_server(tmp_path_factory: pytest.TempPathFactory, sqlite_store,
+                launch_server) -> Iterator[Server]:
     """A locked-down ``qlab-server`` (no login) for the session, over its own sqlite store."""
     d = tmp_path_factory.mktemp("qlab_server")
-    with running_server(["--backend-store-uri", sqlite_uri(d), "--artifacts-destination",
-                         str(d / "artifacts"), "--workers", "2"], free_port()) as uri:
+    with launch_server(["--backend-store-uri", sqlite_store(d), "--artifacts-destination",
+                        str(d / "artifacts"), "--workers", "2"]) as uri:
         yield Server(uri, d / "mlflow.db")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, sqlite_store) -> Iterator[str]:
+    """MLflow's own ``mlflow server`` (not qlab-server) over a store in ``tmp_path``."""
+    (tmp_path / "server").mkdir()
+    with running_server([str(BIN / "mlflow"), "server", "--backend-store-uri",
+                         sqlite_store(tmp_path, "server.db"), "--artifacts-destination",
+                         str(tmp_path / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+                         "--workers", "1"], tmp_path / "server") as uri:
+        yield uri

@@ -14,6 +14,7 @@ import qlab
 from qlab.core.oracle import value_iteration
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_core_imports_without_hydra_mlflow_matplotlib_pandas() -> None:
     code = ("import sys\n"
             "import qlab.core, qlab.core.agents, qlab.core.envs, qlab.core.driver\n"

@@ -119,6 +119,7 @@ def test_dqn_section_smoke() -> None:
         assert ret["Stable-Baselines3"].value >= 8  # CartPole lasts at least 8 steps
 
 
+@pytest.mark.integration  # a worker process
 def test_dqn_worker_runs_in_a_fresh_process() -> None:
     out = common.run_worker("benchmarks.dqn", {"kind": "qlab", "seeds": [3], "replicas": 1,
                                                "steps": 200, "overrides": TINY_DQN})
@@ -136,6 +137,7 @@ def test_sb3_gets_qlabs_hyperparameters() -> None:
     assert kw["exploration_fraction"] * 50_000 == pytest.approx(c.exploration.duration)
 
 
+@pytest.mark.integration  # times qlab-train as a process
 def test_tracking_section_smoke() -> None:
     rows = tracking.measure(episodes=10, repeats=1)
     (over,) = [r for r in rows if r.metric == "overhead of tracking"]
@@ -150,6 +152,7 @@ def test_tracking_section_smoke() -> None:
     assert math.isfinite(whole.value)
 
 
+@pytest.mark.integration  # a sweep as a process
 def test_sweep_section_smoke() -> None:
     # One job of the headline sweep: command-line values win over its sweeper params.
     rows = sweeps.measure(launchers=("basic",), overrides=(
@@ -159,6 +162,7 @@ def test_sweep_section_smoke() -> None:
     assert row.target is None  # a shrunk sweep is not held to the 60 s target
 
 
+@pytest.mark.integration  # the tracking section: qlab-train as a process
 def test_report_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [common.Row("s", "env steps/s", "base", 100.0, "steps/s"),
             common.Row("s", "env steps/s", "fast", 2500.0, "steps/s"),
@@ -184,6 +188,7 @@ def test_report_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert json.loads(js.read_text())["mode"] == "quick"
 
 
+@pytest.mark.integration  # a worker process
 def test_dqn_burst_profile_rows() -> None:
     prof = common.run_worker("benchmarks.dqn", {"kind": "bursts", "replicas": [1, 2],
                                                 "repeats": 2, "overrides": TINY_DQN})

@@ -7,7 +7,6 @@ file the processes race to create, and a tracking server. Every run and every po
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from qlab.core.history import EVAL_KEYS, TRAIN_KEYS
+from tests.helpers import clean_env, run, runs_of, sqlite_uri
+
+pytestmark = pytest.mark.integration  # writer processes
 
 PROCESSES, RUNS, EPISODES, EVAL_EVERY = 4, 20, 4, 2
 
@@ -52,11 +54,10 @@ WRITER = textwrap.dedent("""
 
 
 def write_concurrently(uri: str, experiment: str, cwd: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "MLFLOW_TRACKING"))}
+    env = clean_env(drop=("QLAB_", "MLFLOW_TRACKING"))
 
     def one(worker: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", WRITER, uri, experiment, str(worker)],
-                              cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        return run([sys.executable, "-c", WRITER, uri, experiment, str(worker)], cwd, env)
 
     with ThreadPoolExecutor(PROCESSES) as pool:
         results = list(pool.map(one, range(PROCESSES)))
@@ -68,8 +69,7 @@ def assert_everything_arrived(uri: str, experiment: str, db: Path) -> None:
     """Runs through the MLflow API; metric points counted in the store's database (one query,
     not 480 history requests)."""
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    runs = runs_of(client, experiment)
     assert len(runs) == PROCESSES * RUNS
     assert {r.info.status for r in runs} == {"FINISHED"}
     seed_of = {r.info.run_id: int(r.data.params["seed"]) for r in runs}
@@ -96,7 +96,7 @@ def assert_everything_arrived(uri: str, experiment: str, db: Path) -> None:
 
 def test_four_processes_into_one_fresh_sqlite_store(tmp_path: Path) -> None:
     """The store does not exist yet: the processes also race to create it."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri(tmp_path)
     write_concurrently(uri, "concurrent", tmp_path)
     assert_everything_arrived(uri, "concurrent", tmp_path / "mlflow.db")
 

@@ -3,10 +3,7 @@ runs KILLED with their metrics, an exception leaves its traceback."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +14,12 @@ from mlflow.tracking import MlflowClient
 import qlab.app.train
 from qlab.core.agents.qlearning import TabularQ
 from qlab.tracking import get_or_create_experiment
+from tests.helpers import clean_env, runs_of, start_qlab_train
 
 
 def _runs(uri: str, experiment: str) -> dict[str, object]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return {r.data.tags["seed"]: r for r in client.search_runs([exp.experiment_id])}
+    """The runs of ``experiment`` by their seed tag."""
+    return {r.data.tags["seed"]: r for r in runs_of(uri, experiment)}
 
 
 def test_nan_stops_only_its_replica(compose_cfg, shared_store, experiment, monkeypatch) -> None:
@@ -70,16 +67,15 @@ def test_exception_leaves_traceback_artifact(compose_cfg, shared_store, experime
         assert "ValueError: injected" in Path(text).read_text()
 
 
-def test_sigterm_ends_runs_killed_with_metrics(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+@pytest.mark.integration
+def test_sigterm_ends_runs_killed_with_metrics(tmp_path: Path, sqlite_store) -> None:
     # Create the store first: polling a store that qlab-train is still migrating crashes it
     # ("table ... already exists", DESIGN trap 2).
+    uri = sqlite_store(tmp_path)
     get_or_create_experiment(MlflowClient(uri), "sigterm", uri)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "qlab-train"), "env.height=12", "env.width=12",
-         "replicas=2", "episodes=100000", "tracking.flush_seconds=0.2",
-         "experiment_name=sigterm"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = start_qlab_train(["env.height=12", "env.width=12", "replicas=2", "episodes=100000",
+                             "tracking.flush_seconds=0.2", "experiment_name=sigterm"],
+                            tmp_path, clean_env(uri), stdout=None)
     client = MlflowClient(uri)
     deadline = time.monotonic() + 120
     try:

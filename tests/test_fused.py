@@ -5,9 +5,8 @@ tests/agents/test_dqn.py), nested under one parent run; the preflight check cove
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,15 @@ from qlab.app.resume import CKPT_TAG, HASH_TAG, JOB_TAG, REPLICA_TAG
 from qlab.config import ConfigError
 from qlab.config.batch import batch
 from qlab.sweeps import fused, preflight
+from tests.helpers import qlab_train, sqlite_uri
 
 JOB_TAGS = (JOB_TAG, HASH_TAG, CKPT_TAG, REPLICA_TAG)
 
-BIN = Path(sys.executable).parent
 AGENTS, DECAYS, SEEDS = ("tabular_mc", "tabular_q", "dqn"), ("0.99", "0.995", "0.999"), range(5)
 
 DQN_ATOL = 1e-6  # tests/agents/test_dqn.py: replica k of a batch vs a single run
 EXACT_FOR_DQN = ("train/episode_length", "train/episode_return", "train/epsilon",
                  "eval/optimal_fraction")
-
-
-def qlab_train(args: list[str], uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    return subprocess.run([str(BIN / "qlab-train"), *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=600)
 
 
 def jobs(*overrides: str, keys=fused.FUSABLE) -> list[list[str]]:
@@ -149,12 +141,16 @@ def _records(uri: str, experiment: str) -> tuple[dict, dict, object]:
     return runs, hist, sw
 
 
-def test_headline_sweep_fused_and_unfused_record_the_same_runs(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_headline_sweep_fused_and_unfused_record_the_same_runs(tmp_path: Path,
+                                                               sqlite_store) -> None:
     quick = ["episodes=20", "eval_every=5"]
-    uri_f, uri_u = f"sqlite:///{tmp_path}/fused.db", f"sqlite:///{tmp_path}/unfused.db"
-    out_f = qlab_train(["+experiment=epsilon_decay", *quick], uri_f, tmp_path)
-    out_u = qlab_train(["+experiment=epsilon_decay", *quick, "hydra/sweeper=basic"], uri_u,
-                       tmp_path)
+    uri_f, uri_u = sqlite_store(tmp_path, "fused.db"), sqlite_store(tmp_path, "unfused.db")
+    with ThreadPoolExecutor(2) as pool:  # the two sweeps at once
+        out_f = pool.submit(qlab_train, ["+experiment=epsilon_decay", *quick], uri_f, tmp_path)
+        out_u = pool.submit(qlab_train, ["+experiment=epsilon_decay", *quick,
+                                         "hydra/sweeper=basic"], uri_u, tmp_path)
+        out_f, out_u = out_f.result(), out_u.result()
     assert out_f.returncode == 0, out_f.stderr[-3000:]
     assert out_u.returncode == 0, out_u.stderr[-3000:]
     assert "Launching 3 jobs" in out_f.stdout  # Hydra logs to stdout
@@ -219,9 +215,10 @@ def _summary(out: subprocess.CompletedProcess) -> list[str]:
 
 # ------------------------------------------------------------------ preflight
 
+@pytest.mark.integration
 def test_preflight_refuses_a_bad_per_replica_value_of_a_fused_sweep(tmp_path: Path) -> None:
     out = qlab_train(["+experiment=epsilon_decay", "exploration.decay=0.99,1.5",
-                      "episodes=2"], f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+                      "episodes=2"], sqlite_uri(tmp_path), tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "qlab-train: error: exploration.decay=1.5: must be in (0, 1]"]

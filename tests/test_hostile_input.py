@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,21 +20,19 @@ import qlab.app.train
 import qlab.cli
 from qlab.core.history import TRAIN_KEYS
 from qlab.tracking import store
-
-BIN = Path(sys.executable).parent
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.helpers import (
+    assert_no_runs,
+    clean_env,
+    cli_exit,
+    free_port,
+    one_error_line,
+    runs_of,
+    start_qlab_train,
+)
 
 # name: (overrides, what the one line must contain)
 BAD = {
-    "unreachable-server": ([f"tracking.uri=http://127.0.0.1:{closed_port()}"],
+    "unreachable-server": ([f"tracking.uri=http://127.0.0.1:{free_port()}"],  # nobody there
                            "no MLflow server answers there (connection refused)"),
     "file-store": (["tracking.uri=file:///etc"], "file store is not supported"),
     "bare-path": (["tracking.uri=/etc/mlruns"], "file store is not supported"),
@@ -59,34 +55,16 @@ BAD = {
 
 
 def run_main(args: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["qlab-train", "episodes=3", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        qlab.cli.main()
-    return exit_info.value.code
-
-
-def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("qlab-train: error: "), lines[0]
-    return lines[0]
-
-
-def assert_no_runs(uri: str) -> None:
-    db = Path(store.sqlite_path(uri))
-    if db.exists():
-        client = MlflowClient(uri)
-        exps = [e.experiment_id for e in client.search_experiments()]
-        assert not client.search_runs(exps), "a run was created"
+    """``qlab-train episodes=3 args`` in this process; its exit code."""
+    return cli_exit(monkeypatch, ["episodes=3", *args])
 
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_refused_in_one_line_before_any_run(name, monkeypatch, capsys, tmp_path: Path,
                                             mlflow_uri: str) -> None:
-    monkeypatch.chdir(tmp_path)
     overrides, says = BAD[name]
     assert run_main(overrides, monkeypatch) not in (0, None)
-    line = one_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert says in line, line
     assert_no_runs(mlflow_uri)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no relative.db
@@ -94,21 +72,20 @@ def test_refused_in_one_line_before_any_run(name, monkeypatch, capsys, tmp_path:
 
 def test_run_refuses_an_unreachable_server(compose_cfg, mlflow_uri: str) -> None:
     """``qlab.app.train.run`` (no preflight) stops before creating anything, without retrying."""
-    cfg = compose_cfg(["episodes=3", f"tracking.uri=http://127.0.0.1:{closed_port()}"])
+    cfg = compose_cfg(["episodes=3", f"tracking.uri=http://127.0.0.1:{free_port()}"])
     with pytest.raises(store.StoreError, match="no MLflow server answers there"):
         qlab.app.train.run(cfg)
     assert_no_runs(mlflow_uri)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod")
-def test_read_only_artifact_directory(compose_cfg, monkeypatch, capsys, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    MlflowClient(uri).search_experiments()  # the store exists
+def test_read_only_artifact_directory(compose_cfg, monkeypatch, capsys, tmp_path: Path,
+                                      sqlite_store) -> None:
+    uri = sqlite_store(tmp_path)  # the store exists
     (tmp_path / "mlruns").mkdir(mode=0o555)
-    capsys.readouterr()  # MLflow's store-creation log
     try:
         assert run_main([f"tracking.uri={uri}"], monkeypatch) not in (0, None)
-        assert f"artifact directory {tmp_path}/mlruns is not writable" in one_line(
+        assert f"artifact directory {tmp_path}/mlruns is not writable" in one_error_line(
             capsys.readouterr().err)
         with pytest.raises(store.StoreError, match="is not writable"):
             qlab.app.train.run(compose_cfg(["episodes=3", f"tracking.uri={uri}"]))
@@ -118,21 +95,20 @@ def test_read_only_artifact_directory(compose_cfg, monkeypatch, capsys, tmp_path
 
 
 def test_unwritable_artifact_location_ends_runs_failed(compose_cfg, monkeypatch, capsys,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, sqlite_store) -> None:
     """An experiment whose artifact location cannot be written (under a regular file: fails
     even as root) is only found out when writing the first run's first artifact: that run
     ends FAILED with the reason, no other is created, nothing trains."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     (tmp_path / "blocker").write_text("not a directory")
     MlflowClient(uri).create_experiment("blocked",
                                         artifact_location=(tmp_path / "blocker/art").as_uri())
-    capsys.readouterr()  # MLflow's store-creation log
     assert run_main([f"tracking.uri={uri}", "experiment_name=blocked", "replicas=2"],
                     monkeypatch) == 1
-    line = one_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert f"cannot record runs in {uri}: " in line and "blocker" in line, line
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("blocked").experiment_id])
+    runs = runs_of(client, "blocked")
     assert len(runs) == 1  # the first run's first artifact failed: no second run
     for r in runs:
         assert r.info.status == "FAILED"
@@ -140,22 +116,20 @@ def test_unwritable_artifact_location_ends_runs_failed(compose_cfg, monkeypatch,
         assert not client.get_metric_history(r.info.run_id, "train/episode_return")
 
 
-def test_full_disk_at_the_end_keeps_metrics_and_fails_runs(monkeypatch, capsys,
-                                                           tmp_path: Path) -> None:
+def test_full_disk_at_the_end_keeps_metrics_and_fails_runs(monkeypatch, capsys, tmp_path: Path,
+                                                           sqlite_store) -> None:
     """The artifact disk fills up when the Q-tables are saved after training."""
     def full(self, local_dir, artifact_path=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", full)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    MlflowClient(uri).search_experiments()  # the store exists
-    capsys.readouterr()  # MLflow's store-creation log
+    uri = sqlite_store(tmp_path)  # the store exists
     assert run_main([f"tracking.uri={uri}", "replicas=2", "experiment_name=full"],
                     monkeypatch) == 1
-    line = one_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "No space left on device; the runs ended FAILED" in line, line
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("full").experiment_id])
+    runs = runs_of(client, "full")
     assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
     for r in runs:
         assert r.data.tags["error"] == "OSError: [Errno 28] No space left on device"
@@ -164,11 +138,11 @@ def test_full_disk_at_the_end_keeps_metrics_and_fails_runs(monkeypatch, capsys,
 
 
 def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_path: Path,
-                                                  experiment) -> None:
+                                                  experiment, sqlite_store) -> None:
     """Every call to the store fails once training is under way (as when a server dies):
-    the job stops with one line naming where every metric point was saved."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
+    the job stops with one line naming where every metric point was saved (./qlab-unsent/,
+    the test's own cwd)."""
+    uri = sqlite_store(tmp_path)
     calls = {"n": 0}
     real = MlflowClient.log_batch
 
@@ -193,7 +167,7 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
         qlab.app.train.run(cfg)
     assert f"saved to {tmp_path / 'qlab-unsent'}/<run id>.csv" in str(info.value)
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    runs = runs_of(client, experiment)
     assert len(runs) == 2
     sent = kept = 0
     for r in runs:
@@ -208,17 +182,17 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
 
 
 @pytest.mark.slow
-def test_server_killed_mid_run(launch_server, tmp_path: Path) -> None:
+def test_server_killed_mid_run(launch_server, tmp_path: Path, sqlite_store) -> None:
     """A real server dies while a job trains: the job ends within seconds with one line and
     every metric point in ./qlab-unsent/."""
-    with launch_server(["--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+    with launch_server(["--backend-store-uri", sqlite_store(tmp_path, "server.db"),
                         "--artifacts-destination", str(tmp_path / "art"), "--workers", "1"]
                        ) as uri:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "MLFLOW_"))}
-        proc = subprocess.Popen(
-            [str(BIN / "qlab-train"), "env.height=12", "env.width=12", "replicas=2",
-             "episodes=100000", "tracking.flush_seconds=0.2", f"tracking.uri={uri}",
-             "experiment_name=dies"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        env = clean_env(drop=("QLAB_", "HYDRA_", "MLFLOW_"))
+        proc = start_qlab_train(["env.height=12", "env.width=12", "replicas=2",
+                                 "episodes=100000", "tracking.flush_seconds=0.2",
+                                 f"tracking.uri={uri}", "experiment_name=dies"],
+                                tmp_path, env, stdout=None)
         client = MlflowClient(uri)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -4,9 +4,6 @@ and as a GIF; a tabular agent and a DQN (whose network is read back from q_netwo
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,25 +11,20 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageSequence
 
 from qlab.analysis import play
+from tests.helpers import qlab_train, runs_of
 
-BIN = Path(sys.executable).parent
 EXPERIMENT = "play"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[str, dict[str, str], str]:
+def trained(tmp_path_factory, sqlite_store) -> tuple[str, dict[str, str], str]:
     """(uri, {agent: run id}, parent run id) of one short tabular_q and one DQN run."""
     root = tmp_path_factory.mktemp("play")
-    uri = f"sqlite:///{root}/mlflow.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    out = subprocess.run(
-        [str(BIN / "qlab-train"), "-m", "agent=tabular_q,dqn", "episodes=40", "eval_every=20",
-         f"experiment_name={EXPERIMENT}", f"tracking.uri={uri}"],
-        cwd=root, env=env, text=True, capture_output=True, timeout=600)
+    uri = sqlite_store(root)
+    out = qlab_train(["-m", "agent=tabular_q,dqn", "episodes=40", "eval_every=20",
+                      f"experiment_name={EXPERIMENT}", f"tracking.uri={uri}"], uri, root)
     assert out.returncode == 0, out.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([exp.experiment_id])
+    runs = runs_of(uri, EXPERIMENT)
     parent = next(r.info.run_id for r in runs if r.data.tags.get("qlab.role") == "sweep")
     ids = {r.data.tags["agent"]: r.info.run_id for r in runs if "agent" in r.data.tags}
     return uri, ids, parent

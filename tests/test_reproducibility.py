@@ -10,9 +10,6 @@ losses and Q statistics within 1e-6 (as in tests/agents/test_dqn.py; observed bi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,11 +19,10 @@ from mlflow.tracking import MlflowClient
 
 import qlab.app.train
 from qlab.tracking import provenance
+from tests.helpers import qlab_train, run_histories, sweep_runs
 
-BIN = Path(sys.executable).parent
 AGENTS = ("tabular_q", "tabular_mc", "dqn")
 COMMON = ["episodes=12", "eval_every=4", "env=griddy"]
-WALL_CLOCK = {"train/sps"}
 EXACT_DQN = ("train/episode_length", "train/episode_return", "train/epsilon",
              "eval/optimal_fraction", "eval/episodes_to_optimal")
 
@@ -34,16 +30,11 @@ EXACT_DQN = ("train/episode_length", "train/episode_return", "train/epsilon",
 def histories(uri: str, experiment: str) -> dict[tuple[str, int], dict[str, list]]:
     """(agent, seed) -> metric key -> [(step, value)] of every run of the experiment."""
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
     out: dict[tuple[str, int], dict[str, list]] = {}
-    for r in client.search_runs([exp.experiment_id], max_results=1000):
-        if r.data.tags.get("qlab.role") == "sweep":
-            continue
+    for r in sweep_runs(client, experiment)[1]:
         run = (r.data.params["agent.name"], int(r.data.params["seed"]))
         assert run not in out, f"two runs of {run}"
-        out[run] = {key: sorted((m.step, m.value)
-                                for m in client.get_metric_history(r.info.run_id, key))
-                    for key in r.data.metrics if key not in WALL_CLOCK}
+        out[run] = run_histories(client, r)
     return out
 
 
@@ -75,35 +66,30 @@ def test_same_seed_twice_same_histories(agent, compose_cfg, shared_store, experi
     assert steps == list(range(12))
 
 
-def qlab_train(args: list[str], uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    return subprocess.run([str(BIN / "qlab-train"), *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=900)
-
-
-def test_alone_batched_and_joblib_sweep_agree(compose_cfg, tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_alone_batched_and_joblib_sweep_agree(compose_cfg, sqlite_store, tmp_path: Path) -> None:
     """Seeds 0, 1 of each agent three ways: one job of 2 replicas per agent (a basic-launcher
     sweep over agents), 6 jobs of 1 replica in 2 parallel joblib processes, and seed 1 alone
     in this process."""
-    batched, swept = f"sqlite:///{tmp_path}/batched.db", f"sqlite:///{tmp_path}/swept.db"
+    batched, swept = sqlite_store(tmp_path, "batched.db"), sqlite_store(tmp_path, "swept.db")
+    alone = sqlite_store(tmp_path, "alone.db")
     agents = ",".join(AGENTS)
     with ThreadPoolExecutor(2) as pool:
         a = pool.submit(qlab_train, ["-m", f"agent={agents}", *COMMON, "seed=0", "replicas=2",
-                                     "experiment_name=repro"], batched, tmp_path)
+                                     "experiment_name=repro"], batched, tmp_path, 900)
         b = pool.submit(qlab_train, ["-m", f"agent={agents}", *COMMON, "seed=0,1",
                                      "replicas=1", "hydra/launcher=joblib",
                                      "hydra.launcher.n_jobs=2", "experiment_name=repro"],
-                        swept, tmp_path)
+                        swept, tmp_path, 900)
         for name in AGENTS:  # meanwhile, alone
             qlab.app.train.run(compose_cfg([f"agent={name}", *COMMON, "seed=1", "replicas=1",
-                                        f"tracking.uri=sqlite:///{tmp_path}/alone.db",
+                                        f"tracking.uri={alone}",
                                         "experiment_name=repro"]))
         a, b = a.result(), b.result()
     assert a.returncode == 0, a.stderr[-3000:]
     assert b.returncode == 0, b.stderr[-3000:]
     h_batched, h_swept = histories(batched, "repro"), histories(swept, "repro")
-    h_alone = histories(f"sqlite:///{tmp_path}/alone.db", "repro")
+    h_alone = histories(alone, "repro")
     assert sorted(h_batched) == sorted(h_swept) == [(ag, s) for ag in sorted(AGENTS)
                                                     for s in range(2)]
     for run in h_batched:

@@ -10,10 +10,7 @@ is left out of every comparison.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +19,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
-import qlab.cli
 from qlab import tracking
 from qlab.app import checkpoint, resume
 from qlab.app.build import build
@@ -32,12 +28,20 @@ from qlab.core import driver
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import NumpyStepper
 from qlab.core.history import History, episodes_to_optimal, loop_state
-
-WALL_CLOCK = ("train/sps",)
-QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
-
+from tests.helpers import (
+    WALL_CLOCK,
+    clean_env,
+    cli_exit,
+    metric_steps,
+    one_error_line,
+    qlab_train,
+    run_histories,
+    runs_of,
+    start_qlab_train,
+)
 
 # ------------------------------------------------------------------ in-process round trips
+
 
 class Crash(Exception):
     """Stands in for a process dying right after a checkpoint."""
@@ -118,23 +122,10 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
 
 # ------------------------------------------------------------------ qlab-train, killed and resumed
 
-def launch(args: list[str], workdir: Path, uri: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    return subprocess.Popen([QLAB_TRAIN, *args], cwd=workdir, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def job_runs(client: MlflowClient, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id]) if exp else []
-    return sorted(runs, key=lambda r: int(r.data.tags.get("seed", -1)))
-
-
-def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
-    """Every metric of a run (wall-clock ones aside) as sorted (step, value) points."""
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            for key in run.data.metrics if key not in WALL_CLOCK}
+    """The runs of ``experiment`` by seed (none if it does not exist yet)."""
+    return sorted(runs_of(client, experiment, missing_ok=True),
+                  key=lambda r: int(r.data.tags.get("seed", -1)))
 
 
 def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
@@ -143,7 +134,7 @@ def kill_mid_run(args: list[str], workdir: Path, uri: str, experiment: str,
     then send ``sig``; returns the checkpoint's header and the job's runs after the signal."""
     client = MlflowClient(uri)
     tracking.get_or_create_experiment(client, experiment, uri)  # one process migrates the store
-    proc = launch([*args, f"experiment_name={experiment}"], workdir, uri)
+    proc = start_qlab_train([*args, f"experiment_name={experiment}"], workdir, clean_env(uri))
     deadline = time.monotonic() + 180
     header = None
     try:
@@ -192,7 +183,7 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     assert {r.info.status for r in resumed} == {"FINISHED"}
     assert all("error" not in r.data.tags for r in resumed)
     for k, run in enumerate(resumed):
-        got = histories(client, run)
+        got = run_histories(client, run)
         want = {key: [(e, v) for e, v in enumerate(table[k])]
                 for key, table in ref.train.items() if key not in WALL_CLOCK}
         want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
@@ -230,35 +221,39 @@ def stepper_of(compose_cfg, args: list[str]):
     return driver.stepper_type(build(c), c.fast)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, resume_args, first", [
     (FAST_TABULAR, (), CompiledStepper),
     (TABULAR, ("fast=on",), NumpyStepper),  # a reference checkpoint continued compiled
 ], ids=["fast", "reference-then-fast"])
-def test_kill9_tabular_then_resume(args, resume_args, first, tmp_path, mlflow_uri, compose_cfg,
+def test_kill9_tabular_then_resume(args, resume_args, first, tmp_path, sqlite_store, compose_cfg,
                                    capsys, monkeypatch) -> None:
     assert stepper_of(compose_cfg, args) is first
-    header, runs = kill_mid_run(args, tmp_path, mlflow_uri, "kill")
+    uri = sqlite_store(tmp_path)
+    header, runs = kill_mid_run(args, tmp_path, uri, "kill")
     assert [r.info.status for r in runs] == ["RUNNING", "RUNNING"]  # kill -9: nobody ended them
     assert header["run_ids"] == [r.info.run_id for r in runs]
     used, real_init = [], CompiledStepper.__init__
     monkeypatch.setattr(CompiledStepper, "__init__",
                         lambda self, job, progress, resumed: used.append({"resume": resumed})
                         or real_init(self, job, progress, resumed))
-    resumed, agent = resume_and_compare(args, mlflow_uri, "kill", runs[1].info.run_id,
+    resumed, agent = resume_and_compare(args, uri, "kill", runs[1].info.run_id,
                                         compose_cfg, capsys, resume_args)
     assert used and used[0]["resume"]  # the resumed job trained on the fast path
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(uri)
     for k, run in enumerate(resumed):
         q = np.load(client.download_artifacts(run.info.run_id, "q_table.npy", str(tmp_path)))
         assert np.array_equal(q, agent.q[k])  # bit-exact
 
 
-def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg, capsys) -> None:
+@pytest.mark.integration
+def test_kill9_dqn_then_resume_last(tmp_path, sqlite_store, compose_cfg, capsys) -> None:
     import torch
 
-    kill_mid_run(DQN, tmp_path, mlflow_uri, "kill-dqn")
-    resumed, agent = resume_and_compare(DQN, mlflow_uri, "kill-dqn", "last", compose_cfg, capsys)
-    client = MlflowClient(mlflow_uri)
+    uri = sqlite_store(tmp_path)
+    kill_mid_run(DQN, tmp_path, uri, "kill-dqn")
+    resumed, agent = resume_and_compare(DQN, uri, "kill-dqn", "last", compose_cfg, capsys)
+    client = MlflowClient(uri)
     for k, run in enumerate(resumed):
         got = torch.load(client.download_artifacts(run.info.run_id, "q_network.pt",
                                                    str(tmp_path)), weights_only=True)
@@ -266,18 +261,20 @@ def test_kill9_dqn_then_resume_last(tmp_path, mlflow_uri, compose_cfg, capsys) -
             assert torch.equal(got["state_dict"][key], v), key  # bit-exact: CPU, one thread
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("base", [FAST_TABULAR, TABULAR], ids=["fast", "reference"])
-def test_sigterm_writes_checkpoint_and_ends_killed(base, tmp_path, mlflow_uri) -> None:
+def test_sigterm_writes_checkpoint_and_ends_killed(base, tmp_path, sqlite_store) -> None:
     args = [*base, "episodes=100000", "tracking.max_points=null"]
-    _, runs = kill_mid_run(args, tmp_path, mlflow_uri, "term", sig=signal.SIGTERM)
-    client = MlflowClient(mlflow_uri)
+    uri = sqlite_store(tmp_path)
+    _, runs = kill_mid_run(args, tmp_path, uri, "term", sig=signal.SIGTERM)
+    client = MlflowClient(uri)
     assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
     assert {r.data.tags["error"] for r in runs} == {"Terminated"}
     path = Path(runs[0].data.tags[resume.CKPT_TAG])
     header, state = checkpoint.read(path)
     assert header["run_ids"] == [r.info.run_id for r in runs]
     for k, r in enumerate(runs):  # every episode up to the checkpoint is in MLflow, none after
-        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta"))
+        steps = metric_steps(client, r.info.run_id, "train/q_delta")
         assert steps == list(range(header["episodes_done"][k]))
     assert (state["history"]["done"] == header["episodes_done"]).all()
 
@@ -312,11 +309,11 @@ def stop_job(compose_cfg, args: list[str], at: int = 5) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, compose_cfg) -> dict:
+def store(tmp_path_factory, compose_cfg, sqlite_store) -> dict:
     """One store with a stopped job A (seeds 0-1, the one resumed), another stopped job B
     (seeds 3-4) and a finished job F (seeds 7-8), all of SMALL in experiment ``bad``."""
     root = tmp_path_factory.mktemp("bad")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = sqlite_store(root)
     base = [*SMALL, f"tracking.uri={uri}", "experiment_name=bad"]
     a = new_runs(uri, lambda: stop_job(compose_cfg, base))
     b = new_runs(uri, lambda: stop_job(compose_cfg, [*base, "seed=3"]))
@@ -386,8 +383,7 @@ BAD_RESUMES = {
 
 
 @pytest.mark.parametrize("name", BAD_RESUMES)
-def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, capsys,
-                                                     tmp_path) -> None:
+def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, capsys) -> None:
     extra, spoil, expected = BAD_RESUMES[name]
     path = store["path"]
     path.write_bytes(store["bytes"])  # job A's own checkpoint, whole
@@ -397,22 +393,17 @@ def test_bad_resume_is_one_line_and_leaves_the_store(name, store, monkeypatch, c
         spoil(path, store)
     spoiled = path.read_bytes() if path.exists() else None
     before = snapshot(store["uri"])
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["qlab-train", *store["base"],
-                                      *(e.format(**ids) for e in extra)])
     try:
-        with pytest.raises(SystemExit) as exit_info:
-            qlab.cli.main()
+        code = cli_exit(monkeypatch, [*store["base"], *(e.format(**ids) for e in extra)])
     finally:
         lock = store.pop("lock", None)
         if lock is not None:
             lock.release()
-    assert exit_info.value.code not in (0, None)
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("qlab-train: error: resume=") or lines[0].startswith(
-        "qlab-train: error: checkpoint "), lines[0]
-    assert expected in lines[0], lines[0]
+    assert code not in (0, None)
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("qlab-train: error: resume=") or line.startswith(
+        "qlab-train: error: checkpoint "), line
+    assert expected in line, line
     assert snapshot(store["uri"]) == before  # no new run, no status or tag changed
     assert (path.read_bytes() if path.exists() else None) == spoiled
     assert not (store["root"] / "pwned").exists()
@@ -426,8 +417,7 @@ def test_resume_after_bad_attempts_still_works(store, compose_cfg, capsys) -> No
     client = MlflowClient(store["uri"])
     for run_id in store["a"]:
         assert client.get_run(run_id).info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
-        assert sorted(steps) == list(range(100))
+        assert metric_steps(client, run_id, "train/q_delta") == list(range(100))
 
 
 def test_resume_auto_skips_a_finished_job_and_starts_a_new_one(store, compose_cfg,
@@ -446,11 +436,13 @@ def test_resume_auto_skips_a_finished_job_and_starts_a_new_one(store, compose_cf
 # ------------------------------------------------------------------ a sweep rerun
 
 @pytest.mark.slow  # two sweeps of two jobs as subprocesses: ~15 s, 35 s on a busy machine
-def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, mlflow_uri) -> None:
+def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path,
+                                                                   sqlite_store) -> None:
     args = ["-m", "seed=0,2", *TABULAR, "resume=auto"]
-    client = MlflowClient(mlflow_uri)
-    tracking.get_or_create_experiment(client, "rerun", mlflow_uri)
-    proc = launch([*args, "experiment_name=rerun"], tmp_path, mlflow_uri)
+    uri = sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    tracking.get_or_create_experiment(client, "rerun", uri)
+    proc = start_qlab_train([*args, "experiment_name=rerun"], tmp_path, clean_env(uri))
     deadline = time.monotonic() + 180
     try:  # kill -9 once job 1 (seeds 0-1) finished and job 2 (seeds 2-3) has a checkpoint
         while time.monotonic() < deadline and proc.poll() is None:
@@ -470,10 +462,7 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, ml
     first = {r.info.run_id: r for r in job_runs(client, "rerun") if "seed" in r.data.tags}
     assert [r.info.status for r in first.values()] == ["FINISHED"] * 2 + ["RUNNING"] * 2
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = mlflow_uri
-    out = subprocess.run([QLAB_TRAIN, *args, "experiment_name=rerun"], cwd=tmp_path, env=env,
-                         text=True, capture_output=True, timeout=300)
+    out = qlab_train([*args, "experiment_name=rerun"], uri, tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(rerun: resume=auto)" in out.stderr
     assert "already FINISHED (2 run(s)); skipped" in out.stderr
@@ -488,19 +477,18 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, ml
     for r in kids:
         if first[r.info.run_id].info.status == "FINISHED":  # skipped: untouched
             assert r.info.end_time == first[r.info.run_id].info.end_time
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta")]
-        assert sorted(steps) == list(range(60))
+        assert metric_steps(client, r.info.run_id, "train/q_delta") == list(range(60))
 
 
 # ------------------------------------------------------------------ a fused job
 
-def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
+def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg, sqlite_store) -> None:
     """A fused job's replicas share seeds (two decays x seeds 0-1): its runs are matched to
     replicas by their own index, not by seed, so it resumes and ends as an uninterrupted
     one."""
     from qlab.sweeps import fused, preflight
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     (job,) = fused.fuse(preflight.job_overrides(
         [*SMALL, "exploration.decay=0.9,0.97", f"tracking.uri={uri}", "experiment_name=fj"]))
     stop_job(compose_cfg, job)
@@ -516,17 +504,16 @@ def test_a_fused_job_resumes_replica_by_replica(tmp_path, compose_cfg) -> None:
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert run.data.params["exploration.decay"] == ("0.9" if k < 2 else "0.97")
-        steps = [m.step for m in client.get_metric_history(run_id, "train/q_delta")]
-        assert sorted(steps) == list(range(100))
+        assert metric_steps(client, run_id, "train/q_delta") == list(range(100))
 
 
-def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> None:
+def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg, sqlite_store) -> None:
     """Ctrl-C arriving while the trainer writes its last metrics (signals are deferred then)
     is acted on once the job is complete: the runs end FINISHED, the checkpoint is gone, and
     the interrupt still stops the process (a sweep does not go on to its next job)."""
     from qlab.app.stopping import GracefulStop
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     cfg = compose_cfg([*SMALL, f"tracking.uri={uri}", "experiment_name=late",
                        f"checkpoint_dir={tmp_path}/ckpt"])
     real_update = ProgressBar.update
@@ -553,11 +540,11 @@ def test_a_signal_during_the_last_flush_is_not_lost(tmp_path, compose_cfg) -> No
     assert not list((tmp_path / "ckpt").rglob("checkpoint.npz"))
 
 
-def test_a_failed_final_write_fails_the_job_and_keeps_its_checkpoint(tmp_path,
-                                                                    compose_cfg) -> None:
+def test_a_failed_final_write_fails_the_job_and_keeps_its_checkpoint(tmp_path, compose_cfg,
+                                                                    sqlite_store) -> None:
     """episodes.csv cannot be written at the end (say, a full artifact store): the runs end
     FAILED with why, the job raises StoreError (non-zero exit), and its checkpoint stays."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     cfg = compose_cfg([*SMALL, f"tracking.uri={uri}", "experiment_name=lastwrite",
                        f"checkpoint_dir={tmp_path}/ckpt"])
 

@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from qlab.app.build import build
 from qlab.app.progress import ProgressBar
 from qlab.config import validate
-from qlab.core import agents, driver, envs, exploration
+from qlab.core import driver
 from qlab.core.driver import Job
 from qlab.core.envs.griddy import griddy_model
 from qlab.core.evaluation import Evaluator
@@ -71,11 +72,10 @@ class CountingEvaluator:
 
 
 def setup_run(compose_cfg, overrides: list[str], R: int):
-    c = validate(compose_cfg([*overrides, f"replicas={R}"]))
-    seeds = list(range(R))
-    env = envs.make(c.env, seeds)
-    agent = agents.make(c.agent, env, seeds)
-    return c, env, agent, exploration.make(c.exploration, R)
+    """Seeds 0 .. R - 1 of a composed config: (config, env, agent, schedule)."""
+    c = validate(compose_cfg([*overrides, "seed=0", f"replicas={R}"]))
+    job = build(c)
+    return c, job.env, job.agent, job.schedule
 
 
 def test_train_records_one_value_per_episode_per_key(compose_cfg) -> None:

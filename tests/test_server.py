@@ -4,16 +4,13 @@ password from the environment, and does not start without one."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
-import qlab.cli
 import qlab.tracking.server
+from tests.helpers import cli_exit
 
 PASSWORD = "correct-horse-battery-staple"
 SEARCH = "/api/2.0/mlflow/experiments/search"
@@ -78,11 +75,13 @@ def test_refuses_to_start_in_one_line(args, env, says, monkeypatch, capsys) -> N
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory: pytest.TempPathFactory, launch_server):
+def auth_server(tmp_path_factory: pytest.TempPathFactory, launch_server, sqlite_store):
+    """(its URI, the directory of its store); it runs from ``cwd/`` there."""
     d = tmp_path_factory.mktemp("auth_server")
-    with launch_server(["--auth", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+    (d / "cwd").mkdir()
+    with launch_server(["--auth", "--backend-store-uri", sqlite_store(d),
                         "--artifacts-destination", str(d / "artifacts"), "--workers", "1"],
-                       env={"MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD}) as uri:
+                       env={"MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD}, cwd=d / "cwd") as uri:
         yield uri, d
 
 
@@ -94,21 +93,17 @@ def test_auth_server_refuses_unauthenticated_accepts_admin(auth_server) -> None:
     assert get(uri, auth=("admin", PASSWORD)) == 200
     assert get(uri, host="evil.example.com", auth=("admin", PASSWORD)) == 403
     assert (d / "mlflow-auth.db").exists()  # users beside the store, not in the cwd
-    assert not Path("basic_auth.db").exists()
+    assert not (d / "cwd" / "basic_auth.db").exists()
 
 
 def test_training_against_the_auth_server(auth_server, compose_cfg, monkeypatch, capsys,
-                                          tmp_path: Path, experiment) -> None:
+                                          experiment) -> None:
     """Without credentials qlab-train stops in one line before any run; with them (the
     client's MLFLOW_TRACKING_USERNAME / PASSWORD) it records as usual."""
     uri, _ = auth_server
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["qlab-train", "episodes=3", f"tracking.uri={uri}",
-                                      f"experiment_name={experiment}"])
-    with pytest.raises(SystemExit) as exit_info:
-        qlab.cli.main()
-    assert exit_info.value.code != 0
+    assert cli_exit(monkeypatch, ["episodes=3", f"tracking.uri={uri}",
+                                  f"experiment_name={experiment}"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"qlab-train: error: tracking.uri={uri}: the server requires a login (no "
                    "credentials given); set MLFLOW_TRACKING_USERNAME and "

@@ -4,120 +4,81 @@ tracking server, a failing job, and the two spellings of a seed sweep."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import qlab.app.train
-import qlab.cli
 from qlab.sweeps import callback as sweep
+from tests.helpers import (
+    WALL_CLOCK,
+    cli_exit,
+    metric_steps,
+    qlab_train,
+    run_histories,
+    sqlite_uri,
+    sweep_runs,
+)
 
-BIN = Path(sys.executable).parent
 QUICK = ["episodes=6", "eval_every=3"]
 AGENTS, DECAYS, SEEDS = ("tabular_mc", "tabular_q", "dqn"), ("0.99", "0.995", "0.999"), range(5)
 
 
-def qlab_train(args: list[str], uri: str, cwd: Path,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    return subprocess.run([str(BIN / "qlab-train"), *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def sweep_runs(uri: str, experiment: str) -> tuple[list, list]:
-    """(parent runs, child runs) of an experiment."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=5000)
-    parents = [r for r in runs if r.data.tags.get("qlab.role") == "sweep"]
-    return parents, [r for r in runs if r not in parents]
-
-
-def assert_headline(uri: str) -> None:
+def assert_headline(uri: str, seeds: range = SEEDS) -> None:
     parents, kids = sweep_runs(uri, "epsilon_decay")
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert len(kids) == len(AGENTS) * len(DECAYS) * len(SEEDS)
+    assert len(kids) == len(AGENTS) * len(DECAYS) * len(seeds)
     assert {r.info.status for r in kids} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parent.info.run_id}
     assert {r.data.tags["sweep_id"] for r in kids} == {parent.data.tags["sweep_id"]}
     cells = sorted((r.data.params["agent.name"], r.data.params["exploration.decay"],
                     int(r.data.params["seed"])) for r in kids)
-    assert cells == sorted((a, d, s) for a in AGENTS for d in DECAYS for s in SEEDS)
+    assert cells == sorted((a, d, s) for a in AGENTS for d in DECAYS for s in seeds)
     client = MlflowClient(uri)
     for r in kids:
         for key in ("train/q_delta", "train/episode_length", "train/epsilon"):
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
-            assert sorted(steps) == list(range(6)), (key, steps)
+            steps = metric_steps(client, r.info.run_id, key)
+            assert steps == list(range(6)), (key, steps)
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.csv", "sweep_summary.txt"} <= names
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local"]],
-                         ids=["basic", "joblib", "submitit_local"])
-def test_headline_sweep(tmp_path: Path, launcher: list[str]) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+# The other launchers, and the server, run the same sweep with 2 seeds instead of 5: the
+# same 3 jobs, fewer runs to record.
+@pytest.mark.integration
+@pytest.mark.parametrize("launcher, seeds", [
+    ([], SEEDS),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "replicas=2"], range(2)),
+    (["hydra/launcher=submitit_local", "replicas=2"], range(2)),
+], ids=["basic", "joblib", "submitit_local"])
+def test_headline_sweep(tmp_path: Path, launcher: list[str], seeds: range) -> None:
+    """From no store at all: the sweep creates it before its jobs start (DESIGN trap 2)."""
+    uri = sqlite_uri(tmp_path)
     out = qlab_train(["+experiment=epsilon_decay", *QUICK, *launcher], uri, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert_headline(uri)
+    assert_headline(uri, seeds)
     assert "episodes_to_optimal" in out.stderr  # the end-of-sweep table
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    try:
-        yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
 
 
 def test_headline_sweep_against_server(tmp_path: Path, mlflow_server: str) -> None:
     out = qlab_train(["+experiment=epsilon_decay", *QUICK, "hydra/launcher=joblib",
-                      "hydra.launcher.n_jobs=2"], mlflow_server, tmp_path)
+                      "hydra.launcher.n_jobs=2", "replicas=2"], mlflow_server, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert_headline(mlflow_server)
+    assert_headline(mlflow_server, range(2))
 
 
-def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch) -> None:
+def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch,
+                                                          sqlite_store) -> None:
     """In-process sweep (basic launcher) where the lr=0.2 job raises mid-training."""
     from hydra.core.global_hydra import GlobalHydra
 
     from qlab.core.agents.qlearning import TabularQ
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     real_learn = TabularQ.learn
 
     def learn(self, tr):
@@ -131,15 +92,12 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch)
 
     monkeypatch.setattr(TabularQ, "learn", learn)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["qlab-train", "-m", "agent=tabular_q",
-                                      "agent.lr=0.1,0.2,0.3", "replicas=2", "episodes=20",
-                                      "experiment_name=failing", f"tracking.uri={uri}",
-                                      "fast=off"])  # a patched method: the numpy stepper
     GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as exit_info:
-        qlab.cli.main()
+    code = cli_exit(monkeypatch, ["-m", "agent=tabular_q", "agent.lr=0.1,0.2,0.3", "replicas=2",
+                                  "episodes=20", "experiment_name=failing", f"tracking.uri={uri}",
+                                  "fast=off"])  # a patched method: the numpy stepper
     GlobalHydra.instance().clear()
-    assert exit_info.value.code not in (0, None)
+    assert code not in (0, None)
     parents, kids = sweep_runs(uri, "failing")
     assert [p.info.status for p in parents] == ["FAILED"]
     by_lr = {}
@@ -149,12 +107,16 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch)
     assert not os.environ.get(sweep.PARENT_ENV)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("agent", ["tabular_q", "tabular_mc"])
-def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str) -> None:
+def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str, sqlite_store) -> None:
     client_args = [f"agent={agent}", "episodes=30", "eval_every=10"]
-    uri_a, uri_b = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
-    a = qlab_train(["-m", "seed=0,1,2", "replicas=1", *client_args], uri_a, tmp_path)
-    b = qlab_train(["replicas=3", *client_args], uri_b, tmp_path)
+    uri_a, uri_b = sqlite_store(tmp_path, "a.db"), sqlite_store(tmp_path, "b.db")
+    with ThreadPoolExecutor(2) as pool:  # the two spellings at once
+        a = pool.submit(qlab_train, ["-m", "seed=0,1,2", "replicas=1", *client_args], uri_a,
+                        tmp_path)
+        b = pool.submit(qlab_train, ["replicas=3", *client_args], uri_b, tmp_path)
+        a, b = a.result(), b.result()
     assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
 
     def histories(uri: str) -> dict:
@@ -162,11 +124,8 @@ def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str) -> None:
         _, kids = sweep_runs(uri, "qlab")
         out = {}
         for r in kids:
-            for key in r.data.metrics:
-                if key != "train/sps":
-                    hist = sorted((m.step, m.value)
-                                  for m in client.get_metric_history(r.info.run_id, key))
-                    out[(r.data.tags["seed"], key)] = hist
+            for key, hist in run_histories(client, r, skip=WALL_CLOCK).items():
+                out[(r.data.tags["seed"], key)] = hist
         return out
 
     ha, hb = histories(uri_a), histories(uri_b)

@@ -17,36 +17,18 @@ import qlab.app.train
 import qlab.core.agents
 from qlab import tracking
 from qlab.core.history import EVAL_KEYS, TRAIN_KEYS
-
-
-def runs_of(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no experiment {experiment!r}"
-    return client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def capture_agent(monkeypatch) -> list:
-    made: list = []
-    make = qlab.core.agents.make
-
-    def capture(*args, **kwargs):
-        made.append(make(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(qlab.core.agents, "make", capture)
-    return made
+from tests.helpers import capture_agents, metric_history, runs_of
 
 
 def steps_and_values(client: MlflowClient, run_id: str, key: str) -> tuple[list[int], list[float]]:
-    points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-    return [m.step for m in points], [m.value for m in points]
+    points = metric_history(client, run_id, key)
+    return [s for s, _ in points], [v for _, v in points]
 
 
 def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, experiment,
                                                 monkeypatch, tmp_path: Path) -> None:
     R, episodes = 3, 12
-    made = capture_agent(monkeypatch)
+    made = capture_agents(monkeypatch)
     # ~hparams: the plain defaults below, not conf/hparams/tabular_q_griddy.yaml's tuning.
     cfg = compose_cfg(["~hparams", "seed=7", f"replicas={R}", f"episodes={episodes}",
                        "eval_every=5", f"tracking.uri={shared_store}",

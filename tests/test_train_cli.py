@@ -10,7 +10,6 @@ and started together.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +18,18 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import qlab.app.train
-import qlab.cli
+from tests.helpers import (
+    QLAB_TRAIN,
+    assert_no_runs,
+    clean_env,
+    cli_exit,
+    metric_steps,
+    one_error_line,
+    run,
+    runs_of,
+    sqlite_uri,
+)
 
-BIN = Path(sys.executable).parent
-QLAB_TRAIN = [str(BIN / "qlab-train")]
 PYTHON_M = [sys.executable, "-m", "qlab"]  # the same entry point, qlab.cli.main
 
 # name: (command line, key the message must name, what it must say is allowed)
@@ -50,42 +56,29 @@ Finished = subprocess.CompletedProcess
 SUBPROCESS = ("unknown-env", "negative-lr", "misspelt-key", "multirun-one-bad")
 
 
-def launch(args: list[str], workdir: Path) -> subprocess.CompletedProcess:
-    """Run a command in ``workdir`` with its own store ``workdir/mlflow.db``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir}/mlflow.db"
-    return subprocess.run(args, cwd=workdir, env=env, text=True, capture_output=True,
-                          timeout=600)
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Finished]]:
-    """name -> (its working dir, its finished process); all started at once."""
-    jobs = {"good": [*QLAB_TRAIN, *GOOD]}
+    """name -> (its working dir, its finished process); all started at once, each in its
+    own dir with its own store ``mlflow.db`` there, which MLflow creates (a first run)."""
+    jobs = {"good": [QLAB_TRAIN, *GOOD]}
     for name in SUBPROCESS:
-        jobs[name] = [*(PYTHON_M if name == "unknown-env" else QLAB_TRAIN), *BAD[name][0]]
+        jobs[name] = [*(PYTHON_M if name == "unknown-env" else [QLAB_TRAIN]), *BAD[name][0]]
     dirs = {name: tmp_path_factory.mktemp(name) for name in jobs}
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = {name: pool.submit(launch, args, dirs[name]) for name, args in jobs.items()}
+        futures = {name: pool.submit(run, args, dirs[name], clean_env(sqlite_uri(dirs[name])))
+                   for name, args in jobs.items()}
         return {name: (dirs[name], f.result()) for name, f in futures.items()}
 
 
-def assert_no_runs(workdir: Path) -> None:
-    """The store either was never created or holds no run."""
-    db = workdir / "mlflow.db"
-    if db.exists():
-        client = MlflowClient(f"sqlite:///{db}")
-        exps = [e.experiment_id for e in client.search_experiments()]
-        assert not client.search_runs(exps), "a run was created"
+def assert_nothing_recorded(workdir: Path) -> None:
+    """The store ``workdir/mlflow.db`` either was never created or holds no run."""
+    assert_no_runs(sqlite_uri(workdir))
     assert not (workdir / "mlruns").exists() or not any((workdir / "mlruns").iterdir())
 
 
 def assert_one_line(stderr: str, name: str) -> str:
     _, key, allowed = BAD[name]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    line = lines[0]
-    assert line.startswith("qlab-train: error: "), line
+    line = one_error_line(stderr)
     assert key in line and allowed in line, line
     return line
 
@@ -94,15 +87,11 @@ def assert_one_line(stderr: str, name: str) -> str:
 def test_bad_input_is_refused_in_one_line(name: str, monkeypatch, capsys, tmp_path: Path) -> None:
     """``qlab.cli.main`` in-process, as the console script calls it (store: conftest's
     per-test $MLFLOW_TRACKING_URI in tmp_path)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["qlab-train", *BAD[name][0]])
-    with pytest.raises(SystemExit) as exit_info:
-        qlab.cli.main()
-    assert exit_info.value.code not in (0, None)
+    assert cli_exit(monkeypatch, BAD[name][0]) not in (0, None)
     captured = capsys.readouterr()
     assert_one_line(captured.err, name)
     assert captured.out == ""
-    assert_no_runs(tmp_path)
+    assert_nothing_recorded(tmp_path)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
@@ -112,17 +101,13 @@ def test_bad_input_subprocess(results, name: str) -> None:
     assert out.returncode != 0, out.stderr
     assert "Traceback" not in out.stderr
     assert_one_line(out.stderr, name)
-    assert_no_runs(workdir)
+    assert_nothing_recorded(workdir)
 
 
-def test_messages_say_what_is_allowed(capsys, monkeypatch, tmp_path: Path) -> None:
+def test_messages_say_what_is_allowed(capsys, monkeypatch) -> None:
     """The lists in the messages are the real choices."""
-    monkeypatch.chdir(tmp_path)
-
     def error(args: list[str]) -> str:
-        monkeypatch.setattr(sys, "argv", ["qlab-train", *args])
-        with pytest.raises(SystemExit):
-            qlab.cli.main()
+        cli_exit(monkeypatch, args)
         return capsys.readouterr().err.strip()
 
     env_line = error(["env=nope"])
@@ -137,15 +122,13 @@ def test_good_command_line_trains_and_tracks(results) -> None:
     workdir, out = results["good"]
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tabular_q on griddy: 2 replica(s) x 20 episodes" in out.stderr
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    exp = client.get_experiment_by_name("qlab")
-    runs = client.search_runs([exp.experiment_id])
+    client = MlflowClient(sqlite_uri(workdir))
+    runs = runs_of(client, "qlab")
     assert len(runs) == 2
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     for r in runs:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/q_delta")]
-        assert sorted(steps) == list(range(20))
+        assert metric_steps(client, r.info.run_id, "train/q_delta") == list(range(20))
     # Artifacts live beside the store, not in the project.
     assert (workdir / "mlruns").is_dir()
 

@@ -9,35 +9,33 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from qlab.app import train
 from qlab.app.build import build
-from qlab.config import CONF_DIR, ConfigError, register, validate
+from qlab.config import ConfigError, validate
 from qlab.core import driver
 from qlab.core.agents.dqn import DQN, BatchedMLP, load_q_network, mlp
 from qlab.core.agents.tabular import Transition
+from tests.helpers import compose
 
 
 def compose_cfg(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config",
-                       overrides=["agent=dqn", "tracking.enabled=false", *overrides])
+    """A DQN job's config, untracked."""
+    return compose(["agent=dqn", "tracking.enabled=false", *overrides])
 
 
-def griddy_run(seeds, episodes: int | None = None):
+def griddy_run(seed: int, replicas: int, episodes: int | None = None):
     """DQN on the 4x4 grid with the shipped defaults (conf/agent/dqn.yaml +
     conf/hparams/dqn_griddy.yaml); returns (history, agent)."""
-    c = validate(compose_cfg("env=griddy", f"replicas={len(seeds)}"))
-    job = dataclasses.replace(build(c, seeds), episodes=episodes or c.episodes, eval_every=10)
+    c = validate(compose_cfg("env=griddy", f"seed={seed}", f"replicas={replicas}"))
+    job = dataclasses.replace(build(c), episodes=episodes or c.episodes, eval_every=10)
     return driver.train(job), job.agent
 
 
 @pytest.fixture(scope="module")
 def griddy_batch():
     """One batched run of 5 seeds (0..4) with the shipped griddy settings."""
-    return griddy_run([0, 1, 2, 3, 4])
+    return griddy_run(0, 5)
 
 
 # ------------------------------------------------------------------ network and optimiser
@@ -354,7 +352,7 @@ def test_replica_k_of_a_batch_reproduces_a_single_run_with_seed_k(griddy_batch):
     """Observed: bitwise equal (max |Δθ| = 0.0 with 1 torch thread); asserted to 1e-6."""
     hist, agent = griddy_batch
     for k in (3,):
-        h1, a1 = griddy_run([k])
+        h1, a1 = griddy_run(k, 1)
         for key in ("train/episode_length", "train/episode_return"):
             np.testing.assert_array_equal(hist.train[key][k], h1.train[key][0])
         for key in ("train/td_loss", "train/q_delta", "train/q_mean"):

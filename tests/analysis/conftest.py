@@ -3,16 +3,14 @@ and Monte-Carlo x two epsilon decays x 3 seeds, 30 episodes, in a temp sqlite st
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.helpers import qlab_train
+
 EXPERIMENT = "analysis_small"
 AGENTS = ("tabular_q", "tabular_mc")
 DECAYS = (0.99, 0.995)
@@ -28,18 +26,11 @@ class SmallSweep:
     experiment: str = EXPERIMENT
 
 
-def run_qlab_train(args: list[str], uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    return subprocess.run([str(BIN / "qlab-train"), *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=600)
-
-
 @pytest.fixture(scope="session")
-def small_sweep(tmp_path_factory) -> SmallSweep:
+def small_sweep(tmp_path_factory, sqlite_store) -> SmallSweep:
     root = tmp_path_factory.mktemp("small_sweep")
-    uri = f"sqlite:///{root}/mlflow.db"
-    out = run_qlab_train(
+    uri = sqlite_store(root)
+    out = qlab_train(
         ["-m", f"agent={','.join(AGENTS)}",
          f"exploration.decay={','.join(map(str, DECAYS))}", f"replicas={SEEDS}",
          f"episodes={EPISODES}", f"eval_every={EVAL_EVERY}", f"experiment_name={EXPERIMENT}",

@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from qlab.analysis import report
+from tests.helpers import metric_history, sweep_runs
 
 
 class Links(HTMLParser):
@@ -38,12 +39,10 @@ def built(small_sweep, tmp_path_factory):
 def by_hand(uri: str, experiment: str) -> pd.DataFrame:
     """Per run, straight from MlflowClient: the scores the report aggregates."""
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if r.data.tags.get("qlab.role") != "sweep"]
+    _, runs = sweep_runs(client, experiment)
     rows = []
     def history(run_id: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-        pts = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        pts = metric_history(client, run_id, key)
         return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
     for r in runs:
