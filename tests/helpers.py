@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 
 from qlab.config import CONF_DIR, register
 from qlab.core import agents
+from qlab.core.history import History
 from qlab.tracking import store
 
 BIN = Path(sys.executable).parent  # the venv's console scripts: qlab-train, qlab-server, mlflow
@@ -239,3 +241,33 @@ def run_histories(client: MlflowClient, run, skip: Iterable[str] = WALL_CLOCK
     skip = set(skip)
     return {key: metric_history(client, run.info.run_id, key) for key in run.data.metrics
             if key not in skip}
+
+
+# ------------------------------------------------------------------ comparing trainings
+
+def assert_same_history(a: History, b: History, rows_a=slice(None), rows_b=slice(None)) -> None:
+    """Every table (wall-clock ones aside) of replicas ``rows_a`` of ``a`` equals ``b``'s."""
+    assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
+    for group in ("train", "evals"):
+        for key, table in getattr(a, group).items():
+            if key not in WALL_CLOCK:
+                np.testing.assert_array_equal(table[rows_a], getattr(b, group)[key][rows_b],
+                                              err_msg=key)
+    for name in ("eval_steps", "done", "evals_done"):
+        np.testing.assert_array_equal(getattr(a, name)[rows_a], getattr(b, name)[rows_b])
+
+
+def assert_same_state(a, b, where: str = "agent") -> None:
+    """Two state dicts (nested dicts of arrays and JSON values) are equal, bit for bit."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where

@@ -29,6 +29,7 @@ from qlab.core import driver
 from qlab.core.agents.tabular import Transition
 from qlab.core.history import History, loop_state
 from qlab.core.oracle import value_iteration
+from tests.helpers import assert_same_history, assert_same_state
 
 pytestmark = pytest.mark.integration  # spawns qlab-train
 
@@ -57,32 +58,6 @@ def qlab_train(args: list[str], uri: str) -> subprocess.CompletedProcess:
     return subprocess.run([QLAB_TRAIN, *args], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=300)
 
-
-def assert_same_history(a: History, b: History, rows_a=slice(None), rows_b=slice(None)) -> None:
-    """Every table (wall-clock ones aside) of replicas ``rows_a`` of ``a`` equals ``b``'s."""
-    assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
-    for group in ("train", "evals"):
-        for key, table in getattr(a, group).items():
-            if key not in WALL_CLOCK:
-                np.testing.assert_array_equal(table[rows_a], getattr(b, group)[key][rows_b],
-                                              err_msg=key)
-    for name in ("eval_steps", "done", "evals_done"):
-        np.testing.assert_array_equal(getattr(a, name)[rows_a], getattr(b, name)[rows_b])
-
-
-def assert_same_state(a, b, where: str = "agent") -> None:
-    """Two state dicts (nested dicts of arrays and JSON values) are equal, bit for bit."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=where)
-    else:
-        assert a == b, where
-
-
-# ------------------------------------------------------------------ qlab-train
 
 def test_qlab_train_trains_and_tracks_dyna_q(mlflow_uri: str, tmp_path: Path) -> None:
     out = qlab_train(["hydra.searchpath=[file://examples/conf]", *DYNA_Q, "replicas=3",

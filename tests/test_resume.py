@@ -30,6 +30,7 @@ from qlab.core.driver import NumpyStepper
 from qlab.core.history import History, episodes_to_optimal, loop_state
 from tests.helpers import (
     WALL_CLOCK,
+    assert_same_history,
     clean_env,
     cli_exit,
     metric_steps,
@@ -52,17 +53,6 @@ def flat_state(obj) -> dict:
     meta: dict = {}
     checkpoint._split(obj.state_dict(), "", arrays, meta)
     return {**arrays, "__meta__": json.dumps(meta, sort_keys=True)}
-
-
-def assert_same_history(a: History, b: History) -> None:
-    assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
-    for k in a.train:
-        if k not in WALL_CLOCK:
-            np.testing.assert_array_equal(a.train[k], b.train[k], err_msg=k)
-    for k in a.evals:
-        np.testing.assert_array_equal(a.evals[k], b.evals[k], err_msg=k)
-    np.testing.assert_array_equal(a.eval_steps, b.eval_steps)
-    np.testing.assert_array_equal(a.done, b.done)
 
 
 ROUND_TRIPS = {

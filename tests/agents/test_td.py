@@ -41,6 +41,7 @@ from qlab.core.driver import Job, NumpyStepper
 from qlab.core.evaluation import Evaluator
 from qlab.core.history import History, loop_state
 from qlab.core.oracle import policy_value, value_iteration
+from tests.helpers import assert_same_history, assert_same_state
 
 AGENTS = ("sarsa", "expected_sarsa", "double_q")
 WALL_CLOCK = ("train/sps",)
@@ -51,34 +52,6 @@ def transition(**fields) -> Transition:
     dtypes = {"state": np.int64, "action": np.int64, "reward": np.float64,
               "next_state": np.int64, "terminated": bool, "done": bool, "active": bool}
     return Transition(**{k: np.asarray(fields[k], dtype=dtypes[k]) for k in Transition._fields})
-
-
-def assert_same_history(a: History, b: History, rows_a=slice(None), rows_b=slice(None)) -> None:
-    """Every table (wall-clock ones aside) of replicas ``rows_a`` of ``a`` equals ``b``'s."""
-    assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
-    for group in ("train", "evals"):
-        for key, table in getattr(a, group).items():
-            if key not in WALL_CLOCK:
-                np.testing.assert_array_equal(table[rows_a], getattr(b, group)[key][rows_b],
-                                              err_msg=key)
-    for name in ("eval_steps", "done", "evals_done"):
-        np.testing.assert_array_equal(getattr(a, name)[rows_a], getattr(b, name)[rows_b])
-
-
-def assert_same_state(a, b, where: str = "agent") -> None:
-    """Two state dicts (nested dicts of arrays and JSON values) are equal, bit for bit."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=where)
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 # ---------------------------------------------------------------------------- hand-computed

@@ -32,30 +32,14 @@ class Result:
         """One row per (replica, episode) trained, a column per ``train/*`` metric, beside
         ``replica``, ``seed`` and ``episode``."""
         h = self._history()
-        frames = []
-        for k in range(h.replicas):
-            n = int(h.done[k])
-            frame = pd.DataFrame({key: table[k, :n] for key, table in h.train.items()})
-            frame.insert(0, "episode", np.arange(n))
-            frame.insert(0, "seed", self.seeds[k])
-            frame.insert(0, "replica", k)
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True)
+        return self._frame(h.train, h.done, lambda k, n: np.arange(n))
 
     @property
     def evals(self) -> pd.DataFrame:
         """One row per (replica, evaluation), a column per ``eval/*`` metric, beside
         ``replica``, ``seed`` and ``episode`` (the episode the evaluation followed)."""
         h = self._history()
-        frames = []
-        for k in range(h.replicas):
-            n = int(h.evals_done[k])
-            frame = pd.DataFrame({key: table[k, :n] for key, table in h.evals.items()})
-            frame.insert(0, "episode", h.eval_steps[k, :n])
-            frame.insert(0, "seed", self.seeds[k])
-            frame.insert(0, "replica", k)
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True)
+        return self._frame(h.evals, h.evals_done, lambda k, n: h.eval_steps[k, :n])
 
     @property
     def q_values(self) -> np.ndarray:
@@ -69,6 +53,19 @@ class Result:
             raise ValueError(f"env={self.config.env.name} has no finite state set: there is "
                              "no Q table; use result.job.agent")
         return np.asarray(q_values())
+
+    def _frame(self, tables: dict[str, np.ndarray], done: np.ndarray, episodes) -> pd.DataFrame:
+        """Replica k's first ``done[k]`` columns of every table, as rows after ``replica``,
+        ``seed`` and ``episode`` (``episodes(k, n)``) columns."""
+        frames = []
+        for k in range(len(done)):
+            n = int(done[k])
+            frame = pd.DataFrame({key: table[k, :n] for key, table in tables.items()})
+            frame.insert(0, "episode", episodes(k, n))
+            frame.insert(0, "seed", self.seeds[k])
+            frame.insert(0, "replica", k)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
 
     def _history(self) -> History:
         if self.history is None:
