@@ -78,7 +78,7 @@ test-slow: setup ## Run only the slow, long-training tests
 	$(BIN)/python -m pytest $(XDIST) -m slow $(ARGS)
 
 lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
 
 ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store
