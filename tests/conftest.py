@@ -16,11 +16,12 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from omegaconf import DictConfig
 
 from tests.helpers import BIN, compose, copy_store, make_store_template, running_server, sqlite_uri
 
@@ -64,14 +65,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 @pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own ``tmp_path``: Hydra's outputs/, relative paths and the
+    files of child processes land there, not in the checkout (nor in another xdist
+    worker's way)."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A per-test sqlite store, also set as ``MLFLOW_TRACKING_URI``, so anything that falls
-    back on the default store writes here; the file only appears if a test uses it. The test
-    runs in ``tmp_path`` (Hydra's outputs/, relative paths and child processes land there,
-    not in the checkout). Sweep variables a parent process might leak are cleared."""
+    back on the default store writes here; the file only appears if a test uses it. Sweep
+    variables a parent process might leak are cleared."""
     uri = sqlite_uri(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
     for var in ("QLAB_PARENT_RUN_ID", "QLAB_SWEEP_ID"):
         monkeypatch.delenv(var, raising=False)
     return uri
@@ -79,9 +86,9 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(autouse=True)
 def in_process_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A unit test (not marked integration or slow) that starts a Python process (a console
-    script of this venv or this interpreter) fails: mark it ``integration``. Other programs
-    (git, for provenance) may run."""
+    """A unit test (not marked integration or slow) that starts a Python process through
+    ``subprocess`` (this interpreter, or a console script of its venv) fails: mark it
+    ``integration``. Other programs (git, for provenance) may run."""
     if request.node.get_closest_marker("integration") or request.node.get_closest_marker(
             "slow"):
         return
@@ -134,7 +141,7 @@ def experiment() -> str:
 
 
 @pytest.fixture(scope="session")
-def compose_cfg() -> Callable[..., object]:
+def compose_cfg() -> Callable[[Sequence[str]], DictConfig]:
     """``compose_cfg(overrides)``: the job config Hydra composes from conf/ for a command line."""
     return compose
 

@@ -15,18 +15,20 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from qlab.config import CONF_DIR, register
 from qlab.core import agents
 from qlab.core.history import History
-from qlab.tracking import store
+
+if TYPE_CHECKING:  # mlflow (seconds) is imported where used: conftest loads this module
+    from mlflow.tracking import MlflowClient  # in every pytest process, xdist's too
 
 BIN = Path(sys.executable).parent  # the venv's console scripts: qlab-train, qlab-server, mlflow
 QLAB_TRAIN = str(BIN / "qlab-train")
@@ -90,8 +92,8 @@ def clean_env(uri: str | None = None, drop: Sequence[str] = ("QLAB_", "HYDRA_")
     return env
 
 
-def run(cmd: Sequence[str], cwd: Path, env: dict[str, str],
-        timeout: float = 600) -> subprocess.CompletedProcess:
+def run_process(cmd: Sequence[str], cwd: Path, env: dict[str, str],
+                timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``cmd`` to its end in ``cwd``; stdout and stderr captured as text."""
     return subprocess.run(list(cmd), cwd=cwd, env=env, text=True, capture_output=True,
                           timeout=timeout)
@@ -100,7 +102,7 @@ def run(cmd: Sequence[str], cwd: Path, env: dict[str, str],
 def qlab_train(args: Sequence[str], uri: str, cwd: Path,
                timeout: float = 600) -> subprocess.CompletedProcess:
     """``qlab-train args`` as a user runs it, in ``cwd``, with ``$MLFLOW_TRACKING_URI=uri``."""
-    return run([QLAB_TRAIN, *args], cwd, clean_env(uri), timeout)
+    return run_process([QLAB_TRAIN, *args], cwd, clean_env(uri), timeout)
 
 
 def start_qlab_train(args: Sequence[str], cwd: Path, env: dict[str, str],
@@ -174,9 +176,10 @@ def sqlite_uri(directory: Path, name: str = "mlflow.db") -> str:
 
 def make_store_template(directory: Path) -> Path:
     """An empty sqlite store made by MLflow itself (its migrations: seconds), to be copied."""
-    uri = sqlite_uri(directory)
-    MlflowClient(uri).search_experiments()
-    return store.sqlite_path(uri)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(sqlite_uri(directory)).search_experiments()
+    return directory / "mlflow.db"
 
 
 def copy_store(template: Path, directory: Path, name: str = "mlflow.db") -> str:
@@ -194,7 +197,11 @@ def copy_store(template: Path, directory: Path, name: str = "mlflow.db") -> str:
 
 def assert_no_runs(uri: str) -> None:
     """The sqlite store at ``uri`` was never created, or holds no run."""
-    db = store.sqlite_path(uri)
+    from mlflow.tracking import MlflowClient
+
+    from qlab.tracking.store import sqlite_path
+
+    db = sqlite_path(uri)
     if db is not None and db.exists():
         client = MlflowClient(uri)
         exps = [e.experiment_id for e in client.search_experiments()]
@@ -204,6 +211,8 @@ def assert_no_runs(uri: str) -> None:
 # ------------------------------------------------------------------ runs and metric histories
 
 def _client(store_or_uri: MlflowClient | str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     return store_or_uri if isinstance(store_or_uri, MlflowClient) else MlflowClient(store_or_uri)
 
 

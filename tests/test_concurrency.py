@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from qlab.core.history import EVAL_KEYS, TRAIN_KEYS
-from tests.helpers import clean_env, run, runs_of, sqlite_uri
+from tests.helpers import clean_env, run_process, runs_of, sqlite_uri
 
 pytestmark = pytest.mark.integration  # writer processes
 
@@ -57,7 +57,8 @@ def write_concurrently(uri: str, experiment: str, cwd: Path) -> None:
     env = clean_env(drop=("QLAB_", "MLFLOW_TRACKING"))
 
     def one(worker: int) -> subprocess.CompletedProcess:
-        return run([sys.executable, "-c", WRITER, uri, experiment, str(worker)], cwd, env)
+        return run_process([sys.executable, "-c", WRITER, uri, experiment, str(worker)], cwd,
+                           env)
 
     with ThreadPoolExecutor(PROCESSES) as pool:
         results = list(pool.map(one, range(PROCESSES)))

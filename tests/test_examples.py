@@ -11,9 +11,6 @@ With ``agent.planning_steps=0`` it is Q-learning: the same histories and Q table
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab
-import qlab.cli
 from qlab.app import checkpoint
 from qlab.app.build import build
 from qlab.config import validate
@@ -29,15 +25,13 @@ from qlab.core import driver
 from qlab.core.agents.tabular import Transition
 from qlab.core.history import History, loop_state
 from qlab.core.oracle import value_iteration
-from tests.helpers import assert_same_history, assert_same_state
+from tests.helpers import assert_same_history, assert_same_state, cli_exit, qlab_train
 
 pytestmark = pytest.mark.integration  # spawns qlab-train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_CONF = ROOT / "examples" / "conf"
-QLAB_TRAIN = str(Path(sys.executable).parent / "qlab-train")
 DYNA_Q = ["agent=dyna_q", "env=griddy"]
-WALL_CLOCK = ("train/sps",)
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +46,9 @@ def compose(*overrides: str):
                         config_dirs=[EXAMPLES_CONF])
 
 
-def qlab_train(args: list[str], uri: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QLAB_", "HYDRA_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
-    return subprocess.run([QLAB_TRAIN, *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=300)
-
-
 def test_qlab_train_trains_and_tracks_dyna_q(mlflow_uri: str, tmp_path: Path) -> None:
     out = qlab_train(["hydra.searchpath=[file://examples/conf]", *DYNA_Q, "replicas=3",
-                      f"hydra.run.dir={tmp_path}/hydra"], mlflow_uri)
+                      f"hydra.run.dir={tmp_path}/hydra"], mlflow_uri, ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("qlab")
@@ -84,11 +71,8 @@ def test_bad_planning_steps_is_refused_in_one_line(monkeypatch, capsys, tmp_path
     """``qlab.cli.main`` in-process, as the console script calls it (a fresh process finding
     the example is the test above); the store is conftest's per-test one in tmp_path."""
     monkeypatch.setenv("QLAB_CONFIG_DIRS", "")  # main sets it: undone after the test
-    monkeypatch.setattr(sys, "argv", ["qlab-train", "hydra.searchpath=[file://examples/conf]",
-                                      *DYNA_Q, "agent.planning_steps=-1"])
-    with pytest.raises(SystemExit) as exit_info:
-        qlab.cli.main()
-    assert exit_info.value.code == 2
+    assert cli_exit(monkeypatch, ["hydra.searchpath=[file://examples/conf]", *DYNA_Q,
+                                  "agent.planning_steps=-1"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "qlab-train: error: agent.planning_steps=-1: must be >= 0"]
     assert not (tmp_path / "mlflow.db").exists(), "the store was touched"

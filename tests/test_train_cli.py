@@ -25,7 +25,7 @@ from tests.helpers import (
     cli_exit,
     metric_steps,
     one_error_line,
-    run,
+    run_process,
     runs_of,
     sqlite_uri,
 )
@@ -65,7 +65,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, F
         jobs[name] = [*(PYTHON_M if name == "unknown-env" else [QLAB_TRAIN]), *BAD[name][0]]
     dirs = {name: tmp_path_factory.mktemp(name) for name in jobs}
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = {name: pool.submit(run, args, dirs[name], clean_env(sqlite_uri(dirs[name])))
+        futures = {name: pool.submit(run_process, args, dirs[name],
+                                     clean_env(sqlite_uri(dirs[name])))
                    for name, args in jobs.items()}
         return {name: (dirs[name], f.result()) for name, f in futures.items()}
 
