@@ -280,3 +280,39 @@ def assert_same_state(a, b, where: str = "agent") -> None:
             assert_same_state(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+class Crash(Exception):
+    """Stands in for a process dying right after a checkpoint."""
+
+
+def checkpoint_round_trip(c, path: Path, every: int, fast: str = "auto"):
+    """Train config ``c`` uninterrupted; again, checkpointing every ``every`` episodes into
+    ``path`` and crashing after the second checkpoint; then restore that file into fresh
+    objects and continue. Returns (reference job, its History, the file's (header, state),
+    the continued job, its History) for the caller to compare."""
+    from qlab.app import checkpoint
+    from qlab.app.build import build
+    from qlab.core import driver
+    from qlab.core.history import loop_state
+
+    ref_job = build(c)
+    ref = driver.train(ref_job, fast=fast)
+    job = build(c)
+    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
+
+    def crash_on_second(loop, hist) -> None:
+        writer(loop, hist)
+        if writer.written == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        driver.train(job, fast=fast, checkpoint=crash_on_second, checkpoint_every=every)
+    header, state = checkpoint.read(path)
+    job2 = build(c)
+    stat_keys = tuple(getattr(job2.agent, "stat_keys", ()))
+    hist = History.empty(job2.replicas, c.episodes, c.eval_every, job2.evaluator.keys, stat_keys)
+    loop = loop_state(job2.replicas, stat_keys)
+    checkpoint.restore(path, state, job2.env, job2.agent, job2.evaluator, hist, loop)
+    out = driver.train(job2, fast=fast, resume=(hist, loop))
+    return ref_job, ref, (header, state), job2, out

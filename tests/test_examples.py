@@ -18,14 +18,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import qlab
-from qlab.app import checkpoint
 from qlab.app.build import build
 from qlab.config import validate
-from qlab.core import driver
 from qlab.core.agents.tabular import Transition
-from qlab.core.history import History, loop_state
 from qlab.core.oracle import value_iteration
-from tests.helpers import assert_same_history, assert_same_state, cli_exit, qlab_train
+from tests.helpers import (
+    assert_same_history,
+    assert_same_state,
+    checkpoint_round_trip,
+    cli_exit,
+    qlab_train,
+)
 
 pytestmark = pytest.mark.integration  # spawns qlab-train
 
@@ -126,30 +129,8 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(tmp_path: Path) -> 
     """state_dict (Q, stream, model) -> checkpoint file -> fresh objects -> continue gives
     the same history and agent state as never stopping."""
     c = validate(compose("replicas=2", "episodes=30", "eval_every=5"))
-    ref_job = build(c)
-    ref = driver.train(ref_job)
-
-    class Crash(Exception):
-        pass
-
-    job = build(c)
-    path = tmp_path / "ckpt.npz"
-    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
-
-    def crash_on_second(loop, hist) -> None:
-        writer(loop, hist)
-        if writer.written == 2:
-            raise Crash
-
-    with pytest.raises(Crash):
-        driver.train(job, checkpoint=crash_on_second, checkpoint_every=5)
-    _, state = checkpoint.read(path)
+    ref_job, ref, (_, state), job2, out = checkpoint_round_trip(c, tmp_path / "ckpt.npz", 5)
     assert state["agent"]["model"]["n_pairs"].min() > 0  # the model is in the checkpoint
-    job2 = build(c)
-    hist = History.empty(2, c.episodes, c.eval_every, job2.evaluator.keys)
-    loop = loop_state(2)
-    checkpoint.restore(path, state, job2.env, job2.agent, job2.evaluator, hist, loop)
-    out = driver.train(job2, resume=(hist, loop))
     assert_same_history(ref, out)
     assert_same_state(ref_job.agent.state_dict(), job2.agent.state_dict())
 

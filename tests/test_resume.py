@@ -27,10 +27,11 @@ from qlab.config import validate
 from qlab.core import driver
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import NumpyStepper
-from qlab.core.history import History, episodes_to_optimal, loop_state
+from qlab.core.history import episodes_to_optimal
 from tests.helpers import (
     WALL_CLOCK,
     assert_same_history,
+    checkpoint_round_trip,
     clean_env,
     cli_exit,
     metric_steps,
@@ -76,31 +77,11 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
     history, Q / weights, optimiser, buffers and RNG states as never stopping."""
     cfg = compose_cfg([*ROUND_TRIPS[name], "replicas=2", "tracking.enabled=false"])
     c = validate(cfg)
-    job = build(c)
-    ref = driver.train(job, fast="off")
-
-    job2 = build(c)
-    path = tmp_path / "ckpt.npz"
-    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job2.env, job2.agent, job2.evaluator)
-
-    def crash_on_second(loop, hist) -> None:
-        writer(loop, hist)
-        if writer.written == 2:
-            raise Crash
-
     every = max(1, c.episodes // 6)
-    with pytest.raises(Crash):
-        driver.train(job2, fast="off", checkpoint=crash_on_second, checkpoint_every=every)
-
-    header, state = checkpoint.read(path)
+    job, ref, (header, state), job3, out = checkpoint_round_trip(c, tmp_path / "ckpt.npz",
+                                                                 every, fast="off")
     assert header["job_id"] == "j" and min(header["episodes_done"]) == 2 * every
-    job3 = build(c)
-    env3, agent3, evaluator3 = job3.env, job3.agent, job3.evaluator
-    stat_keys = getattr(agent3, "stat_keys", ())
-    hist = History.empty(2, c.episodes, c.eval_every, evaluator3.keys, stat_keys)
-    loop = loop_state(2, stat_keys)
-    checkpoint.restore(path, state, env3, agent3, evaluator3, hist, loop)
-    out = driver.train(job3, fast="off", resume=(hist, loop))
+    agent3, env3 = job3.agent, job3.env
     agent, env = job.agent, job.env
     assert_same_history(ref, out)
     assert flat_state(agent3).keys() == flat_state(agent).keys()

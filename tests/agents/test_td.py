@@ -29,7 +29,6 @@ from mlflow.tracking import MlflowClient
 import qlab
 import qlab.app.train
 import qlab.cli
-from qlab.app import checkpoint
 from qlab.app.build import build
 from qlab.config import CONF_DIR, validate
 from qlab.core import agents, driver, envs, exploration
@@ -39,9 +38,8 @@ from qlab.core.agents.sarsa import Sarsa
 from qlab.core.agents.tabular import Transition
 from qlab.core.driver import Job, NumpyStepper
 from qlab.core.evaluation import Evaluator
-from qlab.core.history import History, loop_state
 from qlab.core.oracle import policy_value, value_iteration
-from tests.helpers import assert_same_history, assert_same_state
+from tests.helpers import assert_same_history, assert_same_state, checkpoint_round_trip
 
 AGENTS = ("sarsa", "expected_sarsa", "double_q")
 WALL_CLOCK = ("train/sps",)
@@ -430,30 +428,8 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(compose_cfg, name: 
     c = validate(compose_cfg([f"agent={name}", "env=griddy", "env.max_steps=15",
                               "episodes=60", "eval_every=5", "agent.lr=0.5", "replicas=2",
                               "tracking.enabled=false"]))
-    ref_job = build(c)
-    ref = driver.train(ref_job)
-
-    class Crash(Exception):
-        pass
-
-    job = build(c)
-    path = tmp_path / "ckpt.npz"
-    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
-
-    def crash_on_second(loop, hist) -> None:
-        writer(loop, hist)
-        if writer.written == 2:
-            raise Crash
-
-    with pytest.raises(Crash):
-        driver.train(job, checkpoint=crash_on_second, checkpoint_every=10)
-    header, state = checkpoint.read(path)
+    ref_job, ref, (header, _), job2, out = checkpoint_round_trip(c, tmp_path / "ckpt.npz", 10)
     assert min(header["episodes_done"]) == 20
-    job2 = build(c)
-    hist = History.empty(2, c.episodes, c.eval_every, job2.evaluator.keys)
-    loop = loop_state(2)
-    checkpoint.restore(path, state, job2.env, job2.agent, job2.evaluator, hist, loop)
-    out = driver.train(job2, resume=(hist, loop))
     assert_same_history(ref, out)
     assert_same_state(ref_job.agent.state_dict(), job2.agent.state_dict())
 
