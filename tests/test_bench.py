@@ -194,7 +194,8 @@ def test_dqn_burst_profile_rows() -> None:
                                                 "repeats": 2, "overrides": TINY_DQN})
     assert [p["replicas"] for p in prof] == [1, 2]
     for p in prof:
-        assert len(p["step_us"]) == 2 and 0 < p["matmul_us"] < max(p["step_us"])
+        # Both are wall-clock timings on a shared machine: only their presence is certain.
+        assert len(p["step_us"]) == 2 and min(p["step_us"]) > 0 and p["matmul_us"] > 0
     rows = dqn.burst_rows("DQN", prof, 2)
     wall = by(rows, "gradient step per replica")
     assert wall["qlab R=1"].ratio == 1.0 and wall["qlab R=2"].ratio > 0
