@@ -15,9 +15,9 @@ import torch
 
 from qlab.app import checkpoint, train
 from qlab.app.build import build
-from qlab.config import ConfigError, validate
+from qlab.config import validate
 from qlab.core import driver
-from qlab.core.agents.dqn import DQN, BatchedMLP, dueling_q, load_q_network, mlp
+from qlab.core.agents.dqn import DQN, dueling_q, load_q_network, mlp
 from qlab.core.agents.nstep import NStepWindow, discounted_suffix_sums
 from qlab.core.agents.tabular import Transition
 from tests.helpers import cli_exit, compose, one_error_line
