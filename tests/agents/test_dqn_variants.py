@@ -304,16 +304,13 @@ def test_a_checkpoint_mid_window_continues_bit_exactly(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["agent.n_step=0"], "agent.n_step=0: must be >= 1"),
-    (["agent.n_step=-2"], "agent.n_step=-2: must be >= 1"),
     (["agent.n_step=2.5"], "agent.n_step: Value '2.5' of type 'float' could not be converted "
                            "to Integer"),
-    (["agent.n_step=three"], "agent.n_step: Value 'three' of type 'str' could not be "
-                             "converted to Integer"),
     (["agent.n_step=5", "agent.learning_starts=3"],
      "agent.learning_starts=3: must be >= agent.n_step - 1 = 4 (the first 5-step transition "
      "is stored after 5 env steps)"),
     (["agent.dueling=maybe"], "agent.dueling: Value 'maybe' is not a valid bool (type str)"),
-], ids=["zero", "negative", "float", "string", "learning_starts", "dueling"])
+], ids=["zero", "float", "learning_starts", "dueling"])
 def test_bad_variant_values_are_one_line_errors(overrides, message, monkeypatch, capsys):
     """qlab-train refuses them before anything is written: exit 2, one line naming the key."""
     assert cli_exit(monkeypatch, ["agent=dqn", *overrides]) == 2
