@@ -122,11 +122,12 @@ def bursts(replicas: list[int], repeats: int, overrides: list[str]) -> list[dict
         agent = agents.make(c.agent, envs.make(c.env, seeds), seeds)  # sets torch's threads
         rng = np.random.default_rng(0)
         D, every = agent.obs_dim, np.ones(R, dtype=bool)
+        horizon = None if agent.buffer.horizon is None else np.full(R, agent.n_step)
         for _ in range(5000):
             agent.buffer.add(rng.standard_normal((R, D)).astype(np.float32),
                              rng.integers(0, agent.n_actions, R), np.ones(R, np.float32),
                              rng.standard_normal((R, D)).astype(np.float32),
-                             rng.random(R) < 0.05, every)
+                             rng.random(R) < 0.05, every, horizon)
         agent._train(every)  # warm-up: the optimiser's construction, first calls
         times = []
         for _ in range(repeats):

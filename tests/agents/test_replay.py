@@ -86,3 +86,25 @@ def test_empty_replicas_outside_the_used_mask_may_be_sampled_around():
     add(buf, [5, 6], active=[True, False])
     s = buf.sample(8, used=np.array([True, False]))
     assert (s.action[0] == 5).all()
+
+
+def test_horizons_are_stored_sampled_and_checkpointed_with_their_transitions():
+    """A buffer built with ``horizons`` (n-step DQN) keeps each transition's horizon beside
+    it: sampled with it, saved and restored with it; a one-step buffer has none."""
+    buf = ReplayBuffer(2, 4, (1,), ReplicaUniforms([0, 1], REPLAY_STREAM), horizons=True)
+    for t in range(6):
+        v = np.array([t, 10 + t], dtype=np.float32)
+        buf.add(v[:, None], v.astype(np.int64), v, v[:, None], np.array([False, True]),
+                np.array([True, t < 3]), horizon=np.array([t % 3 + 1, 5]))
+    assert buf.horizon.tolist() == [[2, 3, 3, 1], [5, 5, 5, 0]]
+    s = buf.sample(64)
+    np.testing.assert_array_equal(s.horizon[0], s.action[0] % 3 + 1)  # each with its own
+    assert (s.horizon[1] == 5).all()
+    copy = ReplayBuffer(2, 4, (1,), ReplicaUniforms([0, 1], REPLAY_STREAM), horizons=True)
+    copy.load_state_dict(buf.state_dict())
+    np.testing.assert_array_equal(copy.horizon, buf.horizon)
+    with pytest.raises(ValueError, match="pass a horizon exactly when the buffer stores"):
+        buf.add(v[:, None], v.astype(np.int64), v, v[:, None], np.zeros(2, bool), np.ones(2, bool))
+    one_step = buffer([0], 2)
+    add(one_step, [1])
+    assert one_step.sample(1).horizon is None and "horizon" not in one_step.state_dict()

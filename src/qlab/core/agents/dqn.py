@@ -13,6 +13,19 @@ The algorithm (Mnih et al. 2015, as in CleanRL / Stable-Baselines3), per replica
     or Polyak averaging theta⁻ <- tau * theta + (1 - tau) * theta⁻.
 Truncated episodes bootstrap (only ``terminated`` stops it).
 
+Two variants, each a few lines on the same update, composable with each other and ``double``:
+  - ``dueling`` (Wang et al. 2016): the network's last layer has 1 + A outputs, a state value
+    V(x) and advantages A(x, a), combined as Q(x, a) = V(x) + A(x, a) - mean_a' A(x, a')
+    (:func:`dueling_q`); subtracting the mean makes V and A identifiable (mean_a Q = V).
+    The last layer is the two streams' linear heads side by side, initialised as two
+    ``torch.nn.Linear`` would be.
+  - ``n_step`` = n (Sutton 1988; Hessel et al. 2018): the replay stores n-step transitions
+    (:mod:`qlab.core.agents.nstep`) with a target G + gamma^m (1 - terminated)
+    max_a' Q(x_{t+m}, a'; theta⁻), G the discounted sum of the m <= n rewards up to x_{t+m};
+    an episode's end cuts the sum (m < n): a termination stops bootstrapping, a truncation
+    bootstraps from the truncated step's successor. The n-step target is off-policy
+    uncorrected (as in Rainbow): it follows the behaviour policy's actions for n - 1 steps.
+
 The replica axis: all R networks' parameters live in one float32 tensor ``params`` of
 shape (R, P') (replica k's P weights and biases in row k, zero-padded to P'); layer l's
 weight is an (R, in, out) view of it, so one forward is a chain of ``torch.baddbmm`` over
@@ -49,9 +62,10 @@ steps in the episode (0 in an episode without gradient steps).
 
 Artifact: ``q_network.pt``, replica k's weights as plain tensors in ``torch.nn.Linear``
 layout (``{"state_dict": {"0.weight": (out, in), "0.bias": ..., "2.weight": ...},
-"hidden_sizes": [...], "obs_dim": D, "n_actions": A}``), loadable with
+"hidden_sizes": [...], "obs_dim": D, "n_actions": A, "dueling": bool}``; a dueling
+network's last layer has 1 + A outputs, V first), loadable with
 ``torch.load(path, weights_only=True)``; :func:`load_q_network` rebuilds it as an
-``nn.Sequential``.
+``nn.Sequential`` (ending in a :class:`DuelingHead` for a dueling network).
 """
 
 from __future__ import annotations
@@ -65,6 +79,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qlab.core.agents.nstep import NStepWindow
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.replay import ReplayBuffer
 from qlab.core.agents.tabular import Transition, Updates
@@ -146,20 +161,45 @@ class BatchedMLP:
         return out
 
 
-def mlp(sizes: Sequence[int]) -> torch.nn.Sequential:
-    """A plain single-replica MLP with the same layout as :class:`BatchedMLP`."""
+def dueling_q(out: torch.Tensor) -> torch.Tensor:
+    """Q (..., A) from a dueling network's outputs (..., 1 + A) = [V, A(., 1..A)]:
+    Q(x, a) = V(x) + A(x, a) - mean_a' A(x, a')."""
+    adv = out[..., 1:]
+    return adv - adv.mean(dim=-1, keepdim=True) + out[..., :1]
+
+
+def dueling_q_numpy(out: np.ndarray) -> np.ndarray:
+    """:func:`dueling_q` in numpy (acting)."""
+    adv = out[..., 1:]
+    return adv - adv.mean(axis=-1, keepdims=True) + out[..., :1]
+
+
+class DuelingHead(torch.nn.Module):
+    """The last module of a single-replica dueling network: (B, 1 + A) -> Q (B, A)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dueling_q(x)
+
+
+def mlp(sizes: Sequence[int], dueling: bool = False) -> torch.nn.Sequential:
+    """A plain single-replica MLP with the same layout as :class:`BatchedMLP`; ``dueling``:
+    its last layer's ``sizes[-1]`` outputs are [V, advantages], combined by a
+    :class:`DuelingHead` into ``sizes[-1] - 1`` action values."""
     mods: list[torch.nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         mods.append(torch.nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             mods.append(torch.nn.ReLU())
+    if dueling:
+        mods.append(DuelingHead())
     return torch.nn.Sequential(*mods)
 
 
 def load_q_network(path: str | Path) -> torch.nn.Sequential:
     """Rebuild a saved replica's Q-network (``q_network.pt``) as a single-replica MLP."""
     blob = torch.load(path, weights_only=True)
-    net = mlp([blob["obs_dim"], *blob["hidden_sizes"], blob["n_actions"]])
+    dueling = bool(blob.get("dueling", False))
+    net = mlp([blob["obs_dim"], *blob["hidden_sizes"], blob["n_actions"] + dueling], dueling)
     net.load_state_dict(blob["state_dict"])
     return net
 
@@ -167,10 +207,10 @@ def load_q_network(path: str | Path) -> torch.nn.Sequential:
 class DQN:
     """R independent DQN learners (see the module docstring), one per seed of ``seeds``.
 
-    ``obs_dim``/``n_actions``: the network's input and output sizes; ``observations``: the
-    (S, obs_dim) inputs of a state table (envs with discrete states), or None to take the
-    env's observation vectors. ``lr`` and ``gamma``: a number, or (R,) values per replica.
-    The other keys are :class:`DQNConfig`'s.
+    ``obs_dim``/``n_actions``: the network's input size and its number of action values;
+    ``observations``: the (S, obs_dim) inputs of a state table (envs with discrete states),
+    or None to take the env's observation vectors. ``lr`` and ``gamma``: a number, or (R,)
+    values per replica. The other keys are :class:`DQNConfig`'s.
     """
 
     stat_keys = ("td_loss", "q_mean")
@@ -181,7 +221,8 @@ class DQN:
                  hidden: Sequence[int] = (64, 64), buffer_size: int = 10_000,
                  batch_size: int = 64, learning_starts: int = 500, train_freq: int = 1,
                  gradient_steps: int = 1, target_update: int = 100, tau: float = 1.0,
-                 double: bool = False, max_grad_norm: float = 10.0, device: str = "cpu") -> None:
+                 double: bool = False, dueling: bool = False, n_step: int = 1,
+                 max_grad_norm: float = 10.0, device: str = "cpu") -> None:
         R = len(seeds)
         self.replicas, self.n_actions, self.obs_dim = R, int(n_actions), int(obs_dim)
         self.hidden = [int(h) for h in hidden]
@@ -197,8 +238,12 @@ class DQN:
         self.train_freq, self.gradient_steps = int(train_freq), int(gradient_steps)
         self.target_update, self.tau = int(target_update), float(tau)
         self.double, self.max_grad_norm = bool(double), float(max_grad_norm)
+        self.dueling, self.n_step = bool(dueling), int(n_step)
+        if self.n_step < 1 or self.learning_starts < self.n_step - 1:
+            raise ValueError(f"n_step={self.n_step}, learning_starts={self.learning_starts}: "
+                             "need n_step >= 1 and learning_starts >= n_step - 1")
         self.device = torch.device(device)
-        self.net = BatchedMLP([self.obs_dim, *self.hidden, self.n_actions])
+        self.net = BatchedMLP([self.obs_dim, *self.hidden, self.n_actions + self.dueling])
         rows = [self.net.init(torch.Generator().manual_seed(derive_seed(s, NETWORK_STREAM)))
                 for s in seeds]
         self.params = torch.zeros(R, self.net.row_size)  # (R, P') online network: row_size
@@ -214,8 +259,13 @@ class DQN:
         self.steps = np.zeros(R, dtype=np.int64)  # env steps learned from, per replica
         self._rows = np.arange(R)
         self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
+        n = self.n_step
         self.buffer = ReplayBuffer(R, int(buffer_size), (self.obs_dim,),
-                                   ReplicaUniforms(seeds, REPLAY_STREAM))
+                                   ReplicaUniforms(seeds, REPLAY_STREAM), horizons=n > 1)
+        # n-step: the transitions waiting for their n rewards, and gamma^m (m = 0..n) per replica
+        self.window = NStepWindow(R, n, self.obs_dim, self.gamma) if n > 1 else None
+        self._discounts = torch.tensor(self.gamma[:, None] ** np.arange(n + 1),
+                                       dtype=torch.float32, device=self.device)
 
     # ---- acting ----
     def features(self, state: np.ndarray) -> np.ndarray:
@@ -230,6 +280,8 @@ class DQN:
         x = self.features(state)[:, None, :]
         if self.device.type == "cpu":
             q = self.net.forward_numpy(self.params.numpy(), x)
+            if self.dueling:
+                q = dueling_q_numpy(q)
         else:
             with torch.no_grad():
                 q = self._forward(self.params, torch.from_numpy(x).to(self.device)).cpu().numpy()
@@ -238,8 +290,15 @@ class DQN:
         return np.where(u[:, 0] < epsilon, random, greedy)
 
     def _forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The networks of parameter rows ``flat`` (n, P') on inputs ``x`` (n, B, D)."""
-        return self.net.forward(self.net.views(flat), x)
+        """Q (n, B, A) of the networks of parameter rows ``flat`` (n, P') on inputs ``x``
+        (n, B, D)."""
+        return self._q(self.net.views(flat), x)
+
+    def _q(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+           x: torch.Tensor) -> torch.Tensor:
+        """Q (n, B, A) of the networks of (weight, bias) ``layers`` on inputs ``x`` (n, B, D)."""
+        out = self.net.forward(layers, x)
+        return dueling_q(out) if self.dueling else out
 
     @torch.no_grad()
     def greedy_actions(self, replica: int, obs: np.ndarray) -> np.ndarray:
@@ -262,8 +321,15 @@ class DQN:
     def learn(self, tr: Transition) -> Updates:
         R = self.replicas
         active = np.asarray(tr.active, dtype=bool)
-        self.buffer.add(self.features(tr.state), tr.action, tr.reward,
-                        self.features(tr.next_state), tr.terminated, active)
+        if self.window is None:
+            self.buffer.add(self.features(tr.state), tr.action, tr.reward,
+                            self.features(tr.next_state), tr.terminated, active)
+        else:
+            for part in self.window.push(self.features(tr.state), tr.action, tr.reward,
+                                         self.features(tr.next_state), tr.terminated,
+                                         tr.done | tr.terminated, active):
+                self.buffer.add(part.obs, part.action, part.reward, part.next_obs,
+                                part.terminated, part.emit, part.horizon)
         self.steps += active
         due = active & (self.steps > self.learning_starts) & (self.steps % self.train_freq == 0)
         upd = Updates(np.zeros(R), np.zeros(R))
@@ -282,26 +348,27 @@ class DQN:
         """One DQN gradient step of n replicas, each on its own minibatch of B transitions.
 
         ``online()``: the n online networks' (weight, bias) layers, ``opt`` their optimiser
-        (:meth:`_optimizer`); ``target``: the target networks' layers; ``gamma`` (n, 1);
+        (:meth:`_optimizer`); ``target``: the target networks' layers; ``gamma`` (n, 1), or
+        (n, B) for n-step transitions (gamma^m, m the transition's horizon);
         ``obs``/``next_obs`` (n, B, D), ``action`` (n, B, 1), ``reward`` and ``cont``
         (1 - terminated) (n, B). The losses are summed over replicas, so replica k's gradient
         is its own loss's; each replica's gradient is clipped to its own norm. Returns (3, n):
         the Huber loss, the mean of Q(s, a) before the step, and the sum of |ΔQ(s, a)|."""
         with torch.no_grad():
             if self.double:
-                a_next = self.net.forward(online(), next_obs).argmax(dim=2, keepdim=True)
-                v_next = self.net.forward(target, next_obs).gather(2, a_next)[..., 0]
+                a_next = self._q(online(), next_obs).argmax(dim=2, keepdim=True)
+                v_next = self._q(target, next_obs).gather(2, a_next)[..., 0]
             else:
-                v_next = self.net.forward(target, next_obs).amax(dim=2)
+                v_next = self._q(target, next_obs).amax(dim=2)
             y = reward + gamma * cont * v_next
-        q = self.net.forward(online(), obs).gather(2, action)[..., 0]
+        q = self._q(online(), obs).gather(2, action)[..., 0]
         loss = F.smooth_l1_loss(q, y, reduction="none").mean(dim=1)
         opt.zero_grad(set_to_none=False)  # zeroes the layers' gradients too: views of it
         loss.sum().backward()
         clip_grad_norm_per_replica_(opt, self.max_grad_norm)
         opt.step()
         with torch.no_grad():
-            q_after = self.net.forward(online(), obs).gather(2, action)[..., 0]
+            q_after = self._q(online(), obs).gather(2, action)[..., 0]
             return torch.stack([loss, q.mean(dim=1), (q_after - q).abs().sum(dim=1)])
 
     def _optimizer(self, rows: np.ndarray) -> tuple[
@@ -378,10 +445,16 @@ class DQN:
             action = torch.from_numpy(s.action).to(dev).view(n, k, B, 1)
             reward = torch.from_numpy(s.reward).to(dev).view(n, k, B)
             cont = (~torch.from_numpy(s.terminated)).to(dev).float().view(n, k, B)
+            discount = None  # n-step: gamma^m of each transition's horizon m
+            if s.horizon is not None:
+                m = torch.from_numpy(s.horizon).to(dev).view(n, k * B)
+                table = self._discounts[idx] if subset else self._discounts
+                discount = table.gather(1, m).view(n, k, B)
             with warnings.catch_warnings():  # accumulating into the flat gradient's views
                 warnings.filterwarnings("ignore", LAYOUT_WARNING, UserWarning)
                 for j in range(k):
-                    stats[g0 + j] = self._update(online, target, opt, gamma, obs[:, j],
+                    disc = gamma if discount is None else discount[:, j]
+                    stats[g0 + j] = self._update(online, target, opt, disc, obs[:, j],
                                                  action[:, j], reward[:, j], next_obs[:, j],
                                                  cont[:, j])
         self._t[rows] += G
@@ -404,13 +477,17 @@ class DQN:
     def state_dict(self) -> dict:
         """Online and target networks, Adam's state per replica (``adam``: torch.optim.Adam's
         ``exp_avg``, ``exp_avg_sq`` and ``step``, (R, P), (R, P) and (R,)), env-step counters,
-        the acting stream and the replay buffer; tensors as numpy arrays."""
+        the acting stream, the replay buffer and (n-step) the transitions waiting for their
+        rewards; tensors as numpy arrays."""
         a = lambda x: x[..., :self.net.n_params].detach().cpu().numpy().copy()  # noqa: E731
-        return {"params": a(self.params), "target": a(self.target),
-                "adam": {"exp_avg": a(self._m), "exp_avg_sq": a(self._v),
-                         "step": self._t.copy()},
-                "steps": self.steps.copy(), "rand": self._rand.state(),
-                "buffer": self.buffer.state_dict()}
+        out = {"params": a(self.params), "target": a(self.target),
+               "adam": {"exp_avg": a(self._m), "exp_avg_sq": a(self._v),
+                        "step": self._t.copy()},
+               "steps": self.steps.copy(), "rand": self._rand.state(),
+               "buffer": self.buffer.state_dict()}
+        if self.window is not None:
+            out["nstep"] = self.window.state_dict()
+        return out
 
     @torch.no_grad()
     def load_state_dict(self, d: dict) -> None:
@@ -425,6 +502,11 @@ class DQN:
         self.steps = load_array("agent.steps", d["steps"], self.steps)
         self._rand.load_state(d["rand"])
         self.buffer.load_state_dict(d["buffer"])
+        if self.window is not None:
+            if "nstep" not in d:
+                raise ValueError(f"agent.nstep: missing; the checkpoint is not of an agent "
+                                 f"with n_step={self.n_step}")
+            self.window.load_state_dict(d["nstep"])
 
     # ---- artifacts ----
     def save(self, replica: int, directory: Path) -> None:
@@ -435,7 +517,7 @@ class DQN:
         """Replica ``replica``'s network as plain tensors and sizes (what ``save`` writes)."""
         return {"state_dict": self.net.state_dict(self.params[replica].detach().cpu()),
                 "hidden_sizes": list(self.hidden), "obs_dim": self.obs_dim,
-                "n_actions": self.n_actions}
+                "n_actions": self.n_actions, "dueling": self.dueling}
 
 
 def clip_grad_norm_per_replica_(opt: torch.optim.Optimizer, max_norm: float) -> None:
@@ -463,6 +545,8 @@ class DQNConfig(AgentConfig):
     target_update: int = 100  # refresh the target network every this many env steps, >= 1
     tau: float = 1.0  # target refresh: 1 = hard copy, < 1 = Polyak weight of the online net
     double: bool = False  # double DQN: the online net picks the bootstrap action
+    dueling: bool = False  # dueling head: Q = V + A - mean(A) (one extra output, V)
+    n_step: int = 1  # n-step returns: sum n rewards, then bootstrap with gamma^n; >= 1
     max_grad_norm: float = 10.0  # clip each replica's gradient to this L2 norm, > 0
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small nets
     device: str = "cpu"  # where the networks, minibatches and optimiser live: cpu | cuda
@@ -475,6 +559,13 @@ class DQNConfig(AgentConfig):
                     "target_update"):
             check_range(f"agent.{key}", getattr(self, key), 1)
         check_range("agent.learning_starts", self.learning_starts, 0)
+        if isinstance(self.n_step, bool) or not isinstance(self.n_step, int):
+            fail("agent.n_step", self.n_step, "must be an integer >= 1")
+        check_range("agent.n_step", self.n_step, 1)
+        if self.learning_starts < self.n_step - 1:
+            fail("agent.learning_starts", self.learning_starts,
+                 f"must be >= agent.n_step - 1 = {self.n_step - 1} (the first "
+                 f"{self.n_step}-step transition is stored after {self.n_step} env steps)")
         check_range("agent.tau", self.tau, 0, 1, lo_open=True)
         check_range("agent.max_grad_norm", self.max_grad_norm, 0, lo_open=True)
         check_range("agent.threads", self.threads, 0)
@@ -495,7 +586,8 @@ def build(cfg: DQNConfig, env, seeds: Sequence[int]) -> DQN:
                hidden=list(cfg.hidden), buffer_size=cfg.buffer_size, batch_size=cfg.batch_size,
                learning_starts=cfg.learning_starts, train_freq=cfg.train_freq,
                gradient_steps=cfg.gradient_steps, target_update=cfg.target_update, tau=cfg.tau,
-               double=cfg.double, max_grad_norm=cfg.max_grad_norm, device=cfg.device)
+               double=cfg.double, dueling=cfg.dueling, n_step=cfg.n_step,
+               max_grad_norm=cfg.max_grad_norm, device=cfg.device)
 
 
 register(AgentSpec("dqn", DQNConfig, build))

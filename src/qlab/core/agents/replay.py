@@ -4,6 +4,10 @@ Every field is a numpy array of shape (R, capacity, ...). Replica k has its own 
 pointer and fill count, is written only while it is active, and samples only its own
 filled slots with its own uniform stream — so replica k's buffer, and every batch it draws,
 is exactly what a run of R = 1 with seed k sees. Replicas never mix.
+
+With ``horizons`` a buffer also keeps each transition's bootstrap horizon m (n-step returns,
+:mod:`qlab.core.agents.nstep`: the reward is a sum of m discounted rewards and the target
+bootstraps with gamma^m); without, every transition is a one-step one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class ReplaySample(NamedTuple):
     reward: np.ndarray  # (R, B) float32
     next_obs: np.ndarray  # (R, B, D) float32
     terminated: np.ndarray  # (R, B) bool: no bootstrap from next_obs
+    horizon: np.ndarray | None = None  # (R, B) int64 rewards summed (None: all 1)
 
 
 class ReplayBuffer:
@@ -33,10 +38,12 @@ class ReplayBuffer:
 
     ``rand`` supplies each replica's uniforms; :meth:`sample` takes ``batch_size`` numbers per
     replica per call, whatever the others do, which keeps the streams in lock-step.
+    ``horizons``: also store each transition's horizon (see the module docstring).
     """
 
     def __init__(self, replicas: int, capacity: int, obs_shape: tuple[int, ...],
-                 rand: ReplicaUniforms, obs_dtype: np.dtype = np.float32) -> None:
+                 rand: ReplicaUniforms, obs_dtype: np.dtype = np.float32,
+                 horizons: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity={capacity}: must be >= 1")
         R = replicas
@@ -46,14 +53,20 @@ class ReplayBuffer:
         self.action = np.zeros((R, capacity), dtype=np.int64)
         self.reward = np.zeros((R, capacity), dtype=np.float32)
         self.terminated = np.zeros((R, capacity), dtype=bool)
+        self.horizon = np.zeros((R, capacity), dtype=np.int64) if horizons else None
+        self.fields = FIELDS + (("horizon",) if horizons else ())
         self.pos = np.zeros(R, dtype=np.int64)  # next slot to write, per replica
         self.size = np.zeros(R, dtype=np.int64)  # filled slots, per replica
         self._rows = np.arange(R)
         self._rand = rand
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
-            next_obs: np.ndarray, terminated: np.ndarray, active: np.ndarray) -> None:
-        """Store one transition (fields with leading shape (R,)) for each active replica."""
+            next_obs: np.ndarray, terminated: np.ndarray, active: np.ndarray,
+            horizon: np.ndarray | None = None) -> None:
+        """Store one transition (fields with leading shape (R,)) for each active replica;
+        ``horizon`` only (and always) in a buffer built with ``horizons``."""
+        if (horizon is None) != (self.horizon is None):
+            raise ValueError("replay: pass a horizon exactly when the buffer stores horizons")
         rows = self._rows[active]
         if rows.size == 0:
             return
@@ -63,6 +76,8 @@ class ReplayBuffer:
         self.action[rows, slot] = action[rows]
         self.reward[rows, slot] = reward[rows]
         self.terminated[rows, slot] = terminated[rows]
+        if horizon is not None:
+            self.horizon[rows, slot] = horizon[rows]
         self.pos[rows] = (slot + 1) % self.capacity
         self.size[rows] = np.minimum(self.size[rows] + 1, self.capacity)
 
@@ -85,13 +100,14 @@ class ReplayBuffer:
         size = np.maximum(self.size[r], 1)
         idx = np.minimum((u * size).astype(np.int64), size - 1)
         return ReplaySample(self.obs[r, idx], self.action[r, idx], self.reward[r, idx],
-                            self.next_obs[r, idx], self.terminated[r, idx])
+                            self.next_obs[r, idx], self.terminated[r, idx],
+                            None if self.horizon is None else self.horizon[r, idx])
 
     def state_dict(self) -> dict:
         """The filled slots (up to the fullest replica's fill count; the rest are still
         zeros), the write pointers and fill counts, and the sampling stream."""
         n = int(self.size.max(initial=0))
-        return {**{k: getattr(self, k)[:, :n].copy() for k in FIELDS},
+        return {**{k: getattr(self, k)[:, :n].copy() for k in self.fields},
                 "pos": self.pos.copy(), "size": self.size.copy(), "rand": self._rand.state()}
 
     def load_state_dict(self, d: dict) -> None:
@@ -101,7 +117,7 @@ class ReplayBuffer:
                 | (self.size > self.capacity)).any():
             raise ValueError("agent.buffer.pos/size out of range")
         n = int(self.size.max(initial=0))
-        for k in FIELDS:
+        for k in self.fields:
             full = getattr(self, k)
             full[...] = 0
             full[:, :n] = load_array(f"agent.buffer.{k}", d[k], full[:, :n])
