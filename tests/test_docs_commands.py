@@ -189,6 +189,8 @@ def _run(command: Command, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     if (kind != "train" or command.expected_error is not None
             or any(a in LAUNCHERS for a in args) or "--cfg" in args):
         pytest.skip(f"not a training command run in-process: {command.text}")
+    if "resume=last" in args:
+        pytest.skip("continues a job stopped earlier (tests/test_resume.py stops and resumes)")
     monkeypatch.chdir(ROOT)
     extra = [*BUDGET, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     monkeypatch.setattr(sys, "argv", ["qlab-train", *args, *extra])
