@@ -61,7 +61,8 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def type_name(tp: object) -> str:
     text = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
-    return str(text).replace("typing.", "").replace("NoneType", "None")
+    # "int or None": a "|" inside a code span would split the Markdown table's row.
+    return str(text).replace("typing.", "").replace("NoneType", "None").replace(" | ", " or ")
 
 
 def default_of(f: dataclasses.Field) -> str:
@@ -93,7 +94,7 @@ def table(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> str:
             continue
         meaning = comments.get(f.name, "").replace("|", "\\|")
         code = [f"`{prefix}{f.name}`", f"`{type_name(tp)}`", f"`{default_of(f)}`"]
-        rows.append("| " + " | ".join([c.replace("|", "\\|") for c in code] + [meaning]) + " |")
+        rows.append("| " + " | ".join([*code, meaning]) + " |")
     return "\n".join(rows)
 
 
@@ -166,21 +167,31 @@ def page() -> str:
         "",
         "## `agent`",
         "",
-        "Every agent has the keys of `AgentConfig`; each agent's config class adds its own.",
+        "Every agent has the keys of `AgentConfig`; each agent's config class adds its own, and",
+        "repeats a shared key where it changes its default or meaning.",
         "",
         table(agents.AgentConfig, "agent."),
         "",
     ]
-    base = {f.name for f in dataclasses.fields(agents.AgentConfig)}
+    base = {f.name: (default_of(f), comment)
+            for f, comment in zip(dataclasses.fields(agents.AgentConfig),
+                                  map(field_comments(agents.AgentConfig).get,
+                                      (f.name for f in dataclasses.fields(agents.AgentConfig))),
+                                  strict=True)}
     for name, body in group_choices("agent"):
         spec = agents.get(body.get("name", name), body.get("module"))
         cls = spec.config
+        comments = field_comments(cls)
+        # The shared keys appear again where the agent changes their default or meaning.
+        same = tuple(f.name for f in dataclasses.fields(cls) if f.name == "name" or (
+            f.name in base and base[f.name][0] == default_of(f)
+            and comments.get(f.name) in ("", None, base[f.name][1])))
         parts += [
             f"### `agent={name}`",
             "",
             f"`{cls.__module__}.{cls.__name__}`: {inspect.getdoc(cls)}",
             "",
-            table(cls, "agent.", skip=tuple(base)),
+            table(cls, "agent.", skip=same),
             "",
         ]
     parts += [
@@ -208,17 +219,11 @@ def page() -> str:
     return "\n".join(parts) + "\n"
 
 
-def main() -> None:
-    try:
-        import mkdocs_gen_files
-    except ImportError:
-        mkdocs_gen_files = None
-    if mkdocs_gen_files is None or __name__ == "__main__":
-        print(page())
-        return
+if __name__ == "<run_path>":  # run by mkdocs-gen-files while the site builds
+    import mkdocs_gen_files
+
     with mkdocs_gen_files.open("reference.md", "w") as out:
         out.write(page())
     mkdocs_gen_files.set_edit_path("reference.md", "gen_reference.py")
-
-
-main()
+elif __name__ == "__main__":
+    print(page())
