@@ -10,7 +10,7 @@ docs/*.md are read; each command is then
   slow one: composing them all costs ~15 s of CPU).
   README's first command trains for real in the default suite; ``make test-slow`` runs every
   training command of every page for real, in this process, with a small budget
-  (``episodes=2``), into the test's temp store (sweeps with worker processes or SLURM are
+  (``replicas=1 episodes=2``), into the test's temp store (sweeps with worker processes or SLURM are
   only validated).
 - another make target: it must exist in the Makefile;
 - anything else: listed in ``SKIPPED`` with the reason it does not run here (servers, a run id
@@ -34,8 +34,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,})\s*([\w-]*)")
 SHELL = {"bash", "sh", "shell", "console"}
 PROG_ERROR = "qlab-train: error: "
-# What a documented run is cut to here: two episodes, evaluated, no checkpoints.
-BUDGET = ["episodes=2", "eval_every=1", "checkpoint_every=0"]
+# What a documented run is cut to here: one replica, two episodes, evaluated, no checkpoints.
+BUDGET = ["replicas=1", "episodes=2", "eval_every=1", "checkpoint_every=0"]
 MAKE_TRAINING = {"train": [], "sweep": ["+experiment={EXP}"],
                  "cartpole": ["+experiment=dqn_cartpole"]}
 
