@@ -11,6 +11,7 @@ PORT ?= 5000
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 ARGS ?=
+DOCS_PORT ?= 8000
 
 .DEFAULT_GOAL := help
 EXP ?= epsilon_decay
@@ -20,7 +21,7 @@ ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
 # Extra Host headers the server accepts (the names clients use for it), comma-separated.
 ALLOWED_HOSTS ?=
 
-.PHONY: help setup train sweep test test-unit test-slow lint ui server server-auth clean cartpole report play bench bench-quick
+.PHONY: help setup train sweep test test-unit test-slow lint ui server server-auth clean cartpole report play bench bench-quick docs docs-serve tutorial
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +64,24 @@ bench: setup $(BENCH_STAMP) ## Benchmark qlab against its baselines (tens of min
 bench-quick: setup $(BENCH_STAMP) ## The benchmark suite in under two minutes (fewer repeats and steps); prints only
 	$(BIN)/qlab-bench --quick $(ARGS)
 
+# The docs extra (MkDocs + Material, the notebook tools).
+DOCS_STAMP := $(VENV)/.docs-installed
+# Quiet the plugins' banner about a future MkDocs 2 (the build pins mkdocs < 2).
+DOCS_ENV := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: setup $(DOCS_STAMP) ## Build the docs site into build/site, strict: a broken link or a missing page fails
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+docs-serve: setup $(DOCS_STAMP) ## Serve the docs site on http://$(HOST):$(DOCS_PORT), rebuilt on every edit
+	$(DOCS_ENV) $(BIN)/mkdocs serve --strict --dev-addr $(HOST):$(DOCS_PORT)
+
+tutorial: setup $(DOCS_STAMP) ## Run docs/tutorial.ipynb end to end (its cells assert what they claim); outputs saved in it
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace docs/tutorial.ipynb \
+		--ExecutePreprocessor.timeout=600
+
 # pytest-xdist: TEST_WORKERS processes (auto: one per core); tests sharing an expensive
 # fixture stay on one worker (tests/conftest.py, SHARED).
 TEST_WORKERS ?= auto
@@ -78,7 +97,7 @@ test-slow: setup ## Run only the slow, long-training tests
 	$(BIN)/python -m pytest $(XDIST) -m slow $(ARGS)
 
 lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples docs
 	$(BIN)/lint-imports
 
 ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store

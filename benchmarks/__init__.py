@@ -4,7 +4,7 @@ measured in the same run (medians of repeats).
 
 Sections, each a module with one measuring function returning :class:`~benchmarks.common.Row`s:
 
-- :mod:`benchmarks.tabular` — the notebook-style loop (:mod:`benchmarks.notebook_baseline`),
+- :mod:`benchmarks.tabular` — the source notebook's loop (:mod:`benchmarks.notebook_baseline`),
   a plain gymnasium FrozenLake loop, qlab with R = 1 and R = 64: env steps per second and
   wall time until the greedy policy is optimal, on 4x4 and 8x8 grids;
 - :mod:`benchmarks.dqn` — qlab's DQN against Stable-Baselines3's on CartPole-v1 with the

@@ -1,6 +1,6 @@
-"""The notebook's tabular Q-learning, kept as it was written, as the speed baseline.
+"""The source notebook's tabular Q-learning, kept as it was written, as the speed baseline.
 
-What makes it the notebook's: the env keeps a (3, H, W) observation array and finds the
+What makes it the source notebook's: the env keeps a (3, H, W) observation array and finds the
 agent with ``np.where`` every step; Q is a dict keyed by the pickled (observation, action);
 the greedy policy pickles four keys per decision; the update is the episodic backward sweep.
 Its bugs that would change the work done are fixed (Q is not rounded), nothing else.
@@ -16,7 +16,7 @@ import numpy as np
 
 
 class NotebookGriddy:
-    """The notebook's GriddyEnv: positions live in the observation array."""
+    """The source notebook's GriddyEnv: positions live in the observation array."""
 
     def __init__(self, height: int = 4, width: int = 4, max_steps: int = 1000, seed: int = 0):
         self.h, self.w, self.max_steps = height, width, max_steps

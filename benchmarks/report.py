@@ -89,7 +89,7 @@ def targets_table(rows: Sequence[Row]) -> str:
     hits = [r for r in rows if r.target is not None]
     if not hits:
         return "No targeted figure was measured in this run.\n"
-    out = ["| target (issue 6) | section | contender | reached | verdict |",
+    out = ["| target | section | contender | reached | verdict |",
            "|---|---|---|---|---|"]
     for r in hits:
         reached = fmt_ratio(r) if r.target.endswith("x") else fmt_value(r)
@@ -168,8 +168,9 @@ def markdown(rows: Sequence[Row], info: dict[str, Any], command: str, mode: str,
         "",
         "qlab against the baselines it replaces, measured side by side in one run of "
         "`qlab-bench` (`make bench`; `make bench-quick` for a run of under two minutes that "
-        "only prints). Issue 6 sets the targets; every figure is a ratio against a baseline "
-        "measured in the same run. Rerun it on your machine before comparing numbers.",
+        "only prints). The Targets table at the end says what each section must reach; "
+        "every figure is a ratio against a baseline measured in the same run. Rerun it on "
+        "your machine before comparing numbers.",
         "",
         f"- **command:** `{command}` ({mode}; took {took / 60:.1f} min)",
         f"- **date:** {info['date']}",

@@ -4,7 +4,7 @@ Contenders, all with the same hyperparameters — qlab's tuned settings for the 
 (``conf/hparams/tabular_q_griddy*.yaml``: lr, gamma, the exponential epsilon schedule and
 the episode budget, read from the composed config so they follow any retuning):
 
-- ``notebook``: the notebook-style loop (:mod:`benchmarks.notebook_baseline`) on the grid —
+- ``notebook``: the source notebook's loop (:mod:`benchmarks.notebook_baseline`) on the grid —
   the baseline every ratio is against;
 - ``gymnasium FrozenLake``: a plain ``gymnasium.make("FrozenLake-v1", is_slippery=False)``
   loop with a numpy Q table and online Q-learning (a different MDP of the same size: holes
@@ -114,7 +114,7 @@ def _result(steps: float, seconds: float, checks: list[tuple[int, float, bool]])
 # ------------------------------------------------------------------------- contenders
 
 def run_notebook(hp: Settings, seed: int, eval_every: int = 1) -> dict:
-    """The notebook-style loop on the grid; its greedy policy checked against Q*."""
+    """The source notebook's loop on the grid; its greedy policy checked against Q*."""
     from qlab.config import validate
     from qlab.core import envs, oracle
 
@@ -129,7 +129,7 @@ def run_notebook(hp: Settings, seed: int, eval_every: int = 1) -> dict:
             checks.append((episode, seconds, bool(sol.is_optimal(policy)[acting].all())))
 
     if hp.start != 1.0:
-        raise ValueError("the notebook baseline starts epsilon at 1")
+        raise ValueError("the source notebook baseline starts epsilon at 1")
     _, steps, seconds = nb.train(hp.size, hp.size, episodes=hp.episodes, seed=seed,
                                  gamma=hp.gamma, alpha=hp.lr, decay=hp.decay,
                                  min_eps=hp.minimum, on_episode=on_episode)

@@ -2,7 +2,7 @@
 ever writes to the checkout or the project's mlflow.db), Hydra composition of the real config
 tree, new sqlite stores without MLflow's migrations, tracking servers; and the test tiers.
 
-Tiers (README, Tests): *unit* tests stay in this process; *integration* tests start
+Tiers (docs/development.md): *unit* tests stay in this process; *integration* tests start
 processes (``qlab-train``, ``qlab-server``, ``mlflow server``, Python workers); *slow* ones
 are long trainings. A test is integration if it is marked so or uses a fixture of
 ``SPAWNING``; a unit test that starts a Python process fails, naming the process.

@@ -1,4 +1,4 @@
-"""Epsilon schedules: the notebook's exponential decay exactly, linear annealing, constant,
+"""Epsilon schedules: the source notebook's exponential decay exactly, linear annealing, constant,
 floors, and per-replica parameters broadcasting against time."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def schedule(kind: str, start=1.0, decay=0.995, minimum=0.01, duration=100, R: i
 
 
 def test_exponential_is_the_notebooks_decay() -> None:
-    """The notebook: epsilon = 1, then epsilon *= 0.995 after every episode."""
+    """The source notebook: epsilon = 1, then epsilon *= 0.995 after every episode."""
     sch = schedule("exponential", 1.0, 0.995, 0.0)
     eps = np.array([sch(np.array([t]))[0] for t in range(1000)])
     assert eps[:4].tolist() == [1.0, 0.995, 0.990025, 0.995 ** 3]

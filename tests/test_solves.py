@@ -1,5 +1,5 @@
-"""Ground truth: the tuned hyperparameters in conf/hparams do what README.md says (sections
-"Tuned hyperparameters per agent x env" and "Monte-Carlo control: the known gaps"), checked
+"""Ground truth: the tuned hyperparameters in conf/hparams do what docs/research_notes.md says
+(its table, and "Monte-Carlo control: the known gaps"), checked
 exactly on each env's model — 5 seeds (0..4) trained as one batch of 5 replicas, with the
 stepper ``qlab-train`` uses (``fast=auto``: the compiled stepper for the tabular agents, which
 matches the numpy reference bit for bit).
@@ -85,8 +85,8 @@ def test_tuned_agent_solves_env(compose_cfg, agent: str, env: str, goal: str) ->
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="Monte-Carlo control's known gap; see README "
-                   "\"Monte-Carlo control: the known gaps\"")
+@pytest.mark.xfail(strict=False, reason="Monte-Carlo control's known gap; see "
+                   "docs/research_notes.md, \"Monte-Carlo control: the known gaps\"")
 @pytest.mark.parametrize("agent, env, goal", [
     ("tabular_mc", "cliffwalking", "optimal"),
 ])
@@ -103,7 +103,7 @@ def test_greedy_of_epsilon_soft_optimum(compose_cfg, env: str, gamma: float, eps
                                         wrong: int) -> None:
     """What on-policy Monte-Carlo converges to, solved exactly: the number of acting states
     where the greedy action of Q^{pi_eps} (the best epsilon-soft policy) is not optimal — the
-    README's reason CliffWalking stays a gap (the cliff edge needs eps <= 0.007) and
+    reason (docs/research_notes.md) CliffWalking stays a gap (the cliff edge needs eps <= 0.007) and
     griddy8 does not."""
     from benchmarks.mc_search import eps_soft_q
 

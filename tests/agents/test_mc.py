@@ -94,7 +94,7 @@ def test_replicas_ending_at_different_steps_and_inactive_ones() -> None:
 def test_q_is_not_rounded() -> None:
     agent = TabularMC(2, 1, seeds=[0], lr=0.3, gamma=1.0)
     step(agent, 0, 0, 1 / 3, 1, terminated=True)
-    assert agent.q[0, 0, 0] == 0.3 * (1 / 3)  # the notebook rounded to 2 decimals
+    assert agent.q[0, 0, 0] == 0.3 * (1 / 3)  # the source notebook rounded to 2 decimals
 
 
 def train_mc(seeds: list[int], first_visit: bool) -> tuple[History, TabularMC]:

@@ -1,4 +1,4 @@
-"""Tabular Q-learning on the replica axis: hand-computed updates (online and the notebook's
+"""Tabular Q-learning on the replica axis: hand-computed updates (online and the source notebook's
 backward sweep), a reference re-implementation replayed against real training, learning to
 the optimal policy checked by value iteration, and replica k of a batch == a run of seed k."""
 
@@ -52,7 +52,7 @@ def test_single_online_update_by_hand() -> None:
 
 
 def test_episodic_backward_sweep_by_hand() -> None:
-    """The notebook's update: nothing changes until an episode ends, then it is walked
+    """The source notebook's update: nothing changes until an episode ends, then it is walked
     backwards, each target using the Q just updated. A truncated last step (done, not
     terminated) bootstraps; a terminated one does not."""
     agent = TabularQ(5, 2, seeds=[0, 1], lr=0.5, gamma=0.9, update="episode")
@@ -84,7 +84,7 @@ def test_episodic_backward_sweep_by_hand() -> None:
     upd = agent.learn(transition(state=[2, 0], action=[1, 1], reward=[0, 1], next_state=[3, 3],
                                  terminated=[False, True], done=[True, True],
                                  active=[True, False]))
-    # t=2: target 0.9 * max Q(3) = 0.72 -> Q(2,1) = 0.36    (the notebook would use 0 here)
+    # t=2: target 0.9 * max Q(3) = 0.72 -> Q(2,1) = 0.36    (the source notebook would use 0 here)
     # t=1: target 0.9 * max Q(2) = 0.324 -> Q(1,0) = 0.162
     # t=0: target 0.9 * max Q(1) = 0.9 * max(0.162, 0.3) = 0.27 -> Q(0,1) = 0.135
     assert agent.q[0, 2, 1] == pytest.approx(0.36)

@@ -1,4 +1,4 @@
-"""``qlab-play``: watch a trained agent — the notebook's ``visualise_agent``, from MLflow.
+"""``qlab-play``: watch a trained agent — the source notebook's ``visualise_agent``, from MLflow.
 
 It loads a run's config and learned agent (``q_table.npy``, or ``q_network.pt`` for DQN),
 then plays greedy episodes: rendered as text in the terminal (the grid world's and

@@ -41,7 +41,7 @@ class ExplorationConfig:
 class Schedule:
     """epsilon(t) for every replica.
 
-    kind: ``exponential`` — start * decay**t (the notebook's: 1.0, times 0.995 after each
+    kind: ``exponential`` — start * decay**t (the source notebook's: 1.0, times 0.995 after each
     episode); ``linear`` — from start down to ``min`` over ``duration`` units, then flat;
     ``constant`` — start. All are floored at ``min``.
     """
@@ -56,8 +56,9 @@ class Schedule:
     def __call__(self, t: np.ndarray) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
         if self.kind == "exponential":
-            # float_power is libm's pow: 0.995**2 == 0.990025 as in the notebook (numpy's ``**``
-            # takes a SIMD path on AVX-512 machines that can be an ulp off, machine-dependent).
+            # float_power is libm's pow: 0.995**2 == 0.990025 as in the source notebook (numpy's
+            # ``**`` takes a SIMD path on AVX-512 machines that can be an ulp off,
+            # machine-dependent).
             eps = self.start * np.float_power(self.decay, t)
         elif self.kind == "linear":
             frac = np.minimum(t / self.duration, 1.0)

@@ -84,3 +84,40 @@ def policy_value(model: TabularModel, policy: np.ndarray, gamma: float = 1.0,
 def expected_return(model: TabularModel, policy: np.ndarray, gamma: float = 1.0) -> float:
     """The policy's expected return from the start distribution, within the model's horizon."""
     return float(model.initial @ policy_value(model, policy, gamma))
+
+
+def policy_q(model: TabularModel, policy: np.ndarray, gamma: float,
+             horizon: int | None = None) -> np.ndarray:
+    """Exact action values Q^pi (S, A) of a stochastic policy ``policy`` (S, A), each row a
+    distribution over actions (e.g. ``np.full((S, A), 1 / A)``, the uniform random policy).
+
+    Q^pi(s, a) is the expected discounted return of taking a in s and following pi after.
+    With ``horizon = H`` it is the return within H steps (H backups from zero); with
+    ``horizon`` None, the infinite-horizon values, solved exactly as the linear system
+    V = r_pi + gamma P_pi V (for gamma = 1 every state must reach a terminal under pi).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma={gamma}: must be in [0, 1]")
+    policy = np.asarray(policy, dtype=float)
+    if policy.shape != (model.n_states, model.n_actions):
+        raise ValueError(f"policy of shape {policy.shape}: must be (S, A) = "
+                         f"{(model.n_states, model.n_actions)}")
+    if (policy < 0).any() or not np.allclose(policy.sum(1), 1.0):
+        raise ValueError("policy: each row must be a probability distribution over actions")
+    if horizon is not None:
+        v = np.zeros(model.n_states)
+        q = _backup(model, v, gamma)
+        for _ in range(horizon):
+            q = _backup(model, v, gamma)
+            v = (policy * q).sum(1)
+        return q
+    # r(s, a) and the discounted transition matrix of (s, a) -> s' under the model.
+    r = (model.prob * model.reward).sum(-1)  # (S, A)
+    live = model.prob * ~model.terminal  # (S, A, K)
+    step = np.zeros((model.n_states, model.n_actions, model.n_states))
+    s_idx, a_idx, k_idx = np.indices(model.next_state.shape)
+    np.add.at(step, (s_idx, a_idx, model.next_state), live)
+    r_pi = (policy * r).sum(1)
+    p_pi = np.einsum("sa,sat->st", policy, step)
+    v = np.linalg.solve(np.eye(model.n_states) - gamma * p_pi, r_pi)
+    return r + gamma * step @ v

@@ -78,7 +78,9 @@ class SweepCallback(Callback):
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)
         sweeper_params = config.hydra.sweeper.get("params") or {}
-        overrides += [f"{k}={v}" for k, v in sweeper_params.items()]
+        # The command line beats a named experiment's sweeper params for the same key.
+        given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        overrides += [f"{k}={v}" for k, v in sweeper_params.items() if k not in given]
         key = sweep_key(overrides)
         parent = previous_sweep(client, exp_id, key) if config.get("resume") == "auto" else None
         rerun = parent is not None

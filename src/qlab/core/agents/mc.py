@@ -3,7 +3,7 @@
 Each replica acts epsilon-greedily (:meth:`TabularAgent.act`) and stores its episode. When
 the episode ends it walks the episode backwards accumulating the discounted return
 ``G = r_t + gamma * G`` (G = 0 after the last step) and moves Q(s_t, a_t) toward G with a
-constant step, ``Q += lr * (G - Q)`` — the notebook's exponentially weighted average of
+constant step, ``Q += lr * (G - Q)`` — the source notebook's exponentially weighted average of
 returns, without its rounding. Updates are applied in the backward order, so an (s, a)
 visited twice in one episode is moved first toward its later return, then its earlier one.
 

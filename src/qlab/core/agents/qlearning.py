@@ -4,9 +4,9 @@
     Q(s, a) += lr * (r + gamma * max_a' Q(s', a') - Q(s, a)), with no bootstrap from a
     terminal s'. Learning starts inside the first episode, so early (random, long) episodes
     end sooner, and each step is one vectorised update over all replicas.
-``update = episode``: the notebook's variant — store the episode, then walk it backwards
+``update = episode``: the source notebook's variant — store the episode, then walk it backwards
     applying the same update; it propagates the goal's reward down the whole path in one
-    sweep. Unlike the notebook, a truncated episode's last step still bootstraps (it did not
+    sweep. Unlike the source notebook, a truncated episode's last step still bootstraps (it did not
     end in a terminal state).
 
 Q-delta, the convergence signal logged for every agent: the mean |ΔQ(s, a)| over the updates

@@ -1,4 +1,4 @@
-"""GriddyEnv, the notebook's grid world, as a gymnasium env and as an exact model.
+"""GriddyEnv, the source notebook's grid world, as a gymnasium env and as an exact model.
 
 A ``height`` x ``width`` grid; actions 0 = left, 1 = right, 2 = up, 3 = down; a move off the
 grid stays put. The goal is the bottom-right cell (or a random cell with ``random_goal``);
@@ -111,7 +111,7 @@ def _shade(values: np.ndarray) -> np.ndarray:
 
 
 class GriddyEnv(gym.Env):
-    """The notebook's grid world as a gymnasium env, stepped through :func:`griddy_model`.
+    """The source notebook's grid world as a gymnasium env, stepped through :func:`griddy_model`.
 
     ``self.state`` is the tabular state index (see the module docstring); observations are
     the matching rows of :func:`griddy_observations`. ``set_values`` shades the cells in
