@@ -209,7 +209,7 @@ def test_headline_sweep_fused_and_unfused_record_the_same_runs(tmp_path: Path,
 def _summary(out: subprocess.CompletedProcess) -> list[str]:
     """The end-of-sweep table's rows, without its header line."""
     lines = out.stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if "episodes_to_optimal" in line)
+    start = next(i for i, line in enumerate(lines) if "episodes to solve" in line)
     return lines[start:start + 1 + len(AGENTS) * len(DECAYS)]
 
 

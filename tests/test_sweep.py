@@ -61,7 +61,7 @@ def test_headline_sweep(tmp_path: Path, launcher: list[str], seeds: range) -> No
     out = qlab_train(["+experiment=epsilon_decay", *QUICK, *launcher], uri, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert_headline(uri, seeds)
-    assert "episodes_to_optimal" in out.stderr  # the end-of-sweep table
+    assert "episodes to solve" in out.stderr  # the end-of-sweep table
 
 
 def test_headline_sweep_against_server(tmp_path: Path, mlflow_server: str) -> None:

@@ -82,7 +82,7 @@ def test_aggregates_equal_a_computation_by_hand(small_sweep, built) -> None:
     assert len(hand) == 12
     checked = 0
     for (agent, decay), sub in hand.groupby(["agent", "decay"]):
-        group = f"{agent}  decay={decay:g}"
+        group = f"{agent}, decay={decay:g}"
         for metric in ("episodes_to_solve", "final_q_error", "final_optimal_fraction",
                        "final_q_delta", "final_episode_length"):
             rows = agg[(agg["group"] == group) & (agg["metric"] == metric)].set_index("statistic")
@@ -140,7 +140,7 @@ def test_html_references_only_files_that_exist(built) -> None:
     referenced = {(built / link).resolve() for link in parser.links}
     for p in (built / "figures").glob("*.png"):
         assert p.resolve() in referenced, f"{p.name} is not in the report"
-    assert "Probability of improvement" in page and "tabular_q  decay=0.99" in page
+    assert "Probability of improvement" in page and "tabular_q, decay=0.99" in page
 
 
 def test_report_is_logged_to_the_parent_run(small_sweep, built) -> None:

@@ -74,7 +74,7 @@ def test_aggregates_cis_and_poi_on_the_sweep(loaded) -> None:
     gb = stats.default_group_by(scores)
     assert gb == ["agent", "params.exploration.decay"]
     agg = stats.aggregate(scores, gb, n_resamples=500)
-    assert set(agg["group"]) == {f"{a}  decay={d}" for a in ("tabular_q", "tabular_mc")
+    assert set(agg["group"]) == {f"{a}, decay={d}" for a in ("tabular_q", "tabular_mc")
                                  for d in (0.99, 0.995)}
     assert (agg["n"] == 3).all()
     ok = agg.dropna(subset=["ci_low", "ci_high"])
@@ -94,10 +94,31 @@ def test_default_group_by_adds_keys_that_split_groups() -> None:
                          "params.exploration.decay": [0.9, 0.9, 0.9, 0.9],
                          "params.agent.lr": [0.1, 0.1, 0.5, 0.5],
                          "params.seed": [0, 1, 0, 1]})
-    assert stats.default_group_by(runs) == ["agent", "params.exploration.decay",
-                                            "params.agent.lr"]
+    # The decay is the same in every run: no key of its own, not in any label (issue 17).
+    assert stats.default_group_by(runs) == ["agent", "params.agent.lr"]
     labels = stats.group_labels(runs, stats.default_group_by(runs))
-    assert labels.iloc[0] == "a  decay=0.9  lr=0.1"
+    assert labels.iloc[0] == "a, lr=0.1"
+
+
+def test_default_group_by_never_lumps_envs_together() -> None:
+    """Runs of several envs without a sweep (a few ``make train``): the env is a key even
+    where no other key would split by it (issue 17)."""
+    runs = pd.DataFrame({"agent": ["q", "q", "q"], "env": ["griddy", "frozenlake", "griddy"],
+                         "params.exploration.decay": [0.99, 0.999, 0.99],
+                         "params.seed": [0, 0, 1]})
+    assert stats.default_group_by(runs) == ["agent", "env", "params.exploration.decay"]
+
+
+def test_bootstrap_holds_a_stratum_of_one_run() -> None:
+    """A group spanning envs with one run in one of them: scipy cannot resample a stratum
+    of one; it is held, the others resampled (was a raw ValueError, issue 17)."""
+    est, lo, hi = stats.bootstrap_ci([np.array([1.0, 3.0]), np.array([10.0])], stats.iqm,
+                                     n_resamples=200)
+    assert est == pytest.approx(stats.iqm(np.array([1.0, 3.0, 10.0])))
+    assert lo <= est <= hi and np.isfinite([lo, hi]).all()
+    p, plo, phi = stats.poi_ci([np.array([1.0, 2.0]), np.array([5.0])],
+                               [np.array([0.0, 1.5]), np.array([4.0])], n_resamples=200)
+    assert 0.5 < p <= 1 and plo <= p <= phi
 
 
 def test_episodes_to_solve_by_return_threshold_without_a_model() -> None:

@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab.analysis import plots, stats
+from qlab.analysis import plots, stats, summary, verdict
 from qlab.analysis.runs import (
     AnalysisError,
     Sweep,
@@ -105,6 +105,7 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}.note{color:#555;font-size:.92em}
 code{background:#f4f4f4;padding:0 .25em}details{margin:.8em 0}
+table.answer td,table.like td{text-align:left}
 """
 
 
@@ -215,6 +216,55 @@ def _references(sweep: Sweep) -> dict[str, tuple[float, str]]:
             if all(abs(r[k][0] - v[0]) < 1e-9 for r in refs[1:])}
 
 
+# ------------------------------------------------------------------------------ the answer
+
+def _answer_section(answers: pd.DataFrame, agent_col: str | None, statistic: str) -> list[str]:
+    """The first screen: per agent and score, the best setting and whether seeds tell."""
+    who = "agent" if agent_col is not None else "runs"
+    out = [f"<h2>Answer: the best setting per {who}</h2>"]
+    if answers.empty:
+        out.append("<p class=note>Nothing to choose between: no score differs between the "
+                   "settings of any agent.</p>")
+        return out
+    rows = []
+    for _, r in answers.iterrows():
+        poi = ("–" if not math.isfinite(r["poi"]) else
+               _ci(r["poi"], r["poi_low"], r["poi_high"], "{:.2f}"))
+        rows.append([f"<b>{_e(r['agent'])}</b>", _e(stats.SCORES[r["score"]].label),
+                     _e(r["verdict"]), f"{poi} <span class=ci>vs {_e(r['runner_up'])}</span>"])
+    out.append(_table([_e(who), "score", f"best setting ({statistic.upper()} over seeds "
+                       f"[{stats.CONFIDENCE:.0%} CI])", "P(best beats runner-up)"], rows,
+                      "answer"))
+    out.append("<p class=note>Best by the summary statistic; \"not distinguishable\" when the "
+               "confidence intervals overlap: more seeds, not this sweep, would decide.</p>")
+    return out
+
+
+def _like_for_like_section(differ: pd.DataFrame, floors: list[str],
+                           answers: pd.DataFrame) -> list[str]:
+    """What the groups compared do not share: settings, epsilon floors, resolution."""
+    out = ["<h2>Like for like?</h2>"]
+    if differ.empty:
+        out.append("<p class=note>Every setting but the grouping keys is the same in every "
+                   "run.</p>")
+    else:
+        rows = [[f"<code>{_e(r['setting'])}</code>",
+                 "<b>within an agent: confounded</b>" if r["within"] else "between agents only",
+                 _e(r["values"])] for _, r in differ.iterrows()]
+        out.append("<p class=note>Settings that are not grouping keys but differ between "
+                   "runs. Between agents only: each agent's own comparison is like for like, "
+                   "comparing across agents is not.</p>")
+        out.append(_table(["setting", "differs", "values"], rows, "like"))
+    for note in floors:
+        out.append(f"<p class=note>Epsilon floor: {_e(note)}; after it the decay no longer "
+                   "matters.</p>")
+    floor_rows = answers[answers["floor"] != ""] if not answers.empty else answers
+    for _, r in floor_rows.iterrows():
+        out.append(f"<p class=note>Resolution floor ({_e(r['agent'])}, "
+                   f"{_e(stats.SCORES[r['score']].label)}): {_e(r['floor'])}.</p>")
+    return out
+
+
 # ------------------------------------------------------------------------------ the report
 
 def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None = None,
@@ -229,19 +279,15 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
     for old in (*(out / "figures").glob("*.png"), *(out / "data").glob("*.csv")):
         old.unlink()  # ours, from an earlier report of this experiment
     all_runs = sweep.runs
-    finished = all_runs[all_runs["status"] == "FINISHED"]
+    sw = summary.finished_only(sweep)
+    finished = sw.runs
     notes: list[str] = []
-    if finished.empty:
-        raise AnalysisError(f"none of the {len(all_runs)} runs finished "
-                            f"(statuses: {', '.join(sorted(set(all_runs['status'])))})")
     if len(finished) < len(all_runs):
         others = all_runs.loc[all_runs["status"] != "FINISHED", "status"].value_counts()
         notes.append("Left out of every statistic: " + ", ".join(
             f"{n} {s}" for s, n in others.items()) + " run(s) (listed under Runs).")
-    sw = Sweep(**{**sweep.__dict__, "runs": finished.reset_index(drop=True),
-                  "history": sweep.history[sweep.history["run_id"].isin(finished["run_id"])]})
     gb = (stats.default_group_by(sw.runs) if group_by is None
-          else [column(sw.runs, k) for k in group_by])
+          else list(dict.fromkeys(column(sw.runs, k) for k in group_by)))
     scores = stats.run_scores(sw, threshold=threshold)
     varying = [m for m in stats.SCORES if m in scores and not _constant(scores[m])]
     constant = [m for m in stats.SCORES if m in scores and scores[m].notna().any()
@@ -251,18 +297,34 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
     labels = stats.group_labels(scores, gb)
     groups = stats.ordered_groups(scores, gb)
     report = Report(path=out / "index.html", notes=notes, aggregates=agg, scores=scores)
+    table = summary.summary_table(scores, gb, runs=all_runs, statistic=statistic,
+                                  n_resamples=n_resamples, seed=seed)
+    answers = verdict.verdicts(scores, agg, gb, statistic=statistic, n_resamples=n_resamples,
+                               seed=seed)
+    differ = verdict.differing_settings(finished, gb)
+    floors = verdict.epsilon_floors(finished, gb)
+    agent_col = verdict.agent_column(gb)
+    # Probability of improvement within each agent: the comparison the sweep asks for.
+    blocks = ([(None, scores)] if agent_col is None
+              else [(a, scores[scores[agent_col] == a])
+                    for a in dict.fromkeys(scores.sort_values(agent_col)[agent_col])])
 
     # ---- data files
     keep = ["run_id", "run_name", "status", "agent", "env", "seed", *gb, *stats.SCORES,
             "solved", "solve_criterion"]
     runs_csv = scores.assign(group=labels)[["group"] + list(dict.fromkeys(
         c for c in keep if c in scores.columns))]
-    data = {"runs.csv": runs_csv, "aggregates.csv": agg}
-    pois = {}
+    data = {"runs.csv": runs_csv, "aggregates.csv": agg, "summary.csv": table,
+            "verdict.csv": answers}
+    pois: dict[str, pd.DataFrame] = {}
     for m in POI_SCORES:
         if m in varying:
-            pois[m] = stats.poi_matrix(scores, m, gb, n_resamples=n_resamples, seed=seed)
-            data[f"poi_{m}.csv"] = pois[m]
+            per = [stats.poi_matrix(sub, m, gb, n_resamples=n_resamples, seed=seed)
+                   .assign(block="all" if a is None else str(a))
+                   for a, sub in blocks if stats.group_labels(sub, gb).nunique() > 1]
+            if per:
+                pois[m] = pd.concat(per, ignore_index=True)
+                data[f"poi_{m}.csv"] = pois[m]
     for name, df in data.items():
         df.to_csv(out / "data" / name, index=False)
         report.tables.append(out / "data" / name)
@@ -309,18 +371,24 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
     overrides = sw.parent.get("params", {}).get("overrides") if sw.parent else None
     if overrides:
         meta.append(("command", f"<code>qlab-train -m {_e(overrides)}</code>"))
+    parts += _answer_section(answers, agent_col, statistic)
+    parts += _like_for_like_section(differ, floors, answers)
+    parts.append("<h2>About these runs</h2>")
     parts.append(_table(["", ""], meta, "meta"))
     parts += [f"<p class=note>{n}</p>" for n in notes]
 
     # Summary: one row per group.
     fmt = {m: stats.SCORES[m].fmt for m in stats.SCORES}
     a = agg[agg["statistic"] == statistic]
-    head = ["group", "runs", "solved"] + [_e(stats.SCORES[m].label) for m in varying]
+    head = ["group", "runs", "finished", "solved"] + [_e(stats.SCORES[m].label)
+                                                      for m in varying]
     rows = []
+    totals = table.set_index("group")["runs"]
     for g in groups:
         sub = a[a["group"] == g].set_index("metric")
         first = sub.iloc[0]
-        row = [_e(g), str(int(first["runs"])), f"{int(first['solved'])}/{int(first['runs'])}"]
+        row = [_e(g), str(int(totals.get(g, first["runs"]))), str(int(first["runs"])),
+               f"{int(first['solved'])}/{int(first['runs'])}"]
         for m in varying:
             r = sub.loc[m]
             row.append(_ci(r["estimate"], r["ci_low"], r["ci_high"], fmt[m]))
@@ -355,23 +423,25 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
                      "better)</span></h3>")
         parts.append(_table(["group", "n", "mean", "median", "IQM"], rows))
 
-    # Probability of improvement.
+    # Probability of improvement, within each agent.
     if pois:
         parts.append("<h2>Probability of improvement</h2><p class=note>Cell (row X, column Y): "
                      "P(X better than Y) + ½ P(tie) for a random run of X against a random run "
                      f"of Y, with its {stats.CONFIDENCE:.0%} bootstrap CI. Above 0.5 (green): "
-                     "X tends to beat Y.</p>")
+                     "X tends to beat Y. Settings are compared within each agent.</p>")
     for m, p in pois.items():
-        rows = []
-        for x in groups:
-            cells = [f"<b>{_e(x)}</b>"]
-            for y in groups:
-                r = p[(p["x"] == x) & (p["y"] == y)].iloc[0]
-                cells.append(f"<div style='background:{_poi_colour(r['poi'])}'>"
-                             f"{_ci(r['poi'], r['ci_low'], r['ci_high'], '{:.2f}')}</div>")
-            rows.append(cells)
         parts.append(f"<h3>{_e(stats.SCORES[m].label)}</h3>")
-        parts.append(_table(["X \\ Y"] + [_e(g) for g in groups], rows, "poi"))
+        for _, pb in p.groupby("block", sort=False):
+            names = list(dict.fromkeys(pb["x"]))
+            rows = []
+            for x in names:
+                cells = [f"<b>{_e(x)}</b>"]
+                for y in names:
+                    r = pb[(pb["x"] == x) & (pb["y"] == y)].iloc[0]
+                    cells.append(f"<div style='background:{_poi_colour(r['poi'])}'>"
+                                 f"{_ci(r['poi'], r['ci_low'], r['ci_high'], '{:.2f}')}</div>")
+                rows.append(cells)
+            parts.append(_table(["X \\ Y"] + [_e(g) for g in names], rows, "poi"))
 
     if curve_figs:
         parts.append("<h2>Learning curves</h2>")
@@ -381,16 +451,19 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
         parts += [_figure(p.relative_to(out).as_posix(), c) for p, c in value_figs]
 
     # Runs.
-    parts.append("<h2>Runs</h2><details><summary>every run and its scores</summary>")
+    parts.append("<h2>Runs</h2><details><summary>every run, its group and its scores"
+                 "</summary>")
     run_rows = []
-    for _, r in all_runs.iterrows():
+    all_labels = stats.group_labels(all_runs, gb)
+    for i, r in all_runs.iterrows():
         sc = scores[scores["run_id"] == r["run_id"]]
         vals = ([_num(float(sc[m].iloc[0]), fmt[m]) for m in varying] if len(sc)
                 else ["–"] * len(varying))
-        run_rows.append([_e(r["run_name"]), f"<code>{_e(r['run_id'])}</code>",
-                         _e(r["status"])] + vals)
-    parts.append(_table(["run", "id", "status"] + [_e(stats.SCORES[m].label) for m in varying],
-                        run_rows))
+        solved = ("yes" if bool(sc["solved"].iloc[0]) else "no") if len(sc) else "–"
+        run_rows.append([_e(r["run_name"]), _e(all_labels.loc[i]),
+                         f"<code>{_e(r['run_id'])}</code>", _e(r["status"]), solved] + vals)
+    parts.append(_table(["run", "group", "id", "status", "solved"]
+                        + [_e(stats.SCORES[m].label) for m in varying], run_rows))
     parts.append("</details>")
     links = " · ".join(f"<a href='{_e(p.relative_to(out).as_posix())}'>{_e(p.name)}</a>"
                        for p in report.tables)

@@ -85,10 +85,15 @@ def _median(x, axis=-1):
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": _mean, "median": _median, "iqm": iqm}
 
 
-def _concat(statistic: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-    """A statistic over several strata: applied to their concatenation."""
+def _concat(statistic: Callable[..., np.ndarray],
+            fixed: Sequence[np.ndarray] = ()) -> Callable[..., np.ndarray]:
+    """A statistic over several strata: applied to their concatenation, with the ``fixed``
+    strata (single values: nothing to resample) appended to every resample."""
     def stat(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
-        return statistic(np.concatenate(samples, axis=axis), axis=axis)
+        samples = tuple(np.moveaxis(x, axis, -1) for x in samples)
+        lead = samples[0].shape[:-1]
+        held = [np.broadcast_to(f, (*lead, len(f))) for f in fixed]
+        return statistic(np.concatenate([*samples, *held], axis=-1), axis=-1)
     return stat
 
 
@@ -107,9 +112,12 @@ def bootstrap_ci(strata: Sequence[np.ndarray], statistic: Callable[..., np.ndarr
     if all(np.ptp(s) == 0 for s in strata):
         # Every resample is the sample itself; scipy would warn about degenerate data.
         return est, est, est
+    # A stratum of one run (one env seen once) cannot be resampled: it is held as it is.
+    free = tuple(s for s in strata if len(s) >= 2)
+    fixed = [s for s in strata if len(s) < 2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sps.DegenerateDataWarning)
-        res = sps.bootstrap(tuple(strata), _concat(statistic), n_resamples=n_resamples,
+        res = sps.bootstrap(free, _concat(statistic, fixed), n_resamples=n_resamples,
                             confidence_level=confidence, method="percentile", vectorized=True,
                             paired=False, rng=np.random.default_rng(seed))
     return est, float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -145,9 +153,18 @@ def poi_ci(x_strata: Sequence[np.ndarray], y_strata: Sequence[np.ndarray],
         return est, np.nan, np.nan
     if all(np.ptp(a) == 0 and np.ptp(b) == 0 for a, b in pairs):
         return est, est, est
+    free = [i for i, a in enumerate(flat) if len(a) >= 2]  # a single run is held as it is
+
+    def resampled(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        lead = np.moveaxis(samples[0], axis, -1).shape[:-1]
+        full = [np.broadcast_to(a, (*lead, len(a))) for a in flat]
+        for i, x in zip(free, samples, strict=True):
+            full[i] = np.moveaxis(x, axis, -1)
+        return stat(*full)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sps.DegenerateDataWarning)
-        res = sps.bootstrap(tuple(flat), stat, n_resamples=n_resamples,
+        res = sps.bootstrap(tuple(flat[i] for i in free), resampled, n_resamples=n_resamples,
                             confidence_level=confidence, method="percentile", vectorized=True,
                             paired=False, rng=np.random.default_rng(seed))
     return est, float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -249,14 +266,20 @@ def run_scores(sweep: Sweep, threshold: float | None = None,
 
 def default_group_by(runs: pd.DataFrame,
                      base: Sequence[str] = DEFAULT_GROUP_BY) -> list[str]:
-    """agent x exploration.decay (those present), plus the env and every other param that
+    """agent x exploration.decay (those present; the decay only where it varies), the env
+    whenever runs span several (envs are never lumped together), plus every other param that
     splits these groups further (a swept key such as ``agent.lr``); seeds never do."""
     keys = []
     for k in base:
         try:
-            keys.append(column(runs, k))
+            c = column(runs, k)
         except LookupError:
             continue
+        if keys and runs[c].nunique(dropna=False) < 2:
+            continue  # an unswept decay is no group of its own
+        keys.append(c)
+    if "env" in runs.columns and runs["env"].nunique(dropna=False) > 1:
+        keys.insert(1 if keys else 0, "env")
     skip = {f"params.{p}" for p in PER_RUN_PARAMS} | {"params.agent.name"}
     # The env tag first: a sweep over envs then groups by its short name, and the env's own
     # params (id, kwargs, ...) no longer split anything.
@@ -287,7 +310,7 @@ def _fmt_value(v) -> str:
 
 
 def group_labels(df: pd.DataFrame, group_by: Sequence[str]) -> pd.Series:
-    """A readable label per row: ``tabular_q  decay=0.99`` (agent and env by value only)."""
+    """A readable label per row: ``tabular_q, decay=0.99`` (agent and env by value only)."""
     def label(row) -> str:
         parts = []
         for c in group_by:
@@ -297,7 +320,7 @@ def group_labels(df: pd.DataFrame, group_by: Sequence[str]) -> pd.Series:
                 parts.append(_fmt_value(v))
             else:
                 parts.append(f"{name.rsplit('.', 1)[-1]}={_fmt_value(v)}")
-        return "  ".join(parts)
+        return ", ".join(parts)
     if not group_by:
         return pd.Series("all runs", index=df.index)
     return df.apply(label, axis=1)

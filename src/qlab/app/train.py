@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from qlab import tracking
 from qlab.app import checkpoint, resume
 from qlab.app.build import build
+from qlab.app.naming import run_names
 from qlab.app.progress import ProgressBar
 from qlab.app.result import Result
 from qlab.app.stopping import GracefulStop, Terminated
@@ -55,7 +56,7 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
                               resume.REPLICA_TAG: k, **(tags or {}), **batch.tags,
                               **(plan.tags if plan else {})}}
                     for k, s in enumerate(seeds)]
-        names = [f"{c.agent.name}-{c.env.name}-seed{s}" for s in seeds]
+        names = run_names(batch, tags)  # agent-env-<swept values>-seedN
         bar = ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
         if not c.tracking.enabled:
             ctx = contextlib.nullcontext(tracking.NullTracker())

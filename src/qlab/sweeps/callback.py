@@ -14,9 +14,9 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -25,15 +25,20 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from qlab import tracking
+from qlab.app.naming import SWEPT_TAG
 from qlab.tracking import provenance, store
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
 SWEEP_ENV = "QLAB_SWEEP_ID"
+SWEPT_ENV = "QLAB_SWEPT_KEYS"
 SWEEP_KEY_TAG = "qlab.sweep_key"
 # Swept keys that make replicas of one group rather than groups of their own.
 SEED_KEYS = ("seed", "replicas")
 
 _active: dict[str, Any] = {}
+# (tracking uri, parent run id) -> (summary table, its text): set by qlab-train to the
+# report's own summary (qlab.analysis.summary), which this layer cannot import.
+summarizer: Callable[[str, str], tuple[pd.DataFrame, str]] | None = None
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +56,30 @@ def job_tags() -> dict[str, str]:
     """Tags nesting a job's runs under the sweep's parent run (empty outside a sweep)."""
     if not in_sweep():
         return {}
-    return {"mlflow.parentRunId": os.environ[PARENT_ENV], "sweep_id": os.environ[SWEEP_ENV]}
+    return {"mlflow.parentRunId": os.environ[PARENT_ENV], "sweep_id": os.environ[SWEEP_ENV],
+            SWEPT_TAG: os.environ.get(SWEPT_ENV, "")}
+
+
+def command_overrides(task: list[str], sweeper_params: dict) -> list[str]:
+    """The sweep's overrides as one command line: the task's, then the named experiment's
+    ``hydra.sweeper.params`` that the command line did not override (Hydra lets the command
+    line win, so ``agent=`` appears once, with the value that ran)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = {o.get_key_element().lstrip("+~")
+             for o in OverridesParser.create().parse_overrides(task)}
+    return task + [f"{k}={v}" for k, v in sweeper_params.items()
+                   if str(k).lstrip("+~") not in given]
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
     """Keys a multirun sweeps over (``key=a,b`` or sweep functions), seeds excluded."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    keys = []
+    keys: list[str] = []
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element().lstrip("+~")
-        if o.is_sweep_override() and key not in SEED_KEYS:
+        if o.is_sweep_override() and key not in SEED_KEYS and key not in keys:
             keys.append(key)
     return keys
 
@@ -76,11 +94,8 @@ class SweepCallback(Callback):
         client = store.client_for(uri)
         exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        overrides = list(config.hydra.overrides.task)
-        sweeper_params = config.hydra.sweeper.get("params") or {}
-        # The command line beats a named experiment's sweeper params for the same key.
-        given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-        overrides += [f"{k}={v}" for k, v in sweeper_params.items() if k not in given]
+        overrides = command_overrides(list(config.hydra.overrides.task),
+                                      config.hydra.sweeper.get("params") or {})
         key = sweep_key(overrides)
         parent = previous_sweep(client, exp_id, key) if config.get("resume") == "auto" else None
         rerun = parent is not None
@@ -95,8 +110,9 @@ class SweepCallback(Callback):
             run_id = parent.info.run_id
             client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
         _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,
-                       group_by=swept_keys(overrides))
+                       uri=uri, experiment=config.experiment_name)
         os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = run_id, sweep_id
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(overrides))
         log.info("sweep %s -> MLflow experiment %r, parent run %s%s", sweep_id,
                  config.experiment_name, run_id, " (rerun: resume=auto)" if rerun else "")
 
@@ -137,33 +153,6 @@ def children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
             return runs
 
 
-def summary_table(runs: list, group_by: list[str]) -> pd.DataFrame:
-    """Per group of the swept keys, over its runs (seeds): episodes to an optimal policy,
-    final return and final Q-delta (medians), and how many runs finished."""
-    rows = []
-    for r in runs:
-        # A swept config group (``agent=a,b``) is recorded as its ``name`` param.
-        row = {k: r.data.params.get(k, r.data.params.get(f"{k}.name", "")) for k in group_by}
-        m = r.data.metrics
-        row.update(status=r.info.status,
-                   episodes_to_optimal=m.get("eval/episodes_to_optimal", np.nan),
-                   final_return=m.get("eval/return", m.get("train/episode_return", np.nan)),
-                   final_q_delta=m.get("train/q_delta", np.nan))
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    keys = group_by or ["status"]
-    out = df.groupby(keys, dropna=False).agg(
-        runs=("status", "size"),
-        finished=("status", lambda s: int((s == "FINISHED").sum())),
-        episodes_to_optimal=("episodes_to_optimal", "median"),
-        final_return=("final_return", "median"),
-        final_q_delta=("final_q_delta", "median"),
-    )
-    return out.reset_index()
-
-
 def latest_attempts(runs: list) -> list:
     """Each job replica's newest run: a ``resume=auto`` rerun that starts a job afresh (it
     stopped before its first checkpoint) leaves the old KILLED/FAILED runs under the parent,
@@ -188,13 +177,19 @@ def finish(failed: bool = False) -> None:
     try:
         runs = latest_attempts(children(client, _active["exp_id"], run_id))
         failed = failed or any(r.info.status != "FINISHED" for r in runs)
-        table = summary_table(runs, _active["group_by"])
-        if not table.empty:
-            text = table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
-            print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs\n{text}",
-                  file=sys.stderr)
-            client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
-            client.log_text(run_id, text + "\n", "sweep_summary.txt")
+        if summarizer is not None and runs:
+            try:
+                table, text = summarizer(_active["uri"], run_id)
+            except Exception as exc:  # the summary is a convenience: never fail the sweep
+                log.warning("no sweep summary: %s", str(exc).splitlines()[0] if str(exc)
+                            else type(exc).__name__)
+            else:
+                exp = _active["experiment"]
+                print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs, parent run "
+                      f"{run_id}\n{text}\nNext: qlab-report {exp}  (make report EXP={exp}); "
+                      "make ui, then expand the parent run", file=sys.stderr)
+                client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
+                client.log_text(run_id, text + "\n", "sweep_summary.txt")
         reruns = len(client.get_metric_history(run_id, "sweep/runs"))  # resume=auto reruns
         client.log_metric(run_id, "sweep/runs", len(runs), step=reruns)
     finally:

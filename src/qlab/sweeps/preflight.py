@@ -12,7 +12,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from qlab.config import CONF_DIR, ConfigError, register, search_dirs
+from qlab.config import CONF_DIR, ConfigError, options, register, search_dirs
 from qlab.config.batch import batch
 from qlab.config.compose import explain
 from qlab.sweeps import fused
@@ -33,6 +33,21 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
         return [search]
     return [[*search, *job]
             for job in BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]]
+
+
+CHOSEN_GROUPS = ("agent", "env", "exploration")  # groups whose base_* schemas are not choices
+
+
+def group_choice(job: Sequence[str]) -> str | None:
+    """``agent=base_dqn``: the schemas are in the ConfigStore (Hydra would accept them), not
+    choices; a one-line error for a group value that is not one of the group's configs."""
+    for o in OverridesParser.create().parse_overrides(list(job)):
+        key = o.get_key_element().lstrip("+~")
+        if key in CHOSEN_GROUPS and isinstance(o.value(), str):
+            allowed = options(key)
+            if o.value() not in allowed:
+                return f"{key}={o.value()}: no such {key}; choose one of: {', '.join(allowed)}"
+    return None
 
 
 def _sweeper(overrides: Sequence[str]) -> tuple[list[str], list[str] | None]:
@@ -91,6 +106,11 @@ def check(overrides: Sequence[str]) -> list[str]:
             return [explain(exc)]
         uris: list[str] = []
         for job in jobs:
+            wrong = group_choice(job)
+            if wrong is not None:
+                if wrong not in errors:
+                    errors.append(wrong)
+                continue
             try:
                 c = batch(compose(config_name="config", overrides=job)).config
             except (HydraException, OmegaConfBaseException, ConfigError) as exc:
