@@ -5,6 +5,7 @@ tests/agents/test_dqn.py), nested under one parent run; the preflight check cove
 
 from __future__ import annotations
 
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,8 +154,11 @@ def test_headline_sweep_fused_and_unfused_record_the_same_runs(tmp_path: Path,
         out_f, out_u = out_f.result(), out_u.result()
     assert out_f.returncode == 0, out_f.stderr[-3000:]
     assert out_u.returncode == 0, out_u.stderr[-3000:]
-    assert "Launching 3 jobs" in out_f.stdout  # Hydra logs to stdout
-    assert "Launching 9 jobs" in out_u.stdout
+    # qlab's own line per job; Hydra's timestamped lines and +qlab_fused stay out (issue 17)
+    assert len(re.findall(r"^qlab-train: job \d+: ", out_f.stderr, re.M)) == 3
+    assert len(re.findall(r"^qlab-train: job \d+: ", out_u.stderr, re.M)) == 9
+    assert "[HYDRA]" not in out_f.stdout + out_f.stderr
+    assert "qlab_fused" not in out_f.stdout + out_f.stderr
 
     runs_f, hist_f, sw_f = _records(uri_f, "epsilon_decay")
     runs_u, hist_u, sw_u = _records(uri_u, "epsilon_decay")

@@ -116,8 +116,27 @@ class SweepCallback(Callback):
         log.info("sweep %s -> MLflow experiment %r, parent run %s%s", sweep_id,
                  config.experiment_name, run_id, " (rerun: resume=auto)" if rerun else "")
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """One line per job of a sweep, in qlab's words (Hydra's own lines are off)."""
+        if not in_sweep():
+            return
+        log.info("%s", job_line(config))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish()
+
+
+def job_line(config: DictConfig) -> str:
+    """``job 0: agent=dqn (15 replicas: 3 sweep points x 5 seeds)``: the job's overrides,
+    without the fused sweeper's internal one."""
+    from qlab.config.batch import KEY
+
+    task = [o for o in config.hydra.overrides.task if not o.lstrip("+").startswith(f"{KEY}=")]
+    points = len(config.get(KEY) or []) or 1
+    replicas = int(config.get("replicas", 1))
+    fused = (f" ({points * replicas} replicas: {points} sweep points x {replicas} seeds)"
+             if points > 1 else "")
+    return f"job {config.hydra.job.num}: {' '.join(task)}{fused}"
 
 
 def sweep_key(overrides: list[str]) -> str:
