@@ -24,7 +24,8 @@ ALLOWED_HOSTS ?=
 .PHONY: help setup train sweep test test-unit test-slow lint ui server server-auth clean cartpole report play bench bench-quick docs docs-serve tutorial
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed -e 's/$$(HOST)/$(HOST)/g' -e 's/$$(PORT)/$(PORT)/g' \
+		| awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,8 +46,8 @@ sweep: setup ## Run a named sweep from experiments/ (EXP=epsilon_decay by defaul
 report: setup ## HTML report of experiment EXP's latest sweep in reports/EXP/, logged to its parent run (EXP=epsilon_decay; flags: ARGS="...")
 	$(BIN)/qlab-report $(EXP) $(ARGS)
 
-play: setup ## Replay a trained agent greedily in the terminal: make play RUN=<run id> (ARGS="--gif agent.gif")
-	@test -n "$(RUN)" || { echo "make play: set RUN=<MLflow run id> (see make ui or reports/)"; exit 2; }
+RUN ?= last
+play: setup ## Replay a trained agent greedily in the terminal: make play [RUN=<run id>, default: the latest run] (ARGS="--gif agent.gif")
 	$(BIN)/qlab-play $(RUN) $(ARGS)
 
 cartpole: setup ## DQN on CartPole-v1, 5 seeds x 50k env steps (rl-zoo settings), logged to MLflow (slow)
@@ -100,8 +101,13 @@ lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers 
 	$(BIN)/ruff check src tests benchmarks examples docs
 	$(BIN)/lint-imports
 
-ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store
-	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(HOST) --port $(PORT)
+# One worker and no job consumers (MLflow's GenAI job runner): the UI starts in seconds.
+UI_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+ui: setup ## MLflow UI on http://$(HOST):$(PORT) over the project's store (docs/comparing.md: the four clicks)
+	@$(BIN)/python -c "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('$(HOST)', $(PORT)))" 2>/dev/null \
+		|| { echo "make ui: port $(PORT) on $(HOST) is in use (another MLflow UI?); stop it or choose another: make ui PORT=5001" >&2; exit 2; }
+	@echo "MLflow UI: http://$(HOST):$(PORT)/#/experiments?workflowType=machine_learning  (Ctrl-C stops it)"
+	$(UI_ENV) $(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(HOST) --port $(PORT) --workers 1
 
 SERVER_ARGS = --backend-store-uri "$(BACKEND_STORE_URI)" \
 	--artifacts-destination "$(ARTIFACTS_DESTINATION)" --host $(HOST) --port $(PORT) \

@@ -6,7 +6,11 @@ toy-text envs' ``ansi`` mode; with the agent's V(s) in every cell), or saved as 
 GIF (``rgb_array`` frames; the grid world's cells shaded by V(s)).
 
     qlab-play 8c2aa17bfdde46338fb4f4a1ee468f56                   # 3 episodes in the terminal
+    qlab-play last                                                # the latest trained run
     qlab-play 8c2aa17bfdde46338fb4f4a1ee468f56 --gif agent.gif --episodes 5
+
+On the grid world each cell shows V(s) = max_a Q(s, a) and the greedy action as an arrow;
+the agent's cell is bracketed, the goal is ``G`` (a terminal cell has no value to show).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from qlab.core.errors import QlabError, exit_status, one_line
 
 PROG = "qlab-play"
 GIF_MIN_SIDE = 256  # frames are scaled up (nearest) to at least this many pixels
+GIF_CELL_PX = 96  # the grid world's GIF: pixels per cell (room for a value and an arrow)
+LAST = "last"  # qlab-play last: the latest finished training run
+ARROWS = ("←", "→", "↑", "↓")  # the grid world's actions: left, right, up, down
 
 
 class PlayError(QlabError, RuntimeError):
@@ -103,6 +110,106 @@ def _action_name(env: Any, a: int) -> str:
     return str(a)
 
 
+def grid_view(inner: Any, q: np.ndarray | None, values: bool = True
+              ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(values, greedy actions) of the grid world's cells for its current goal, each
+    (height, width); None where unknown. The goal, a terminal cell, has neither (NaN, -1)."""
+    if q is None or not values:
+        return None, None
+    n = inner.n_cells
+    g = inner.goal_cell
+    rows = q[g * n:(g + 1) * n] if inner.random_goal else q[:n]
+    v = rows.max(axis=1).astype(float)
+    a = rows.argmax(axis=1)
+    v[g], a[g] = np.nan, -1
+    return v.reshape(inner.height, inner.width), a.reshape(inner.height, inner.width)
+
+
+def grid_text(inner: Any, q: np.ndarray | None, values: bool = True) -> str:
+    """The grid world as a board: each cell its V(s) and greedy arrow, the agent's cell in
+    brackets, the goal ``G``."""
+    v, a = grid_view(inner, q, values)
+    agent, goal = inner.agent_cell, inner.goal_cell
+    width = 7 if v is not None else 3
+    rule = "+" + "+".join("-" * width for _ in range(inner.width)) + "+"
+    lines = [rule]
+    for r in range(inner.height):
+        cells = []
+        for c in range(inner.width):
+            i = r * inner.width + c
+            if i == goal:
+                body = "G"
+            elif v is not None:
+                body = f"{v[r, c]:.2f}{ARROWS[a[r, c]]}"
+            else:
+                body = "."
+            if i == agent:
+                body = f"[{body}]"
+            cells.append(body.center(width))
+        lines += ["|" + "|".join(cells) + "|", rule]
+    return "\n".join(lines)
+
+
+def grid_image(inner: Any, q: np.ndarray | None, caption: str, values: bool = True
+               ) -> np.ndarray:
+    """The grid world as a GIF frame: cells shaded by V(s) with the value and the greedy
+    arrow written in, the goal green with ``G``, the agent a blue disk; a caption above."""
+    from PIL import Image, ImageDraw
+
+    v, a = grid_view(inner, q, values)
+    p = GIF_CELL_PX
+    bar = 28
+    img = Image.new("RGB", (inner.width * p, inner.height * p + bar), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(15), _font(20)
+    finite = v[np.isfinite(v)] if v is not None else np.array([])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for r in range(inner.height):
+        for c in range(inner.width):
+            i = r * inner.width + c
+            x0, y0 = c * p, bar + r * p
+            fill = (255, 255, 255)
+            if i == inner.goal_cell:
+                fill = (120, 200, 120)
+            elif v is not None and np.isfinite(v[r, c]):
+                t = 0.0 if hi == lo else (v[r, c] - lo) / (hi - lo)
+                fill = tuple(int(255 - t * (255 - k)) for k in (255, 200, 120))
+            draw.rectangle([x0, y0, x0 + p - 1, y0 + p - 1], fill=fill, outline=(90, 90, 90))
+            if i == inner.agent_cell:
+                m = p // 5
+                draw.ellipse([x0 + m, y0 + m, x0 + p - m, y0 + p - m], outline=(30, 90, 200),
+                             width=5)
+            if i == inner.goal_cell:
+                draw.text((x0 + p / 2, y0 + p / 2), "G", fill=(0, 70, 0), font=small,
+                          anchor="mm")
+            elif v is not None:
+                draw.text((x0 + p / 2, y0 + p * 0.36), f"{v[r, c]:.2f}", fill=(20, 20, 20),
+                          font=font, anchor="mm")
+                _arrow(draw, x0 + p / 2, y0 + p * 0.68, int(a[r, c]), p * 0.16)
+    draw.text((6, 6), caption, fill=(30, 30, 30), font=_font(13))
+    return np.asarray(img)
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _arrow(draw: Any, x: float, y: float, action: int, r: float) -> None:
+    """A greedy-action arrow centred at (x, y): 0 left, 1 right, 2 up, 3 down."""
+    dx, dy = ((-1, 0), (1, 0), (0, -1), (0, 1))[action]
+    x1, y1, x2, y2 = x - dx * r, y - dy * r, x + dx * r, y + dy * r
+    draw.line([x1, y1, x2, y2], fill=(40, 40, 40), width=3)
+    px, py = -dy, dx  # perpendicular
+    head = [(x2 + dx * 4, y2 + dy * 4), (x2 - dx * 6 + px * 6, y2 - dy * 6 + py * 6),
+            (x2 - dx * 6 - px * 6, y2 - dy * 6 - py * 6)]
+    draw.polygon(head, fill=(40, 40, 40))
+
+
 def _gif_frame(frame: np.ndarray, caption: str) -> np.ndarray:
     """The rgb frame scaled up (nearest) to at least :data:`GIF_MIN_SIDE` pixels, under a
     white caption bar."""
@@ -123,9 +230,10 @@ def _gif_frame(frame: np.ndarray, caption: str) -> np.ndarray:
 
 def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, seed: int = 0,
          fps: float = 4.0, max_steps: int = 100, values: bool = True,
-         out=None) -> list[tuple[int, float]]:
+         out=None, header: str = "") -> list[tuple[int, float]]:
     """Play ``episodes`` greedy episodes of run ``run_id``; returns (steps, return) of each.
-    Text frames go to ``out`` (default stdout; none with ``gif``); the GIF to ``gif``."""
+    Text frames go to ``out`` (default stdout; none with ``gif``) under ``header``; the GIF
+    to ``gif``."""
     out = sys.stdout if out is None else out
     with tempfile.TemporaryDirectory() as tmp:
         cfg, policy, q = load_policy(client, run_id, Path(tmp))
@@ -151,12 +259,21 @@ def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, s
     frames: list[np.ndarray] = []
     results = []
 
+    from qlab.core.envs.griddy import GriddyEnv
+
+    grid = isinstance(inner, GriddyEnv)
+    if header:
+        print(header, file=out if gif is None else sys.stderr)
+
     def show(text: str, frame: Any) -> None:
         if gif is not None:
-            frames.append(_gif_frame(frame, text))
+            frames.append(grid_image(inner, q, text, values) if grid
+                          else _gif_frame(frame, text))
             return
+        if grid:
+            frame = grid_text(inner, q, values)
         if live:
-            out.write("\x1b[H\x1b[2J")
+            out.write("\x1b[H\x1b[2J" + (f"{header}\n" if header else ""))
         out.write(f"{text}\n{frame}\n")
         out.flush()
         if live:
@@ -178,7 +295,7 @@ def play(client: Any, run_id: str, episodes: int = 3, gif: Path | None = None, s
             if gif is not None:  # hold the last frame of each episode for a moment
                 frames.extend([frames[-1]] * max(1, int(fps)))
             end = "" if done else f" (stopped at --max-steps {max_steps})"
-            print(f"Episode {i} finished after {t} timesteps, return {total:g}{end}",
+            print(f"episode {i + 1}/{episodes}: finished after {t} steps, return {total:g}{end}",
                   file=out if gif is None else sys.stderr)
             results.append((t, total))
     finally:
@@ -207,11 +324,26 @@ def _render(env: Any, obs: Any = None) -> Any:
     return frame.strip("\n") if isinstance(frame, str) else frame
 
 
+def latest_run(client: Any, uri: str) -> Any:
+    """The latest FINISHED training run (one replica with an agent) in any experiment."""
+    from qlab.analysis.runs import _all_experiment_ids, redact
+
+    ids = _all_experiment_ids(client)
+    runs = client.search_runs(ids, "attributes.status = 'FINISHED' and tags.agent != ''",
+                              order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
+    if not runs:
+        raise PlayError(f"no finished training run in {redact(uri)}; train one first "
+                        "(make train), or name a run id")
+    return runs[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; errors are one line on stderr and exit code 1."""
     p = argparse.ArgumentParser(prog=PROG, description="Replay a trained agent greedily from "
                                 "its MLflow run, in the terminal or as a GIF.")
-    p.add_argument("run_id", metavar="RUN_ID", help="an MLflow run of one trained replica")
+    p.add_argument("run_id", metavar="RUN_ID",
+                   help="an MLflow run of one trained replica, or 'last' (the latest)")
     p.add_argument("--episodes", type=int, default=3, help="episodes to play (default: 3)")
     p.add_argument("--gif", type=Path, help="save the episodes as an animated GIF here")
     p.add_argument("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
@@ -242,14 +374,25 @@ def run_play(args: Any) -> int:
     uri = args.uri or tracking.default_uri()
     client = MlflowClient(tracking_uri=uri)
     try:
-        try:
-            client.get_run(args.run_id)
-        except MlflowException as exc:
-            raise PlayError(f"no run {args.run_id!r} in {redact(uri)}") from exc
-        play(client, args.run_id, episodes=args.episodes, gif=args.gif, seed=args.seed,
-             fps=args.fps, max_steps=args.max_steps, values=not args.no_values)
+        if args.run_id == LAST:
+            run = latest_run(client, uri)
+        else:
+            try:
+                run = client.get_run(args.run_id)
+            except MlflowException as exc:
+                raise PlayError(f"no run {args.run_id!r} in {redact(uri)}") from exc
+        tags = run.data.tags
+        header = (f"{PROG}: run {run.info.run_id} ({run.info.run_name}): "
+                  f"{tags.get('agent', '?')} on {tags.get('env', '?')}")
+        play(client, run.info.run_id, episodes=args.episodes, gif=args.gif, seed=args.seed,
+             fps=args.fps, max_steps=args.max_steps, values=not args.no_values, header=header)
     except (MlflowException, OSError) as exc:
-        raise PlayError(one_line(exc)) from exc
+        message = one_line(exc)
+        if "mlflow-artifacts" in str(exc):  # artifacts a tracking server keeps
+            raise PlayError(f"the run's artifacts are served by the MLflow server that logged "
+                            f"it (mlflow-artifacts:/); pass --uri http://HOST:PORT of that "
+                            f"server (store: {redact(uri)})") from exc
+        raise PlayError(message) from exc
     if args.gif is not None:
         print(f"{PROG}: wrote {args.gif}", file=sys.stderr)
     return 0
