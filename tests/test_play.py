@@ -31,15 +31,34 @@ def trained(tmp_path_factory, sqlite_store) -> tuple[str, dict[str, str], str]:
 
 
 def test_terminal_rendering(trained, capsys) -> None:
+    """A header naming run, agent and env; one episode numbering; a board whose cells show
+    V(s) and the greedy arrow, the agent's cell bracketed and the goal kept (issue 17)."""
     uri, ids, _ = trained
     assert play.main([ids["tabular_q"], "--uri", uri, "--episodes", "2"]) == 0
     text = capsys.readouterr().out
+    assert text.startswith(f"qlab-play: run {ids['tabular_q']} (tabular_q-griddy-seed0): "
+                           "tabular_q on griddy\n")
     assert text.count("episode 1/2: start") == 1 and "episode 2/2: start" in text
-    assert "A" in text and "G" in text
-    assert "Episode 0 finished after" in text and "Episode 1 finished after" in text
-    # The grid with the agent's values: 4 rows of 4 cells after each header.
-    frame = text.split("episode 1/2: start\n", 1)[1].splitlines()[:4]
-    assert all(len(line.split()) == 4 for line in frame), frame
+    assert "episode 1/2: finished after" in text and "episode 2/2: finished after" in text
+    assert "Episode" not in text  # no second numbering
+    # The board: 4 rows of 4 cells between rules; the goal is G in every frame, the agent's
+    # cell bracketed; the terminal goal shows no value.
+    frame = text.split("episode 1/2: start\n", 1)[1].splitlines()[:9]
+    rows = frame[1::2]
+    assert all(line.count("|") == 5 for line in rows), frame
+    assert rows[-1].split("|")[4].strip() in ("G", "[G]")
+    assert sum(line.count("[") for line in rows) == 1
+    assert all(any(a in cell for a in play.ARROWS) for line in rows
+               for cell in line.split("|")[1:-1] if "G" not in cell)
+
+
+def test_play_last_plays_the_latest_training_run(trained, capsys) -> None:
+    """``qlab-play last``: the newest finished run with an agent, never the sweep's parent."""
+    uri, ids, _ = trained
+    client = MlflowClient(uri)
+    latest = max(ids.values(), key=lambda r: client.get_run(r).info.start_time)
+    assert play.main(["last", "--uri", uri, "--episodes", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"qlab-play: run {latest} ")
 
 
 def test_greedy_rollout_follows_the_q_table(trained, tmp_path) -> None:
@@ -71,7 +90,7 @@ def test_gif(trained, tmp_path, agent) -> None:
         frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
     assert len(frames) >= 2
     h, w, _ = frames[0].shape
-    assert w >= 256 and h >= 256  # 4x4 cells scaled up, plus the caption bar
+    assert w >= 4 * play.GIF_CELL_PX and h > 4 * play.GIF_CELL_PX  # cells with room for values
     assert any(not np.array_equal(frames[0], f) for f in frames[1:])  # the agent moves
 
 

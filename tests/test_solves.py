@@ -166,7 +166,14 @@ def test_command_line_beats_hparams(compose_cfg) -> None:
         Path(CONF_DIR, "hparams", "tabular_q_griddy.yaml")).exploration.decay
 
 
-def test_pairs_without_hparams_keep_the_defaults(compose_cfg) -> None:
-    cfg = compose_cfg(["agent=tabular_q", "env=griddy_random_goal"])
-    assert not Path(CONF_DIR, "hparams", "tabular_q_griddy_random_goal.yaml").exists()
+def test_pairs_without_hparams_keep_the_defaults(compose_cfg, tmp_path) -> None:
+    """A user's own env (its YAML in a config dir of theirs) has no hparams file whatever
+    files conf/ holds: the schema's defaults apply."""
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "my_grid.yaml").write_text(
+        "defaults:\n  - base_env\n  - _self_\nname: my_grid\nid: qlab/Griddy-v0\n"
+        "height: 3\nwidth: 5\n")
+    cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path}]", "agent=tabular_q",
+                       "env=my_grid"])
+    assert cfg.env.name == "my_grid"
     assert cfg.agent.lr == TabularQConfig().lr  # the schema's default: defaults live there

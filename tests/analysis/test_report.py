@@ -5,6 +5,7 @@ the sweep's parent run."""
 
 from __future__ import annotations
 
+import html
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -116,8 +117,48 @@ def test_probability_of_improvement_of_a_group_over_itself_is_one_half(built) ->
     assert files
     for path in files:
         poi = pd.read_csv(path)
-        assert len(poi) == 16  # 4 groups x 4
+        # within each agent: 2 decays x 2, not 4 groups x 4 across agents (issue 17)
+        assert len(poi) == 8 and set(poi["block"]) == {"tabular_q", "tabular_mc"}
+        assert all(x.split(",")[0] == y.split(",")[0] for x, y in zip(poi["x"], poi["y"], strict=True))
         assert (poi.loc[poi["x"] == poi["y"], "poi"] == 0.5).all()
+
+
+def test_the_answer_comes_first(built) -> None:
+    """The first screen answers "which decay for which agent": the verdict per agent, then
+    what is not like for like, then the numbers."""
+    page = (built / "index.html").read_text(encoding="utf-8")
+    assert (page.index("Answer: the best setting per agent") < page.index("Like for like?")
+            < page.index("<h2>Summary"))
+    v = pd.read_csv(built / "data" / "verdict.csv", keep_default_na=False)
+    assert not v.empty and set(v["agent"]) <= {"tabular_q", "tabular_mc"}
+    assert set(v["best"]) <= {"decay=0.99", "decay=0.995"}
+    assert all(b in page for b in v["verdict"].map(html.escape))
+
+
+def test_runs_can_be_told_apart(built) -> None:
+    """Run names carry the swept decay; the run table has group and solved columns."""
+    runs = pd.read_csv(built / "data" / "runs.csv")
+    assert runs["run_name"].is_unique and len(runs) == 12
+    for _, r in runs.iterrows():
+        assert r["run_name"] == (f"{r['agent']}-griddy-decay{r['params.exploration.decay']:g}"
+                                 f"-seed{r['seed']}")
+    page = (built / "index.html").read_text(encoding="utf-8")
+    assert "<th>run</th><th>group</th><th>id</th><th>status</th><th>solved</th>" in page
+
+
+def test_terminal_summary_is_the_reports(small_sweep, built) -> None:
+    """One truth: the table a sweep prints when it ends is the report's summary.csv."""
+    from qlab.analysis import summary
+    from qlab.analysis.runs import load_sweep
+
+    parent = load_sweep(small_sweep.experiment, uri=small_sweep.uri, history=False)
+    table, text = summary.sweep_summary(small_sweep.uri, parent.parent_run_id,
+                                        n_resamples=500)
+    reported = pd.read_csv(built / "data" / "summary.csv")
+    pd.testing.assert_frame_equal(table, reported, check_dtype=False)
+    solved = reported.set_index("group")["solved"]
+    for group, n in solved.items():
+        assert re.search(rf"^{re.escape(group)}\s+3\s+3\s+{n}/3\s", text, re.M), text
 
 
 def test_figures_exist_with_sensible_sizes(built, assert_png) -> None:

@@ -23,6 +23,8 @@ import pandas as pd
 from qlab.analysis import stats
 
 SCORES = ("episodes_to_solve", "final_return", "final_q_error")
+COLUMNS = ["agent", "score", "best", "group", "estimate", "ci_low", "ci_high", "seeds", "tied",
+           "runner_up", "poi", "poi_low", "poi_high", "floor", "verdict"]
 # Params that are not settings of a comparison: per run, or bookkeeping.
 NOT_SETTINGS = ("params.seed", "params.agent.module", "params.replicas", "params.experiment_name",
                 "params.tracking.uri", "params.resume", "params.checkpoint_dir",
@@ -78,7 +80,8 @@ def verdicts(scores: pd.DataFrame, agg: pd.DataFrame, group_by: Sequence[str],
             if m not in sub or sub[m].isna().all():
                 continue
             vals = sub[m].dropna().to_numpy()
-            if np.all(vals == vals[0]):
+            floor = resolution_floor(sub) if m == "episodes_to_solve" else ""
+            if np.all(vals == vals[0]) and not floor:
                 continue  # the same in every run of this agent: nothing to choose
             sign = 1.0 if stats.SCORES[m].higher_is_better else -1.0
             est = a[(a["metric"] == m) & a["group"].isin(groups)].set_index("group")
@@ -92,9 +95,6 @@ def verdicts(scores: pd.DataFrame, agg: pd.DataFrame, group_by: Sequence[str],
             y = sign * sub.loc[labels[mask] == runner, m].dropna().to_numpy(dtype=float)
             poi, plo, phi = stats.poi_ci([x], [y], n_resamples=n_resamples, seed=seed)
             n_seeds = int(b["n"])
-            floor = ""
-            if m == "episodes_to_solve":
-                floor = resolution_floor(sub)
             name = names.__getitem__
             fmt = stats.SCORES[m].fmt
             value = (f"{fmt.format(b['estimate'])} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
@@ -115,7 +115,7 @@ def verdicts(scores: pd.DataFrame, agg: pd.DataFrame, group_by: Sequence[str],
                          "tied": ", ".join(name(g) for g in tied), "runner_up": name(runner),
                          "poi": poi, "poi_low": plo, "poi_high": phi, "floor": floor,
                          "verdict": verdict})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def resolution_floor(runs: pd.DataFrame) -> str:
