@@ -119,7 +119,8 @@ def test_probability_of_improvement_of_a_group_over_itself_is_one_half(built) ->
         poi = pd.read_csv(path)
         # within each agent: 2 decays x 2, not 4 groups x 4 across agents (issue 17)
         assert len(poi) == 8 and set(poi["block"]) == {"tabular_q", "tabular_mc"}
-        assert all(x.split(",")[0] == y.split(",")[0] for x, y in zip(poi["x"], poi["y"], strict=True))
+        agents = zip(poi["x"].str.split(",").str[0], poi["y"].str.split(",").str[0], strict=True)
+        assert all(x == y for x, y in agents)
         assert (poi.loc[poi["x"] == poi["y"], "poi"] == 0.5).all()
 
 
