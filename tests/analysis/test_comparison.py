@@ -153,3 +153,19 @@ def test_a_job_ends_with_its_run_ids_and_the_next_step() -> None:
     assert "qlab-play abc123" in text and "qlab-play last" in text
     many = cli.next_steps([f"r{i}" for i in range(15)], "e", in_sweep=True)
     assert many.endswith("... (15 runs) in MLflow experiment 'e'")
+
+
+@pytest.mark.parametrize("agent", ["tabular_mc", "tabular_q", "dqn"])
+def test_headline_experiment_is_like_for_like(agent: str) -> None:
+    """Every agent of the headline sweep decays epsilon under the same discount, floor,
+    budget and evaluation cadence (was: DQN gamma 0.95, Monte-Carlo floored at 0.2, and an
+    evaluation every 10 episodes that tabular Q-learning passes at the first)."""
+    cfg = compose(["+experiment=epsilon_decay", f"agent={agent}"])
+    assert (cfg.agent.gamma, cfg.exploration.min, cfg.exploration.start) == (0.9, 0.0, 1.0)
+    assert (cfg.episodes, cfg.eval_every, cfg.exploration.name) == (300, 1, "exponential")
+
+
+def test_a_named_experiment_describes_itself() -> None:
+    text = callback.experiment_description(["+experiment=epsilon_decay", "agent=dqn"])
+    assert text.startswith("The headline comparison: which epsilon decay") and "\n" not in text
+    assert callback.experiment_description(["agent=dqn"]) == ""

@@ -360,6 +360,9 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
 
     # ---- the page
     parts = [f"<h1>qlab report: {_e(sw.experiment)}</h1>"]
+    about = (sw.parent.get("tags") or {}).get("mlflow.note.content") if sw.parent else None
+    if about:  # the named experiment's description (qlab.sweeps.callback.describe)
+        parts.append(f"<p>{_e(about)}</p>")
     meta = [("experiment", _e(sw.experiment)),
             ("sweep", _e(sw.sweep_id or "– (runs without a sweep)")),
             ("parent run", _e(sw.parent_run_id or "–") + (

@@ -97,6 +97,7 @@ class SweepCallback(Callback):
         overrides = command_overrides(list(config.hydra.overrides.task),
                                       config.hydra.sweeper.get("params") or {})
         key = sweep_key(overrides)
+        describe(client, exp_id, overrides)
         parent = previous_sweep(client, exp_id, key) if config.get("resume") == "auto" else None
         rerun = parent is not None
         if rerun:  # a rerun: its jobs skip or resume under the same parent run
@@ -109,6 +110,9 @@ class SweepCallback(Callback):
                                        run_name=f"sweep-{config.experiment_name}-{sweep_id}")
             run_id = parent.info.run_id
             client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
+            text = experiment_description(overrides)
+            if text:
+                client.set_tag(run_id, NOTE_TAG, text)
         _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,
                        uri=uri, experiment=config.experiment_name)
         os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = run_id, sweep_id
@@ -137,6 +141,48 @@ def job_line(config: DictConfig) -> str:
     fused = (f" ({points * replicas} replicas: {points} sweep points x {replicas} seeds)"
              if points > 1 else "")
     return f"job {config.hydra.job.num}: {' '.join(task)}{fused}"
+
+
+NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows
+KIND_TAG = "mlflow.experimentKind"  # the UI's runs-oriented ("model training") view
+
+
+def experiment_description(overrides: list[str]) -> str:
+    """The first paragraph of the named experiment's leading comment (``+experiment=NAME``;
+    its YAML), as one line: what the sweep compares and why ("" for sweeps without one)."""
+    from pathlib import Path
+
+    from qlab.config import CONF_DIR, _user_dirs
+
+    names = [o.split("=", 1)[1] for o in overrides
+             if o.lstrip("+").split("=", 1)[0] == "experiment" and "=" in o]
+    if not names:
+        return ""
+    for d in (CONF_DIR, *_user_dirs):
+        path = Path(d) / "experiment" / f"{names[-1]}.yaml"
+        if path.is_file():
+            lines = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if not line.startswith("#"):
+                    break
+                text = line.lstrip("#").strip()
+                if not text and lines:
+                    break  # the first paragraph is the description
+                if text and not text.startswith("@package"):
+                    lines.append(text)
+            return " ".join(t for t in lines if t)
+    return ""
+
+
+def describe(client: MlflowClient, exp_id: str, overrides: list[str]) -> None:
+    """Give the experiment the named experiment's description and the MLflow UI's runs
+    view (its experiment kind), where it has none yet."""
+    exp = client.get_experiment(exp_id)
+    if KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp_id, KIND_TAG, "custom_model_development")
+    text = experiment_description(overrides)
+    if text and exp.tags.get(NOTE_TAG) != text:
+        client.set_experiment_tag(exp_id, NOTE_TAG, text)
 
 
 def sweep_key(overrides: list[str]) -> str:
