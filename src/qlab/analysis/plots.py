@@ -233,21 +233,24 @@ def interval_figure(agg: pd.DataFrame, metrics: Sequence[str], statistic: str = 
                         height=0.62, color=c, alpha=0.5)
             ax.plot([r["estimate"]] * 2, [yi - 0.31, yi + 0.31], color="black", lw=1.6)
             if m == "episodes_to_solve" and r.get("solved") is not None:
+                # inside its own panel, at the right edge (not beside the next panel)
                 ax.annotate(f"{int(r['solved'])}/{int(r['runs'])}", (1.0, yi),
-                            xycoords=("axes fraction", "data"), xytext=(3, 0),
-                            textcoords="offset points", va="center", fontsize=7,
-                            color="0.3")
+                            xycoords=("axes fraction", "data"), xytext=(-3, 0),
+                            textcoords="offset points", va="center", ha="right",
+                            fontsize=7, color="0.3",
+                            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
         if scale == "log":
             ax.set_xscale("log")
         elif scale == "symlog":  # linear from 0 to the smallest positive value, log beyond
             ax.set_xscale("symlog", linthresh=float(pos.min()), linscale=1.0)
+            ax.set_xticks(symlog_ticks(float(pos.min()), float(pos.max())))
         ax.set_yticks(y, groups, fontsize=8)
         ax.set_ylim(-0.6, len(groups) - 0.4)
         better = "" if score is None else ("  (higher is better)" if score.higher_is_better
                                           else "  (lower is better)")
         title = (score.label if score else m) + better
         if m == "episodes_to_solve":
-            title += "\nsolved/runs at right; unsolved runs count as the budget"
+            title += "\nsolved/runs at the right; unsolved runs count as the budget"
         ax.set_title(title, fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.1)
@@ -257,9 +260,20 @@ def interval_figure(agg: pd.DataFrame, metrics: Sequence[str], statistic: str = 
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     name = "IQM" if statistic == "iqm" else statistic
-    fig.suptitle(f"Final performance: {name} over seeds (tick) and {stats.CONFIDENCE:.0%} "
+    sep = "\n" if ncol == 1 else " "  # one panel is too narrow for the title on one line
+    fig.suptitle(f"Final performance: {name} over seeds (tick){sep}and {stats.CONFIDENCE:.0%} "
                  "stratified bootstrap CI (bar)", fontsize=10)
     return fig
+
+
+def symlog_ticks(lo: float, hi: float) -> list[float]:
+    """0 and the decades from ``lo`` to ``hi``, without the decade next to 0 (the linear
+    stretch [0, lo] is one decade wide: its labels would overlap)."""
+    first, last = math.ceil(math.log10(lo)), math.floor(math.log10(hi))
+    decades = [10.0 ** k for k in range(first, last + 1)]
+    if len(decades) > 2 and decades[0] <= 10 * lo:
+        decades = decades[1:]
+    return [0.0, *decades]
 
 
 __all__ = ["CURVES", "save", "curves_figure", "interval_figure", "GridLayout", "grid_layout",
