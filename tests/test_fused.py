@@ -157,6 +157,8 @@ def test_headline_sweep_fused_and_unfused_record_the_same_runs(tmp_path: Path,
     # qlab's own line per job; Hydra's timestamped lines and +qlab_fused stay out (issue 17)
     assert len(re.findall(r"^qlab-train: job \d+: ", out_f.stderr, re.M)) == 3
     assert len(re.findall(r"^qlab-train: job \d+: ", out_u.stderr, re.M)) == 9
+    assert re.search(r"^qlab-train: sweep \S+ -> MLflow experiment 'epsilon_decay', parent run ",
+                     out_f.stderr, re.M)
     assert "[HYDRA]" not in out_f.stdout + out_f.stderr
     assert "qlab_fused" not in out_f.stdout + out_f.stderr
 

@@ -138,7 +138,8 @@ def job_line(config: DictConfig) -> str:
     task = [o for o in config.hydra.overrides.task if not o.lstrip("+").startswith(f"{KEY}=")]
     points = len(config.get(KEY) or []) or 1
     replicas = int(config.get("replicas", 1))
-    fused = (f" ({points * replicas} replicas: {points} sweep points x {replicas} seeds)"
+    seeds = f"{replicas} seed{'s' if replicas > 1 else ''}"
+    fused = (f" ({points * replicas} replicas: {points} sweep points x {seeds})"
              if points > 1 else "")
     return f"job {config.hydra.job.num}: {' '.join(task)}{fused}"
 
