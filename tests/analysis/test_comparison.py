@@ -100,9 +100,12 @@ def test_settings_that_differ_are_listed_and_confounders_flagged() -> None:
                          "params.agent.gamma": [0.9, 0.9, 0.9, 0.9, 0.95, 0.95],
                          "params.exploration.min": [0.2, 0.0, 0.0, 0.0, 0.0, 0.0],
                          "params.agent.batch_size": [None] * 4 + [64, 64],
+                         "params.agent.init": [1.0, 1.0, 0.0, 0.0, None, None],
                          "params.seed": [0, 1] * 3})
     d = verdict.differing_settings(runs, ["agent", DECAY]).set_index("setting")
-    assert list(d.index) == ["agent.gamma", "exploration.min"]  # batch_size: DQN's own key
+    # batch_size: DQN's own key; init: the tables' (differs between them, DQN has none)
+    assert list(d.index) == ["agent.gamma", "agent.init", "exploration.min"]
+    assert d.loc["agent.init", "values"] == "mc: 1; q: 0"
     assert not d.loc["agent.gamma", "within"]
     assert d.loc["agent.gamma", "values"] == "dqn: 0.95; mc: 0.9; q: 0.9"
     assert d.loc["exploration.min", "within"]  # differs between decays of one agent

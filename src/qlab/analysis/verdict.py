@@ -147,17 +147,28 @@ def differing_settings(runs: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFr
         if col.astype(str).nunique() < 2:
             continue
         if agent_col is not None:
-            if col.isna().groupby(runs[agent_col]).all().any():
-                continue  # a key of some agents only (batch_size): not a shared setting
-            per = col.groupby(runs[agent_col], sort=True).agg(
-                lambda v: sorted({stats._fmt_value(x) for x in v}))
+            has = col.notna().groupby(runs[agent_col]).any()
+            if has.sum() < 2:
+                continue  # one agent's own key (batch_size): nothing to compare it with
+            mine = col.notna() & runs[agent_col].isin(has[has].index)
+            per = col[mine].groupby(runs.loc[mine, agent_col], sort=True).agg(
+                lambda v: sorted({_value(x) for x in v}))
+            if sum(map(len, per)) < 2:
+                continue
             within = bool((per.map(len) > 1).any())
             values = "; ".join(f"{a}: {', '.join(v)}" for a, v in per.items())
         else:
             within = True
-            values = ", ".join(sorted({stats._fmt_value(x) for x in col}))
+            values = ", ".join(sorted({_value(x) for x in col}))
         rows.append({"setting": stats._short(c), "within": within, "values": values})
     return pd.DataFrame(rows, columns=["setting", "within", "values"])
+
+
+def _value(x) -> str:
+    """A param value as a user wrote it: 1.0 -> 1, 0.0 -> 0."""
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
 
 
 def epsilon_floors(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:

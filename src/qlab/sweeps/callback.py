@@ -97,7 +97,7 @@ class SweepCallback(Callback):
         overrides = command_overrides(list(config.hydra.overrides.task),
                                       config.hydra.sweeper.get("params") or {})
         key = sweep_key(overrides)
-        describe(client, exp_id, overrides)
+        describe(client, exp_id, overrides)  # the experiment file's own words
         parent = previous_sweep(client, exp_id, key) if config.get("resume") == "auto" else None
         rerun = parent is not None
         if rerun:  # a rerun: its jobs skip or resume under the same parent run
@@ -145,7 +145,6 @@ def job_line(config: DictConfig) -> str:
 
 
 NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows
-KIND_TAG = "mlflow.experimentKind"  # the UI's runs-oriented ("model training") view
 
 
 def experiment_description(overrides: list[str]) -> str:
@@ -176,11 +175,9 @@ def experiment_description(overrides: list[str]) -> str:
 
 
 def describe(client: MlflowClient, exp_id: str, overrides: list[str]) -> None:
-    """Give the experiment the named experiment's description and the MLflow UI's runs
-    view (its experiment kind), where it has none yet."""
+    """Give the MLflow experiment the named experiment's description (shown in the UI's
+    experiment list and atop the experiment's page)."""
     exp = client.get_experiment(exp_id)
-    if KIND_TAG not in exp.tags:
-        client.set_experiment_tag(exp_id, KIND_TAG, "custom_model_development")
     text = experiment_description(overrides)
     if text and exp.tags.get(NOTE_TAG) != text:
         client.set_experiment_tag(exp_id, NOTE_TAG, text)
