@@ -130,6 +130,10 @@ def test_good_command_line_trains_and_tracks(results) -> None:
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     for r in runs:
         assert metric_steps(client, r.info.run_id, "train/q_delta") == list(range(20))
+    # The job ends with its run ids and where to look next (issue 17).
+    ids = " ".join(r.info.run_id for r in sorted(runs, key=lambda r: r.data.params["seed"]))
+    assert f"qlab-train: runs {ids} in MLflow experiment 'qlab'" in out.stderr
+    assert "qlab-play last" in out.stderr
     # Artifacts live beside the store, not in the project.
     assert (workdir / "mlruns").is_dir()
 

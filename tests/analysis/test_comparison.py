@@ -172,3 +172,18 @@ def test_a_named_experiment_describes_itself() -> None:
     text = callback.experiment_description(["+experiment=epsilon_decay", "agent=dqn"])
     assert text.startswith("The headline comparison: which epsilon decay") and "\n" not in text
     assert callback.experiment_description(["agent=dqn"]) == ""
+
+
+@pytest.mark.integration
+def test_make_help_shows_the_ui_address() -> None:
+    """``make help`` expands HOST and PORT (it printed ``$(HOST):$(PORT)``)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-s", "-C", str(root), "help", "HOST=10.1.2.3", "PORT=5123"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # the target names' colour
+    ui = next(line for line in out.splitlines() if line.split()[:1] == ["ui"])
+    assert "http://10.1.2.3:5123" in ui and "$(" not in out
