@@ -38,6 +38,9 @@ def assert_headline(uri: str, seeds: range = SEEDS) -> None:
     cells = sorted((r.data.params["agent.name"], r.data.params["exploration.decay"],
                     int(r.data.params["seed"])) for r in kids)
     assert cells == sorted((a, d, s) for a in AGENTS for d in DECAYS for s in seeds)
+    # Runs can be told apart: their names carry the swept decay (issue 17).
+    assert sorted(r.info.run_name for r in kids) == sorted(
+        f"{a}-griddy-decay{d}-seed{s}" for a in AGENTS for d in DECAYS for s in seeds)
     client = MlflowClient(uri)
     for r in kids:
         for key in ("train/q_delta", "train/episode_length", "train/epsilon"):
