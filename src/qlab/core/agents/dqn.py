@@ -215,7 +215,8 @@ class DQN:
         self._rows = np.arange(R)
         self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
         self.buffer = ReplayBuffer(R, int(buffer_size), (self.obs_dim,),
-                                   ReplicaUniforms(seeds, REPLAY_STREAM))
+                                   ReplicaUniforms(seeds, REPLAY_STREAM,
+                                                   block=max(4096, int(batch_size))))
 
     # ---- acting ----
     def features(self, state: np.ndarray) -> np.ndarray:
@@ -420,11 +421,11 @@ class DQN:
             node = d["adam"][name[5:]] if name.startswith("adam.") else d[name]
             x = x[:, :self.net.n_params]
             x.copy_(torch.from_numpy(load_array(f"agent.{name}", node, x.cpu().numpy())))
-        self._t = load_array("agent.adam.step", d["adam"]["step"], self._t)
+        self._t = load_array("agent.adam.step", d["adam"]["step"], self._t, 0)
         self._opt = None  # rebuilt with the loaded step counts
-        self.steps = load_array("agent.steps", d["steps"], self.steps)
+        self.steps = load_array("agent.steps", d["steps"], self.steps, 0)
         self._rand.load_state(d["rand"])
-        self.buffer.load_state_dict(d["buffer"])
+        self.buffer.load_state_dict(d["buffer"], self.n_actions)
 
     # ---- artifacts ----
     def save(self, replica: int, directory: Path) -> None:
