@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from qlab import tracking
+from qlab.core.secrets import mask
 from qlab.tracking import provenance, store
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
@@ -91,7 +92,7 @@ class SweepCallback(Callback):
                                                      **provenance.tags(provenance.collect())},
                                        run_name=f"sweep-{config.experiment_name}-{sweep_id}")
             run_id = parent.info.run_id
-            client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
+            client.log_param(run_id, "overrides", mask(" ".join(overrides))[:6000])
         _active.update(client=client, run_id=run_id, sweep_id=sweep_id, exp_id=exp_id,
                        group_by=swept_keys(overrides))
         os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = run_id, sweep_id

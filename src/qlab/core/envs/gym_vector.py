@@ -58,6 +58,11 @@ def _check_plain(name: str, value: Any, old: Any) -> None:
     a map name) and must not change; counters must not be negative."""
     if isinstance(old, np.generic):
         old = old.item()
+    if old is None and isinstance(value, np.ndarray):  # e.g. CartPole's state before reset
+        if value.dtype.kind not in "biuf" or value.ndim != 1 or not np.isfinite(value).all():
+            raise ValueError(f"{name} has shape {value.shape} and dtype {value.dtype}, "
+                             "expected a finite 1-d numeric array")
+        return
     if not isinstance(value, _PLAIN) or (value is not None and old is not None
                                          and type(value) is not type(old)):
         raise ValueError(f"{name} is a {type(value).__name__}, expected "
