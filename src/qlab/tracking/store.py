@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from qlab.core.errors import QlabError
+from qlab.core.secrets import has_secret
 
 # The reachability probe of a tracking server: seconds to connect (a dead or unreachable
 # server fails here), then to answer (a live server just started, or busy, may be slow).
@@ -153,6 +154,8 @@ def client_for(uri: str):
     migrates) the store, which processes starting together must do one at a time."""
     from mlflow.tracking import MlflowClient
 
+    if has_secret(uri):  # MLflow prints "View run <name> at: <uri with the password>"
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     with creation_lock(uri):
         return MlflowClient(tracking_uri=uri)
 
