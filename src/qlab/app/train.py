@@ -44,7 +44,7 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
         if c.tracking.enabled:  # checkpoints and resume go with tracked runs
             uri = c.tracking.uri or tracking.default_uri()
             plan = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
-                                   resume.checkpoint_root(c.checkpoint_dir, uri))
+                                   resume.checkpoint_root(c.checkpoint_dir, uri), len(seeds))
             if plan.skip:
                 resume.announce(plan)
                 return Result(c, None, None, plan.run_ids)
