@@ -41,3 +41,13 @@ def test_a_tabular_agent_on_a_large_grid_builds_no_observation_table(compose_cfg
                                       "tracking.enabled=false"])))
     driver.train(job)
     assert callable(job.env._observations)  # still the recipe: 90,000 x 270,000 never built
+
+
+@pytest.mark.parametrize("where", ["/proc", "/proc/qlab-checkpoints"])
+def test_an_unwritable_checkpoint_dir_is_refused_before_any_run(where, monkeypatch, capsys,
+                                                                mlflow_uri) -> None:
+    assert cli_exit(monkeypatch, ["episodes=3", f"checkpoint_dir={where}"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"qlab-train: error: checkpoint_dir={where}: checkpoints cannot be "
+                           "written there ("), line
+    assert_no_runs(mlflow_uri)

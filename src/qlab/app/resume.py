@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,18 @@ def checkpoint_root(checkpoint_dir: str | None, uri: str) -> Path:
     if db is not None:
         return db.resolve().parent / "checkpoints"
     return Path.cwd() / "checkpoints"
+
+
+def check_root(root: Path) -> None:
+    """:class:`ResumeError` in one line unless checkpoints can be written under ``root`` (made
+    if missing): checked before any run exists (``checkpoint_dir=/proc`` would otherwise
+    fail at the first checkpoint, after the runs were made)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".qlab-probe-", dir=root))
+    except OSError as exc:
+        raise ResumeError(f"checkpoint_dir={root}: checkpoints cannot be written there "
+                          f"({exc.strerror or type(exc).__name__})") from None
 
 
 class JobLock:
@@ -190,10 +203,23 @@ def plan_job(uri: str, experiment_name: str, spec: str | None, resolved: dict[st
     if not spec:
         return plan(None, None, spec, resolved, params, root, uri)
     store.check(uri)  # one line for a bad store, before MLflow opens (or migrates) it
+    db = store.sqlite_path(uri)
+    if db is not None and not db.exists():  # nothing to resume: no store made just to say so
+        return plan(_NoStore(uri), None, spec, resolved, params, root, uri, replicas)
     client = store.client_for(uri)
     exp = client.get_experiment_by_name(experiment_name)
     return plan(client, exp.experiment_id if exp else None, spec, resolved, params, root, uri,
                 replicas)
+
+
+class _NoStore:
+    """Stands in for the client of a sqlite store that does not exist yet: it has no runs."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def get_run(self, run_id: str):
+        raise MlflowException(f"no store at {self.uri}")
 
 
 def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,

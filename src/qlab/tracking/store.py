@@ -201,6 +201,9 @@ def ensure_sqlite(db: Path) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     uri = f"sqlite:///{tmp}"
+    chatty = logging.getLogger("mlflow.store.db.utils")  # "Creating initial ... tables"
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
     try:
         made = SqlAlchemyStore(uri, (db.parent / "mlruns").resolve().as_uri())
         made.engine.dispose()
@@ -214,6 +217,7 @@ def ensure_sqlite(db: Path) -> None:
         finally:
             os.close(fd)
     finally:
+        chatty.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 
