@@ -17,6 +17,7 @@ MLflow retries a dead server for minutes per request.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -237,12 +238,18 @@ def half_created(db: Path) -> str | None:
             versions = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
     except sqlite3.DatabaseError:
         return None
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    latest = _get_latest_schema_revision()
+    latest = _latest_revision()
     if versions != [latest]:
         return f"schema revision {versions or 'none'}, this MLflow's is {latest}"
     return None
+
+
+@functools.cache
+def _latest_revision() -> str:
+    """The schema revision this MLflow creates (read from its migration scripts, once)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
 
 
 def _count_runs(db: Path) -> int:
