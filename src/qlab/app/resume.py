@@ -179,6 +179,14 @@ def _training(root: Path, job_id: str) -> bool:
     return False
 
 
+def _episodes_logged(client: MlflowClient, runs: list) -> int:
+    """Episodes the furthest run of a job has recorded (its last ``train/episode_length``
+    step + 1; every episode up to ``tracking.max_points`` is logged)."""
+    key = "train/episode_length"
+    return max((max((m.step for m in client.get_metric_history(r.info.run_id, key)),
+                    default=-1) + 1 for r in runs), default=0)
+
+
 def _has_checkpoint(runs: list) -> bool:
     path = runs[0].data.tags.get(CKPT_TAG)
     return bool(path) and Path(path).is_file()
@@ -243,7 +251,10 @@ def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
                 return _resume(client, spec, job_id, runs, resolved, params, h)
         for job_id, runs in jobs.items():  # stopped before its first checkpoint
             if _whole(runs, replicas) and not _training(root, job_id):
-                return _resume(client, spec, job_id, runs, resolved, params, h, replicas)
+                try:
+                    return _resume(client, spec, job_id, runs, resolved, params, h, replicas)
+                except ResumeError:  # its checkpoint is gone: that job cannot continue
+                    continue
         return _tagged(fresh, h)
     if spec == "last":
         jobs = _jobs(client, exp_id, f"tags.`{JOB_TAG}` != ''") if exp_id else {}
@@ -297,11 +308,17 @@ def _resume(client: MlflowClient, spec: str, job_id: str, runs: list, resolved: 
         raise ResumeError(f"{what}: {exc}") from None
     if not path.is_file():  # stopped before its first checkpoint: again from the start
         run_ids = [r.info.run_id for r in runs]
+        why = None
+        every = int(resolved.get("checkpoint_every") or 0)
         if not _whole(runs, replicas):
+            why = (f"was stopped while its runs were being created ({len(run_ids)} of "
+                   f"{replicas}); run it again without resume")
+        elif every and (done := _episodes_logged(client, runs)) >= every:
+            why = (f"has no checkpoint at {path}, though its runs hold {done} episodes "
+                   f"(checkpoint_every={every}): it was removed")
+        if why is not None:
             lock.release()
-            raise ResumeError(f"{what}: job {job_id} was stopped while its runs were being "
-                              f"created ({len(run_ids)} of {replicas}); run it again without "
-                              "resume")
+            raise ResumeError(f"{what}: job {job_id} {why}")
         return Plan(job_id, path.parent, run_ids, lock=lock, restart=True)
     try:
         header, state = checkpoint.read(path)
