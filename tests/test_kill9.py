@@ -35,17 +35,19 @@ def break_store(db: Path) -> None:
         con.execute("CREATE TABLE _alembic_tmp_experiments (x INTEGER)")
 
 
-def test_half_created_store_is_rebuilt_or_refused(tmp_path, sqlite_store, caplog) -> None:
-    db = tmp_path / "fresh" / "mlflow.db"
-    db.parent.mkdir()
-    store.client_for(sqlite_uri(db.parent)).search_experiments()  # made beside, renamed
+def test_half_created_store_is_rebuilt_or_refused(tmp_path, sqlite_store) -> None:
+    d = tmp_path / "empty"
+    d.mkdir()
+    db = d / "mlflow.db"
+    sqlite_store(d)
     assert store.half_created(db) is None
-    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
     break_store(db)
     assert store.half_created(db) == "an interrupted schema migration"
-    store.client_for(sqlite_uri(db.parent)).search_experiments()  # no runs: moved aside, anew
-    assert store.half_created(db) is None
-    assert len(list(db.parent.glob("mlflow.db.half-created-*"))) == 1
+    store.client_for(sqlite_uri(d)).search_experiments()  # no runs: moved aside, made anew
+    assert store.half_created(db) is None  # made beside its path, renamed: nothing left over
+    assert sorted(p.name for p in d.iterdir() if "half-created" not in p.name) == [
+        "mlflow.db", "mlflow.db.lock"]
+    assert len(list(d.glob("mlflow.db.half-created-*"))) == 1
 
     uri = sqlite_store(tmp_path)  # a store holding a run is never moved
     client = MlflowClient(uri)
