@@ -115,8 +115,12 @@ class DynaQ(TabularAgent):
 
     def load_state_dict(self, d: dict) -> None:
         super().load_state_dict(d)
+        pairs = self.n_states * self.n_actions  # indices are checked: a crafted one is refused
+        ranges = {"next_state": (0, self.n_states - 1), "pairs": (0, pairs - 1),
+                  "n_pairs": (0, pairs)}
         for k in self.MODEL:
-            setattr(self, k, load_array(f"agent.model.{k}", d["model"][k], getattr(self, k)))
+            setattr(self, k, load_array(f"agent.model.{k}", d["model"][k], getattr(self, k),
+                                        *ranges.get(k, (None, None))))
 
 
 def build(cfg: DynaQConfig, env, seeds: Sequence[int]) -> DynaQ:

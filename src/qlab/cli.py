@@ -16,6 +16,7 @@ from qlab.app.stopping import Terminated
 from qlab.app.train import ReplicaFailure, run
 from qlab.config import CONF_DIR, CONFIG_DIRS_ENV, options, register, search_dirs
 from qlab.core.errors import QlabError, console, fail, job_log, run_cli
+from qlab.core.secrets import hide_in_overrides
 from qlab.sweeps import callback as sweep
 
 PROG = "qlab-train"
@@ -86,6 +87,11 @@ def main() -> None:
 
     from qlab.sweeps.preflight import check
 
+    # A password in an override (tracking.uri=postgresql://u:pw@...) moves into an env var
+    # before Hydra records the command line anywhere (outputs/, multirun/, its job line).
+    argv, secret_env = hide_in_overrides(sys.argv[1:])
+    os.environ.update(secret_env)
+    sys.argv[1:] = argv
     args = get_args_parser().parse_args(sys.argv[1:])
     dirs = search_dirs(args.overrides)
     if dirs:  # a user's agents and envs: registered here and in every worker process

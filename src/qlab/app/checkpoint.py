@@ -30,7 +30,7 @@ import numpy as np
 
 from qlab.config import flatten
 from qlab.core.errors import QlabError
-from qlab.core.statedict import load_array
+from qlab.core.statedict import check_same, load_array
 
 FORMAT = "qlab-checkpoint"
 VERSION = 1
@@ -187,11 +187,19 @@ def load_history(hist, d: Mapping[str, Any]) -> None:
                                               tables[k][:, :n])
             else:
                 tables[k] = load_array(f"history.{group}.{k}", d[group][k], tables[k])
-    for k in ("eval_steps", "done", "evals_done"):
-        setattr(hist, k, load_array(f"history.{k}", d[k], getattr(hist, k)))
+    n_evals = hist.eval_steps.shape[1]
+    for k, hi in (("eval_steps", hist.episodes - 1), ("done", hist.episodes),
+                  ("evals_done", n_evals)):
+        setattr(hist, k, load_array(f"history.{k}", d[k], getattr(hist, k), 0, hi))
     if int(hist.done.max(initial=0)) > n_saved(d):
         raise ValueError("history.done runs past the saved episodes")
-    hist.failed = {int(k): str(v) for k, v in d["failed"].items()}
+    if not isinstance(d["failed"], Mapping):
+        raise ValueError("history.failed is not a mapping of replica -> reason")
+    failed = {int(k): str(v) for k, v in d["failed"].items()}
+    if any(not 0 <= k < hist.replicas for k in failed):
+        raise ValueError(f"history.failed names replicas {sorted(failed)}, expected "
+                         f"0..{hist.replicas - 1}")
+    hist.failed = failed
 
 
 def n_saved(d: Mapping[str, Any]) -> int:
@@ -199,12 +207,33 @@ def n_saved(d: Mapping[str, Any]) -> int:
     return min((np.shape(v)[-1] for v in d["train"].values()), default=0)
 
 
-def load_into(arrays: Mapping[str, np.ndarray], d: Mapping[str, Any], name: str) -> None:
-    """Overwrite each array of ``arrays`` in place with ``d``'s value of the same key."""
-    if set(d) != set(arrays):
-        raise ValueError(f"{name} holds {sorted(d)}, expected {sorted(arrays)}")
+def load_into(arrays: Mapping[str, np.ndarray], d: Mapping[str, Any], name: str,
+              ranges: Mapping[str, tuple[float | None, float | None]] | None = None) -> None:
+    """Overwrite each array of ``arrays`` in place with ``d``'s value of the same key (in
+    ``ranges[key]`` = (lo, hi) where given)."""
+    if not isinstance(d, Mapping) or set(d) != set(arrays):
+        got = sorted(d) if isinstance(d, Mapping) else type(d).__name__
+        raise ValueError(f"{name} holds {got}, expected {sorted(arrays)}")
     for k, arr in arrays.items():
-        arr[...] = load_array(f"{name}.{k}", d[k], arr)
+        arr[...] = load_array(f"{name}.{k}", d[k], arr, *(ranges or {}).get(k, (None, None)))
+
+
+def load_loop(loop: dict[str, np.ndarray], d: Mapping[str, Any], hist) -> None:
+    """The driver's loop counters from a checkpoint, checked against its History: episode
+    counters within the job and equal to the History's, step and update counters not
+    negative, finished replicas inactive (what keeps a crafted counter out of the kernels,
+    which index the History's tables by it)."""
+    counters = {k: (0, None) for k in loop if k in ("steps", "length", "qd_cnt", "stat_cnt")}
+    load_into(loop, d, "loop", {**counters, "ep": (0, hist.episodes)})
+    check_same("loop.ep", loop["ep"], "history.done", hist.done)
+    over = loop["active"] & (loop["ep"] >= hist.episodes)
+    if over.any():
+        raise ValueError(f"loop.active marks replica {int(np.flatnonzero(over)[0])} active "
+                         f"after its last episode ({hist.episodes})")
+    longer = loop["length"] > loop["steps"]
+    if longer.any():
+        raise ValueError(f"loop.length of replica {int(np.flatnonzero(longer)[0])} exceeds "
+                         "its loop.steps")
 
 
 class Checkpointer:
@@ -235,8 +264,8 @@ def restore(path: Path, state: Mapping[str, Any], env, agent, evaluator, hist,
         if evaluator is not None and hasattr(evaluator, "load_state_dict"):
             evaluator.load_state_dict(state.get("evaluator", {}))
         load_history(hist, state["history"])
-        load_into(loop, state["loop"], "loop")
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        load_loop(loop, state["loop"], hist)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
         why = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"checkpoint {path}: does not fit this job "
                               f"({type(exc).__name__}: {why})") from None

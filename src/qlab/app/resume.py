@@ -6,10 +6,14 @@ carry ``qlab.config_hash`` (:func:`qlab.app.checkpoint.config_hash`) and ``qlab.
 (the checkpoint's path). ``resume`` is
 
 - ``RUN_ID``: the job one of whose runs this is;
-- ``last``: the experiment's most recently started job that has a run not FINISHED and a
-  checkpoint on disk;
+- ``last``: the experiment's most recently started job that has a run not FINISHED (and a
+  checkpoint on disk, or all its runs);
 - ``auto``: the job with the same config hash: skipped if its runs all FINISHED, resumed if
   it has a checkpoint, started afresh otherwise (what a rerun of a sweep wants).
+
+A job stopped before its first checkpoint (kill -9 in its first seconds) is resumed from the
+start into its own runs (their points so far are the same and are not sent again): no run of
+it stays RUNNING. One stopped while its runs were being created is started afresh.
 
 Every check happens before anything is written: bad input leaves the store as it was.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +64,18 @@ def checkpoint_root(checkpoint_dir: str | None, uri: str) -> Path:
     return Path.cwd() / "checkpoints"
 
 
+def check_root(root: Path) -> None:
+    """:class:`ResumeError` in one line unless checkpoints can be written under ``root`` (made
+    if missing): checked before any run exists (``checkpoint_dir=/proc`` would otherwise
+    fail at the first checkpoint, after the runs were made)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".qlab-probe-", dir=root))
+    except OSError as exc:
+        raise ResumeError(f"checkpoint_dir={root}: checkpoints cannot be written there "
+                          f"({exc.strerror or type(exc).__name__})") from None
+
+
 class JobLock:
     """An exclusive ``flock`` on ``<job dir>/lock`` while a process trains the job; the
     kernel drops it when the process dies, even by kill -9."""
@@ -92,6 +109,7 @@ class Plan:
     lock: JobLock | None = None
     state: dict | None = None  # the checkpoint's state, until restore() puts it in place
     tags: dict[str, str] = field(default_factory=dict)
+    restart: bool = False  # resumed before its first checkpoint: trained again from the start
 
     @property
     def path(self) -> Path:
@@ -143,6 +161,32 @@ def _jobs(client: MlflowClient, exp_id: str, filter_string: str) -> dict[str, li
     return {j: sorted(rs, key=_replica) for j, rs in jobs.items()}
 
 
+def _whole(runs: list, replicas: int | None) -> bool:
+    """Whether a job's runs were all made (one per replica, each with its params): a job
+    killed while its runs were being created cannot be continued in them."""
+    return (replicas is None or len(runs) == replicas) and all(r.data.params for r in runs)
+
+
+def _training(root: Path, job_id: str) -> bool:
+    """Whether a live process holds the job's lock (it is training it now)."""
+    path = root / job_id / LOCK_NAME
+    if not path.exists():
+        return False
+    try:
+        JobLock(path.parent).release()
+    except ResumeError:
+        return True
+    return False
+
+
+def _episodes_logged(client: MlflowClient, runs: list) -> int:
+    """Episodes the furthest run of a job has recorded (its last ``train/episode_length``
+    step + 1; every episode up to ``tracking.max_points`` is logged)."""
+    key = "train/episode_length"
+    return max((max((m.step for m in client.get_metric_history(r.info.run_id, key)),
+                    default=-1) + 1 for r in runs), default=0)
+
+
 def _has_checkpoint(runs: list) -> bool:
     path = runs[0].data.tags.get(CKPT_TAG)
     return bool(path) and Path(path).is_file()
@@ -160,19 +204,35 @@ def _params_diff(run, params: dict[str, str]) -> list[str]:
 
 
 def plan_job(uri: str, experiment_name: str, spec: str | None, resolved: dict[str, Any],
-             params: dict[str, str], root: Path) -> Plan:
+             params: dict[str, str], root: Path, replicas: int | None = None) -> Plan:
     """Decide (and check, writing nothing to the store) what to do with this job.
-    ``params`` are the run params this job logs (flattened resolved config)."""
+    ``params`` are the run params this job logs (flattened resolved config); ``replicas``
+    its number of runs."""
     if not spec:
         return plan(None, None, spec, resolved, params, root, uri)
     store.check(uri)  # one line for a bad store, before MLflow opens (or migrates) it
+    db = store.sqlite_path(uri)
+    if db is not None and not db.exists():  # nothing to resume: no store made just to say so
+        return plan(_NoStore(uri), None, spec, resolved, params, root, uri, replicas)
     client = store.client_for(uri)
     exp = client.get_experiment_by_name(experiment_name)
-    return plan(client, exp.experiment_id if exp else None, spec, resolved, params, root, uri)
+    return plan(client, exp.experiment_id if exp else None, spec, resolved, params, root, uri,
+                replicas)
+
+
+class _NoStore:
+    """Stands in for the client of a sqlite store that does not exist yet: it has no runs."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def get_run(self, run_id: str):
+        raise MlflowException(f"no store at {self.uri}")
 
 
 def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
-         resolved: dict[str, Any], params: dict[str, str], root: Path, uri: str) -> Plan:
+         resolved: dict[str, Any], params: dict[str, str], root: Path, uri: str,
+         replicas: int | None = None) -> Plan:
     """:func:`plan_job` given the store's client and the experiment's id (None: none yet)."""
     h = checkpoint.config_hash(resolved)
     fresh_id = uuid.uuid4().hex
@@ -189,13 +249,20 @@ def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
         for job_id, runs in jobs.items():
             if _has_checkpoint(runs):
                 return _resume(client, spec, job_id, runs, resolved, params, h)
+        for job_id, runs in jobs.items():  # stopped before its first checkpoint
+            if _whole(runs, replicas) and not _training(root, job_id):
+                try:
+                    return _resume(client, spec, job_id, runs, resolved, params, h, replicas)
+                except ResumeError:  # its checkpoint is gone: that job cannot continue
+                    continue
         return _tagged(fresh, h)
     if spec == "last":
         jobs = _jobs(client, exp_id, f"tags.`{JOB_TAG}` != ''") if exp_id else {}
         for job_id, runs in jobs.items():
-            if any(r.info.status != "FINISHED" for r in runs) and _has_checkpoint(runs):
-                return _resume(client, spec, job_id, runs, resolved, params, h)
-        raise ResumeError(f"resume=last: no unfinished job with a checkpoint in experiment "
+            if any(r.info.status != "FINISHED" for r in runs) and (
+                    _has_checkpoint(runs) or _whole(runs, replicas)):
+                return _resume(client, spec, job_id, runs, resolved, params, h, replicas)
+        raise ResumeError(f"resume=last: no unfinished job in experiment "
                           f"{resolved.get('experiment_name')!r} of {uri}")
     try:
         run = client.get_run(spec)
@@ -212,7 +279,8 @@ def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
     if not job_id:
         raise ResumeError(f"resume={spec}: the run has no {JOB_TAG} tag (it was not trained "
                           "with checkpoints)")
-    return _resume(client, spec, job_id, _job_runs(client, exp_id, job_id), resolved, params, h)
+    return _resume(client, spec, job_id, _job_runs(client, exp_id, job_id), resolved, params, h,
+                   replicas)
 
 
 def _tagged(p: Plan, h: str) -> Plan:
@@ -221,7 +289,7 @@ def _tagged(p: Plan, h: str) -> Plan:
 
 
 def _resume(client: MlflowClient, spec: str, job_id: str, runs: list, resolved: dict,
-            params: dict[str, str], h: str) -> Plan:
+            params: dict[str, str], h: str, replicas: int | None = None) -> Plan:
     what = f"resume={spec}"
     if runs[0].data.tags.get(HASH_TAG) != h:
         diff = _params_diff(runs[0], params)
@@ -230,14 +298,28 @@ def _resume(client: MlflowClient, spec: str, job_id: str, runs: list, resolved: 
     if all(r.info.status == "FINISHED" for r in runs):
         raise ResumeError(f"{what}: job {job_id} has finished (its {len(runs)} run(s) are "
                           "FINISHED); nothing to resume")
-    path = Path(runs[0].data.tags.get(CKPT_TAG, ""))
-    if not runs[0].data.tags.get(CKPT_TAG) or not path.is_file():
-        raise ResumeError(f"{what}: job {job_id} has no checkpoint at {path} (it stopped before "
-                          "the first one, or checkpoint_every=0)")
+    if not runs[0].data.tags.get(CKPT_TAG):
+        raise ResumeError(f"{what}: job {job_id}'s runs have no {CKPT_TAG} tag (they were "
+                          "not trained with checkpoints)")
+    path = Path(runs[0].data.tags[CKPT_TAG])
     try:
         lock = JobLock(path.parent)
     except ResumeError as exc:
         raise ResumeError(f"{what}: {exc}") from None
+    if not path.is_file():  # stopped before its first checkpoint: again from the start
+        run_ids = [r.info.run_id for r in runs]
+        why = None
+        every = int(resolved.get("checkpoint_every") or 0)
+        if not _whole(runs, replicas):
+            why = (f"was stopped while its runs were being created ({len(run_ids)} of "
+                   f"{replicas}); run it again without resume")
+        elif every and (done := _episodes_logged(client, runs)) >= every:
+            why = (f"has no checkpoint at {path}, though its runs hold {done} episodes "
+                   f"(checkpoint_every={every}): it was removed")
+        if why is not None:
+            lock.release()
+            raise ResumeError(f"{what}: job {job_id} {why}")
+        return Plan(job_id, path.parent, run_ids, lock=lock, restart=True)
     try:
         header, state = checkpoint.read(path)
         run_ids = [r.info.run_id for r in runs]
@@ -276,6 +358,9 @@ def announce(p: Plan) -> None:
     if p.skip:
         log.info("job %s already FINISHED (%d run(s)); skipped (resume=auto)", p.job_id,
                  len(p.run_ids))
+    elif p.restart:
+        log.info("job %s stopped before its first checkpoint: training it again from the "
+                 "start into its %d run(s)", p.job_id, len(p.run_ids))
     elif p.run_ids:
         done = p.start[0].done if p.start else []
         log.info("resuming job %s from %s at episodes %s", p.job_id, p.path,

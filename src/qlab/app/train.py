@@ -44,8 +44,11 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
     try:  # from here on a resumed job holds its lock: released whatever happens
         if c.tracking.enabled:  # checkpoints and resume go with tracked runs
             uri = c.tracking.uri or tracking.default_uri()
+            root = resume.checkpoint_root(c.checkpoint_dir, uri)
+            if c.checkpoint_every:
+                resume.check_root(root)
             plan = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
-                                   resume.checkpoint_root(c.checkpoint_dir, uri))
+                                   root, len(seeds))
             if plan.skip:
                 resume.announce(plan)
                 return Result(c, None, None, plan.run_ids)

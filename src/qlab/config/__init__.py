@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from qlab.config import memory
 from qlab.config.schema import QlabConfig, TrackingConfig
 from qlab.core import agents, envs
 from qlab.core.envs.registry import EnvConfig
@@ -186,4 +187,5 @@ def validate(cfg: DictConfig) -> QlabConfig:
     if c.resume is not None and not c.tracking.enabled:
         raise ConfigError(f"resume={c.resume!r}: needs tracking.enabled=true (jobs are found "
                           "by their runs)")
+    memory.check(c)  # a job that cannot fit: refused now, with the estimate
     return c

@@ -26,6 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qlab.core.errors import ConfigError
+from qlab.core.secrets import mask, mask_tree
 
 KEY = "qlab_fused"  # the job config key listing a fused job's points (internal, never logged)
 TAG = "qlab.fused_job"  # run tag: the id shared by the runs trained in one fused job
@@ -79,11 +80,13 @@ class Batch:
         """Replica k's MLflow params: its point's config flattened, and its own seed."""
         from qlab.config import flatten
 
-        return {**flatten(self.resolved[k]), "seed": str(self.seeds[k])}
+        params = {key: mask(v) for key, v in flatten(self.resolved[k]).items()}
+        return {**params, "seed": str(self.seeds[k])}  # a URI's password masked
 
     def write_config(self, k: int, directory: Path) -> None:
         """Replica k's ``config.yaml`` artifact: its point's resolved config."""
-        (Path(directory) / "config.yaml").write_text(OmegaConf.to_yaml(self.resolved[k]))
+        (Path(directory) / "config.yaml").write_text(OmegaConf.to_yaml(
+            mask_tree(self.resolved[k])))
 
 
 def batch(cfg: DictConfig) -> Batch:

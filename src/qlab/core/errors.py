@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
+from qlab.core.secrets import has_secret, mask
+
 T = TypeVar("T")
 
 LOGGER = "qlab"  # the parent of qlab's module loggers (``logging.getLogger(__name__)``)
@@ -22,9 +24,13 @@ LOGGER = "qlab"  # the parent of qlab's module loggers (``logging.getLogger(__na
 
 class QlabError(Exception):
     """An error a user can act on: its message is one line, ``exit_code`` the process's
-    (1: something failed while running; 2: bad input, refused before anything ran)."""
+    (1: something failed while running; 2: bad input, refused before anything ran). A URI
+    password in the message is masked (:func:`qlab.core.secrets.mask`)."""
 
     exit_code = 1
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(mask(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(QlabError, ValueError):
@@ -43,7 +49,7 @@ def one_line(exc: BaseException) -> str:
 def print_error(prog: str, exc: BaseException | str, exit_code: int = 1) -> int:
     """Print ``prog: error: <one line>`` on stderr; returns the exit code for it (the
     error's own ``exit_code``, else ``exit_code``)."""
-    print(f"{prog}: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+    print(f"{prog}: error: {mask(str(exc)) or type(exc).__name__}", file=sys.stderr)
     return getattr(exc, "exit_code", exit_code)
 
 
@@ -78,6 +84,16 @@ def exit_status(prog: str, func: Callable[[], int | None]) -> int:
 
 # ---------------------------------------------------------------------------- logging
 
+class MaskSecrets(logging.Filter):
+    """Masks URI passwords in a record's message before a handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if has_secret(text):
+            record.msg, record.args = mask(text), None
+        return True
+
+
 class _Stderr(logging.StreamHandler):
     """A ``prog: message`` handler on whatever ``sys.stderr`` is when a record comes (pytest
     and notebooks swap it after set-up), like logging's own last-resort handler."""
@@ -85,6 +101,7 @@ class _Stderr(logging.StreamHandler):
     def __init__(self, prog: str, level: int = logging.NOTSET) -> None:
         logging.Handler.__init__(self, level)
         self.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+        self.addFilter(MaskSecrets())
 
     @property
     def stream(self):  # type: ignore[override]
@@ -132,11 +149,14 @@ def job_log(prog: str) -> Iterator[None]:
     log = logging.getLogger(LOGGER)
     files = [h for h in logging.getLogger().handlers
              if isinstance(h, logging.FileHandler) and h not in log.handlers]
+    masking = MaskSecrets()
     for h in files:
+        h.addFilter(masking)  # every record of the job log, other libraries' too
         log.addHandler(h)
     try:
         yield
     finally:
         for h in files:
             log.removeHandler(h)
+            h.removeFilter(masking)
         restore()

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qlab.core.statedict import check_range
+
 # Stream ids keep the consumers of one replica independent of each other.
 ENV_STREAM = 0
 AGENT_STREAM = 1
@@ -67,13 +69,20 @@ class ReplicaUniforms:
 
     def load_state(self, state: dict) -> None:
         """Continue from :meth:`state`: the same numbers follow as after the call that took it."""
-        gens, buf = state["gens"], np.asarray(state["buf"], dtype=np.float64)
-        if len(gens) != len(self._gens) or buf.ndim != 2 or buf.shape[0] != len(self._gens):
+        gens, buf = state["gens"], np.asarray(state["buf"])
+        R = len(self._gens)
+        if (not isinstance(gens, list) or len(gens) != R or buf.ndim != 2
+                or buf.shape[0] != R or buf.shape[1] > self._block):
             raise ValueError(f"random streams of {len(gens)} replica(s), buffer {buf.shape}: "
-                             f"expected {len(self._gens)} replica(s)")
+                             f"expected {R} replica(s), buffer ({R}, <= {self._block})")
+        if buf.size and buf.dtype.kind != "f":
+            raise ValueError(f"random stream buffer has dtype {buf.dtype}, expected float64")
+        buf = buf.astype(np.float64)
+        check_range("random stream buffer", buf, 0.0, np.nextafter(1.0, 0.0))
         for g, s in zip(self._gens, gens, strict=True):
-            if s.get("bit_generator") != type(g.bit_generator).__name__:
-                raise ValueError(f"random stream of kind {s.get('bit_generator')!r}: expected "
+            if not isinstance(s, dict) or s.get("bit_generator") != type(g.bit_generator).__name__:
+                kind = s.get("bit_generator") if isinstance(s, dict) else type(s).__name__
+                raise ValueError(f"random stream of kind {kind!r}: expected "
                                  f"{type(g.bit_generator).__name__}")
             g.bit_generator.state = s
         self._buf, self._pos = buf.copy(), 0

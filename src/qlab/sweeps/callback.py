@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from qlab import tracking
 from qlab.app.naming import SWEPT_TAG
+from qlab.core.secrets import mask
 from qlab.tracking import provenance, store
 
 PARENT_ENV = "QLAB_PARENT_RUN_ID"
@@ -109,7 +110,7 @@ class SweepCallback(Callback):
                                                      **provenance.tags(provenance.collect())},
                                        run_name=f"sweep-{config.experiment_name}-{sweep_id}")
             run_id = parent.info.run_id
-            client.log_param(run_id, "overrides", " ".join(overrides)[:6000])
+            client.log_param(run_id, "overrides", mask(" ".join(overrides))[:6000])
             text = experiment_description(overrides)
             if text:
                 client.set_tag(run_id, NOTE_TAG, text)

@@ -4,6 +4,7 @@ way Hydra will, validate it, and turn any failure into one line naming the key."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -12,9 +13,11 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from qlab.app.resume import check_root, checkpoint_root
 from qlab.config import CONF_DIR, ConfigError, options, register, search_dirs
 from qlab.config.batch import batch
 from qlab.config.compose import explain
+from qlab.core.errors import QlabError
 from qlab.sweeps import fused
 from qlab.tracking import default_uri, store
 
@@ -105,6 +108,7 @@ def check(overrides: Sequence[str]) -> list[str]:
         except (HydraException, OmegaConfBaseException, ConfigError) as exc:
             return [explain(exc)]
         uris: list[str] = []
+        roots: list[Path] = []  # where the jobs' checkpoints go
         for job in jobs:
             wrong = group_choice(job)
             if wrong is not None:
@@ -120,9 +124,18 @@ def check(overrides: Sequence[str]) -> list[str]:
             else:
                 if c.tracking.enabled and (c.tracking.uri or default_uri()) not in uris:
                     uris.append(c.tracking.uri or default_uri())
+                if c.tracking.enabled and c.checkpoint_every:
+                    root = checkpoint_root(c.checkpoint_dir, c.tracking.uri or default_uri())
+                    if root not in roots:
+                        roots.append(root)
     for uri in uris if not errors else []:  # the store every job will write to
         try:
             store.check(uri)
         except store.StoreError as exc:
+            errors.append(str(exc))
+    for root in roots if not errors else []:
+        try:
+            check_root(root)
+        except QlabError as exc:
             errors.append(str(exc))
     return errors

@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from qlab.config import flatten
+from qlab.core.secrets import mask
 from qlab.tracking import provenance, store
 from qlab.tracking.store import StoreError
 
@@ -182,10 +183,10 @@ class Tracker:
         for k, run_id in enumerate(self.run_ids):
             reason = failed.get(k, error)
             if reason is not None:
-                self.client.set_tag(run_id, "error", reason[:4000])
+                self.client.set_tag(run_id, "error", mask(reason)[:4000])
             if traceback is not None:  # optional: a full artifact store must not stop this
                 with contextlib.suppress(OSError, MlflowException):
-                    self.client.log_text(run_id, traceback, "traceback.txt")
+                    self.client.log_text(run_id, mask(traceback), "traceback.txt")
             self.client.set_terminated(run_id, "FAILED" if k in failed else status)
 
     def finish_after_error(self, status: str, error: str, traceback: str | None = None,
@@ -262,10 +263,10 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
             exp_id = get_or_create_experiment(client, experiment_name, uri)
             for own, name in zip(replicas, run_names, strict=True):
                 run = client.create_run(exp_id, run_name=name, tags={
-                    **provenance.tags(record), **{k: str(v) for k, v in own["tags"].items()}})
+                    **provenance.tags(record), **{k: mask(str(v)) for k, v in own["tags"].items()}})
                 run_ids.append(run.info.run_id)
                 merged = {**params, **own["params"]}
-                items = [Param(k, v) for k, v in merged.items()]
+                items = [Param(k, mask(str(v))) for k, v in merged.items()]
                 for i in range(0, len(items), PARAMS_PER_BATCH):
                     client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
                 # Written first: an unwritable artifact store shows before any training.

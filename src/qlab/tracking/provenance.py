@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from qlab.core.secrets import mask
+
 PACKAGES = ("qlab", "numpy", "torch", "gymnasium", "mlflow", "hydra-core", "omegaconf")
 ARTIFACT = "environment.json"
 
@@ -96,7 +98,7 @@ def collect() -> dict[str, Any]:
         "git": git_state(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "argv": list(sys.argv),
+        "argv": [mask(a) for a in sys.argv],  # a URI's password masked
     }
 
 

@@ -12,8 +12,10 @@ It runs ``mlflow server`` with:
 - with ``--auth``, MLflow's ``basic-auth`` app: every request needs a user and password.
   The admin user's password comes from ``MLFLOW_AUTH_ADMIN_PASSWORD`` only (nothing is
   shipped, nothing is written to disk): unset, empty, shorter than 12 characters or MLflow's
-  old default is refused. The auth config (an ini file without the password) goes to a
-  temporary file; the user database defaults to ``mlflow-auth.db`` beside the sqlite store.
+  old default is refused, and so is one of whitespace only. The auth config (an ini file
+  without the password) goes to a temporary file; the user database defaults to
+  ``mlflow-auth.db`` beside the sqlite store, readable by its owner only. A password changed
+  between starts takes effect (MLflow itself keeps the first one), said on stderr.
 
 The store defaults to ``mlflow.db`` and ``mlartifacts/`` in the working directory (``make
 server`` passes the checkout's).
@@ -94,6 +96,8 @@ def allowed_hosts(host: str, port: int, extra: str) -> str:
 def admin_password() -> str:
     """The admin password from the environment, or :class:`ServerError`."""
     password = os.environ.get(PASSWORD_ENV, "")
+    if password and not password.strip():
+        raise ServerError(f"${PASSWORD_ENV} is only whitespace; choose a real password")
     if not password:
         raise ServerError(f"--auth needs the admin password in ${PASSWORD_ENV} (unset or empty); "
                           "qlab ships no default password")
@@ -119,6 +123,31 @@ def auth_ini(database_uri: str, default_permission: str, admin: str) -> str:
             f"database_uri = {database_uri}\n"
             f"admin_username = {admin}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
+def prepare_auth_db(database_uri: str, admin: str, password: str) -> str | None:
+    """Before the server starts: the user database readable by its owner only (it holds
+    password hashes), and the admin's password the one given now — MLflow sets it only when
+    it creates the user, so a changed ``$MLFLOW_AUTH_ADMIN_PASSWORD`` would be silently
+    ignored. Returns what was done (a line to log), or None."""
+    db = sqlite_path(database_uri)
+    if db is None:
+        return None
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    old_umask = os.umask(0o077)  # a new database file (and its journal) for the owner only
+    try:
+        users = SqlAlchemyStore()
+        users.init_db(database_uri)
+    finally:
+        os.umask(old_umask)
+    os.chmod(db, 0o600)
+    changed = None
+    if users.has_user(admin) and not users.authenticate_user(admin, password):
+        users.update_user(admin, password=password)
+        changed = f"admin user {admin!r}: password changed to ${PASSWORD_ENV}'s"
+    users.engine.dispose()
+    return changed
 
 
 def command(args: argparse.Namespace) -> list[str]:
@@ -150,8 +179,12 @@ def serve(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="qlab-server-") as tmp:
         if args.auth:
             ini = Path(tmp) / "basic_auth.ini"
-            ini.write_text(auth_ini(args.auth_db_uri or auth_db_uri(args.backend_store_uri),
-                                    args.default_permission, env.get(USERNAME_ENV) or "admin"))
+            users_uri = args.auth_db_uri or auth_db_uri(args.backend_store_uri)
+            admin = env.get(USERNAME_ENV) or "admin"
+            changed = prepare_auth_db(users_uri, admin, admin_password())
+            if changed:
+                log.warning("%s", changed)
+            ini.write_text(auth_ini(users_uri, args.default_permission, admin))
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
             # CSRF key shared by this server's workers; set it yourself for several servers.
             env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))

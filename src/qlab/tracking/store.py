@@ -17,12 +17,16 @@ MLflow retries a dead server for minutes per request.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from qlab.core.errors import QlabError
+from qlab.core.secrets import has_secret
 
 # The reachability probe of a tracking server: seconds to connect (a dead or unreachable
 # server fails here), then to answer (a live server just started, or busy, may be slow).
@@ -34,6 +38,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 SQL_SCHEMES = ("postgresql", "mysql", "mssql")
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(QlabError, RuntimeError):
@@ -150,12 +156,111 @@ def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
 
 def client_for(uri: str):
     """An ``MlflowClient`` of ``uri``. Creating one opens (and, the first time, creates and
-    migrates) the store, which processes starting together must do one at a time."""
+    migrates) the store, which processes starting together must do one at a time; a new
+    sqlite store is made whole beside its path first (:func:`ensure_sqlite`)."""
     from mlflow.tracking import MlflowClient
 
+    if has_secret(uri):  # MLflow prints "View run <name> at: <uri with the password>"
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     with creation_lock(uri):
+        db = sqlite_path(uri)
+        if db is not None:
+            ensure_sqlite(db)
         return MlflowClient(tracking_uri=uri)
 
 
+CREATING = ".creating-"  # infix of a store being made beside its path
+SET_ASIDE = ".half-created-"  # infix of a half-created store moved out of the way
+
+
+def ensure_sqlite(db: Path) -> None:
+    """Make sure the sqlite store ``db`` exists whole (call under :func:`creation_lock`).
+
+    MLflow creates and migrates a new store in place, in dozens of steps: a process killed
+    meanwhile (kill -9, a node going away) leaves a file every later command fails on
+    ("table _alembic_tmp_experiments already exists"). So a new store is created and migrated
+    at ``.<name>.creating-<pid>`` beside ``db``, then renamed into place (atomic): ``db`` is
+    either absent or whole. A store found half-created (by an older qlab, or MLflow itself)
+    is moved aside to ``<name>.half-created-<time>`` and made anew if it holds no runs, and
+    refused in one line if it does."""
+    for stale in db.parent.glob(f".{db.name}{CREATING}*"):  # left by a killed creation
+        stale.unlink(missing_ok=True)
+    if db.exists():
+        why = half_created(db)
+        if why is None:
+            return
+        runs = _count_runs(db)
+        if runs:
+            raise StoreError(f"tracking store {db} was left half-created ({why}) and holds "
+                             f"{runs} run(s); restore it from a backup or run `mlflow db "
+                             f"upgrade sqlite:///{db}`")
+        aside = db.with_name(f"{db.name}{SET_ASIDE}{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(db, aside)
+        log.warning("tracking store %s was left half-created (%s) and held no runs: moved "
+                    "to %s and created anew", db, why, aside)
+    tmp = db.with_name(f".{db.name}{CREATING}{os.getpid()}")
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = f"sqlite:///{tmp}"
+    chatty = logging.getLogger("mlflow.store.db.utils")  # "Creating initial ... tables"
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        made = SqlAlchemyStore(uri, (db.parent / "mlruns").resolve().as_uri())
+        made.engine.dispose()
+        SqlAlchemyStore._engine_map.pop(uri, None)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, db)
+        fd = os.open(db.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        chatty.setLevel(level)
+        tmp.unlink(missing_ok=True)
+
+
+def half_created(db: Path) -> str | None:
+    """Why the sqlite store ``db`` is not whole (None if it is, or is no sqlite file at all:
+    MLflow's own error says so): no schema version, or an interrupted migration's tables."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE "
+                                               "type = 'table'")}
+            if any(n.startswith("_alembic_tmp_") for n in names):
+                return "an interrupted schema migration"
+            if "alembic_version" not in names:
+                return "no schema version"
+            versions = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
+    except sqlite3.DatabaseError:
+        return None
+    latest = _latest_revision()
+    if versions != [latest]:
+        return f"schema revision {versions or 'none'}, this MLflow's is {latest}"
+    return None
+
+
+@functools.cache
+def _latest_revision() -> str:
+    """The schema revision this MLflow creates (read from its migration scripts, once)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _count_runs(db: Path) -> int:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+    except sqlite3.DatabaseError:  # no runs table yet
+        return 0
+
+
 __all__ = ["StoreError", "check", "client_for", "configure_http", "creation_lock",
-           "sqlite_path"]
+           "ensure_sqlite", "half_created", "sqlite_path"]

@@ -261,7 +261,9 @@ class DQN:
         self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
         n = self.n_step
         self.buffer = ReplayBuffer(R, int(buffer_size), (self.obs_dim,),
-                                   ReplicaUniforms(seeds, REPLAY_STREAM), horizons=n > 1)
+                                   ReplicaUniforms(seeds, REPLAY_STREAM,
+                                                   block=max(4096, int(batch_size))),
+                                   horizons=n > 1)
         # n-step: the transitions waiting for their n rewards, and gamma^m (m = 0..n) per replica
         self.window = NStepWindow(R, n, self.obs_dim, self.gamma) if n > 1 else None
         self._discounts = torch.tensor(self.gamma[:, None] ** np.arange(n + 1),
@@ -497,16 +499,16 @@ class DQN:
             node = d["adam"][name[5:]] if name.startswith("adam.") else d[name]
             x = x[:, :self.net.n_params]
             x.copy_(torch.from_numpy(load_array(f"agent.{name}", node, x.cpu().numpy())))
-        self._t = load_array("agent.adam.step", d["adam"]["step"], self._t)
+        self._t = load_array("agent.adam.step", d["adam"]["step"], self._t, 0)
         self._opt = None  # rebuilt with the loaded step counts
-        self.steps = load_array("agent.steps", d["steps"], self.steps)
+        self.steps = load_array("agent.steps", d["steps"], self.steps, 0)
         self._rand.load_state(d["rand"])
-        self.buffer.load_state_dict(d["buffer"])
+        self.buffer.load_state_dict(d["buffer"], self.n_actions, self.n_step)
         if self.window is not None:
             if "nstep" not in d:
                 raise ValueError(f"agent.nstep: missing; the checkpoint is not of an agent "
                                  f"with n_step={self.n_step}")
-            self.window.load_state_dict(d["nstep"])
+            self.window.load_state_dict(d["nstep"], self.n_actions)
 
     # ---- artifacts ----
     def save(self, replica: int, directory: Path) -> None:

@@ -107,7 +107,8 @@ class NStepWindow:
         return {**{k: getattr(self, k)[:, :m].copy() for k in FIELDS},
                 "length": self.length.copy()}
 
-    def load_state_dict(self, d: dict) -> None:
+    def load_state_dict(self, d: dict, n_actions: int | None = None) -> None:
+        """Continue from :meth:`state_dict`; waiting actions must be below ``n_actions``."""
         self.length = load_array("agent.nstep.length", d["length"], self.length)
         if ((self.length < 0) | (self.length >= self.n)).any():
             raise ValueError(f"agent.nstep.length out of range [0, {self.n - 1}]")
@@ -115,4 +116,6 @@ class NStepWindow:
         for k in FIELDS:
             full = getattr(self, k)
             full[...] = 0
-            full[:, :m] = load_array(f"agent.nstep.{k}", d[k], full[:, :m])
+            hi = n_actions - 1 if k == "action" and n_actions is not None else None
+            full[:, :m] = load_array(f"agent.nstep.{k}", d[k], full[:, :m],
+                                     0 if k == "action" else None, hi)

@@ -110,15 +110,23 @@ class ReplayBuffer:
         return {**{k: getattr(self, k)[:, :n].copy() for k in self.fields},
                 "pos": self.pos.copy(), "size": self.size.copy(), "rand": self._rand.state()}
 
-    def load_state_dict(self, d: dict) -> None:
-        self.pos = load_array("agent.buffer.pos", d["pos"], self.pos)
-        self.size = load_array("agent.buffer.size", d["size"], self.size)
-        if ((self.pos < 0) | (self.pos >= self.capacity) | (self.size < 0)
-                | (self.size > self.capacity)).any():
-            raise ValueError("agent.buffer.pos/size out of range")
+    def load_state_dict(self, d: dict, n_actions: int | None = None,
+                        max_horizon: int | None = None) -> None:
+        """Continue from :meth:`state_dict`; stored actions must be below ``n_actions`` and
+        horizons at most ``max_horizon``."""
+        self.pos = load_array("agent.buffer.pos", d["pos"], self.pos, 0, self.capacity - 1)
+        self.size = load_array("agent.buffer.size", d["size"], self.size, 0, self.capacity)
+        filling = (self.size < self.capacity) & (self.pos != self.size)
+        if filling.any():
+            k = int(np.flatnonzero(filling)[0])
+            raise ValueError(f"agent.buffer.pos[{k}] = {self.pos[k]} disagrees with "
+                             f"agent.buffer.size[{k}] = {self.size[k]} (not yet full)")
         n = int(self.size.max(initial=0))
+        ranges = {"action": (0, None if n_actions is None else n_actions - 1),
+                  "horizon": (0, max_horizon)}  # (unfilled slots hold 0)
         for k in self.fields:
             full = getattr(self, k)
             full[...] = 0
-            full[:, :n] = load_array(f"agent.buffer.{k}", d[k], full[:, :n])
+            full[:, :n] = load_array(f"agent.buffer.{k}", d[k], full[:, :n],
+                                     *ranges.get(k, (None, None)))
         self._rand.load_state(d["rand"])

@@ -123,8 +123,11 @@ class Sarsa(TabularAgent):
 
     def load_state_dict(self, d: dict) -> None:
         super().load_state_dict(d)
+        ranges = {"pending_state": (0, self.n_states - 1),
+                  "pending_action": (0, self.n_actions - 1)}
         for k in self.PENDING:
-            setattr(self, k, load_array(f"agent.pending.{k}", d["pending"][k], getattr(self, k)))
+            setattr(self, k, load_array(f"agent.pending.{k}", d["pending"][k], getattr(self, k),
+                                        *ranges.get(k, (None, None))))
 
 
 def build(cfg: SarsaConfig, env, seeds: Sequence[int]) -> Sarsa:

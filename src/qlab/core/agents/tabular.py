@@ -87,7 +87,7 @@ class TabularAgent:
         self._rand.load_state(d["rand"])
         episodes = getattr(self, "_episodes", None)
         if episodes is not None:
-            episodes.load_state_dict(d["episodes"])
+            episodes.load_state_dict(d["episodes"], self.n_states, self.n_actions)
 
 
 class EpisodeBuffer:
@@ -127,14 +127,19 @@ class EpisodeBuffer:
     def state_dict(self) -> dict:
         return {"length": self.length.copy(), **{k: v.copy() for k, v in self.fields.items()}}
 
-    def load_state_dict(self, d: dict) -> None:
-        self.length = load_array("agent.episodes.length", d["length"], self.length)
+    def load_state_dict(self, d: dict, n_states: int, n_actions: int) -> None:
+        """Continue from :meth:`state_dict`; states and actions must index a table of
+        ``n_states`` x ``n_actions``."""
+        self.length = load_array("agent.episodes.length", d["length"], self.length, 0)
         cap = int(np.asarray(d["state"]).shape[-1]) if np.ndim(d["state"]) == 2 else -1
         if cap < max(1, int(self.length.max(initial=0))):
             raise ValueError(f"agent.episodes.state has shape {np.shape(d['state'])}, "
                              f"expected ({len(self.length)}, >= {self.length.max()})")
+        ranges = {"state": (0, n_states - 1), "next_state": (0, n_states - 1),
+                  "action": (0, n_actions - 1)}
         self.fields = {k: load_array(f"agent.episodes.{k}", d[k],
-                                     np.zeros((len(self.length), cap), dtype=v.dtype))
+                                     np.zeros((len(self.length), cap), dtype=v.dtype),
+                                     *ranges.get(k, (None, None)))
                        for k, v in self.fields.items()}
 
     def take(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -17,8 +17,8 @@ from qlab.core.envs.registry import EnvConfig, EnvSpec, find, register
 from qlab.core.envs.toytext import toy_text_model
 from qlab.core.envs.vector import TabularVecEnv
 
-__all__ = ["EnvConfig", "EnvSpec", "GRIDDY_ID", "TabularModel", "has_model", "make", "make_model",
-           "register"]
+__all__ = ["EnvConfig", "EnvSpec", "GRIDDY_ID", "TabularModel", "dims", "has_model", "make",
+           "make_model", "register"]
 
 
 def make_model(cfg: EnvConfig) -> TabularModel | None:
@@ -37,6 +37,26 @@ def has_model(cfg: EnvConfig) -> bool:
     env = gymnasium.make(cfg.id, **dict(cfg.kwargs or {}))
     try:
         return getattr(env.unwrapped, "P", None) is not None
+    finally:
+        env.close()
+
+
+def dims(cfg: EnvConfig) -> tuple[int | None, int, int]:
+    """(states or None, actions, observation size) of the env ``cfg`` names, without
+    building its model or observation table where its spec can tell (a grid of any size)."""
+    spec = find(cfg)
+    if spec is not None and spec.dims is not None:
+        return spec.dims(cfg)
+    if spec is not None:
+        model = spec.model(cfg)
+        return model.n_states, model.n_actions, model.n_states
+    env = gymnasium.make(cfg.id, **dict(cfg.kwargs or {}))
+    try:
+        obs, act = env.observation_space, env.action_space
+        n_actions = int(getattr(act, "n", 0)) or gymnasium.spaces.flatdim(act)
+        if isinstance(obs, gymnasium.spaces.Discrete):
+            return int(obs.n), n_actions, int(obs.n)
+        return None, n_actions, gymnasium.spaces.flatdim(obs)
     finally:
         env.close()
 

@@ -308,5 +308,11 @@ def _observations(cfg: EnvConfig) -> np.ndarray:
 
 if GRIDDY_ID not in gym.registry:
     gym.register(id=GRIDDY_ID, entry_point="qlab.core.envs.griddy:GriddyEnv")
+def _dims(cfg: EnvConfig) -> tuple[int, int, int]:
+    """(states, actions, observation size) of a grid config: what its tables will hold."""
+    cells = int(cfg.height) * int(cfg.width)
+    return cells * (cells if cfg.random_goal else 1), len(MOVES), 3 * cells
+
+
 register(EnvSpec(GRIDDY_ID, lambda c: griddy_model(c.height, c.width, c.random_goal, c.max_steps),
-                 _observations, _check_config))
+                 _observations, _check_config, _dims))

@@ -52,6 +52,27 @@ def env_state(env: gymnasium.Env) -> dict:
             "arrays": arrays, "wrappers": wrappers}
 
 
+def _check_plain(name: str, value: Any, old: Any) -> None:
+    """A saved plain attribute must have the type of the one it replaces (or either is None:
+    e.g. CartPole's ``steps_beyond_terminated``); strings are configuration (a render mode,
+    a map name) and must not change; counters must not be negative."""
+    if isinstance(old, np.generic):
+        old = old.item()
+    if old is None and isinstance(value, np.ndarray):  # e.g. CartPole's state before reset
+        if value.dtype.kind not in "biuf" or value.ndim != 1 or not np.isfinite(value).all():
+            raise ValueError(f"{name} has shape {value.shape} and dtype {value.dtype}, "
+                             "expected a finite 1-d numeric array")
+        return
+    if not isinstance(value, _PLAIN) or (value is not None and old is not None
+                                         and type(value) is not type(old)):
+        raise ValueError(f"{name} is a {type(value).__name__}, expected "
+                         f"{type(old).__name__}")
+    if isinstance(old, str) and value != old:
+        raise ValueError(f"{name} = {value!r}, this env has {old!r}")
+    if type(value) is int and value < 0 and (old is None or old >= 0):
+        raise ValueError(f"{name} = {value} is negative")
+
+
 def load_env_state(env: gymnasium.Env, d: Mapping[str, Any], name: str = "env") -> None:
     """Put :func:`env_state` back into an env built the same way."""
     u = env.unwrapped
@@ -63,12 +84,15 @@ def load_env_state(env: gymnasium.Env, d: Mapping[str, Any], name: str = "env") 
         old = getattr(u, key)
         if isinstance(v, np.ndarray) and isinstance(old, np.ndarray):
             v = load_array(f"{name}.{key}", v, old)
+        else:
+            _check_plain(f"{name}.{key}", v, old)
         setattr(u, key, v)
     w, i = env, 0
     while isinstance(w, gymnasium.Wrapper):
         for k, v in d["wrappers"].get(str(i), {}).items():
             if not hasattr(w, k):
                 raise ValueError(f"{name}: wrapper {type(w).__name__} has no attribute {k!r}")
+            _check_plain(f"{name}.{type(w).__name__}.{k}", v, getattr(w, k))
             setattr(w, k, v)
         if getattr(w, "checked_data_reuse", True) is False:
             w.checked_data_reuse = True  # the passive checker's one-off warning: its data is gone

@@ -54,6 +54,9 @@ class EnvSpec:
     # function approximator asks for them.
     observations: Callable[[EnvConfig], np.ndarray] | None = None
     check: Callable[[EnvConfig], None] | None = None  # checks of the env's own keys
+    # (states, actions, observation size) of a config without building anything (the
+    # memory estimate); default: built from the model.
+    dims: Callable[[EnvConfig], tuple[int, int, int]] | None = None
 
 
 ENVS: Registry[EnvSpec] = Registry("env")

@@ -107,6 +107,8 @@ class TabularVecEnv:
         self.state = load_array("env.state", d["state"], self.state)
         if ((self.state < 0) | (self.state >= self.n_states)).any():
             raise ValueError(f"env.state out of range 0..{self.n_states - 1}")
-        self.elapsed = load_array("env.elapsed", d["elapsed"], self.elapsed)
-        self._restart_u = load_array("env.restart_u", d["restart_u"], np.zeros(self.num_envs))
+        max_steps = self.model.max_steps
+        self.elapsed = load_array("env.elapsed", d["elapsed"], self.elapsed, 0, max_steps)
+        self._restart_u = load_array("env.restart_u", d["restart_u"], np.zeros(self.num_envs),
+                                     0.0, np.nextafter(1.0, 0.0))
         self._rand.load_state(d["rand"])

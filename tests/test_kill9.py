@@ -1,0 +1,142 @@
+"""kill -9 at any moment: a fresh sqlite store is never left half-created (it is made beside
+its path and renamed into place; one found half-created is rebuilt if it holds no runs,
+refused in one line if it does), and a job killed before its first checkpoint is resumed from
+the start into its own runs. The slow test kills ``qlab-train`` on a fresh store at 20
+moments spread over its life, then resumes and reruns it."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import qlab.app.train
+from qlab.core import driver
+from qlab.tracking import store
+from tests.helpers import (
+    QLAB_TRAIN,
+    clean_env,
+    metric_history,
+    one_error_line,
+    run_process,
+    runs_of,
+    sqlite_uri,
+)
+
+
+def break_store(db: Path) -> None:
+    """What a kill in the middle of MLflow's migrations leaves behind."""
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("CREATE TABLE _alembic_tmp_experiments (x INTEGER)")
+
+
+def test_half_created_store_is_rebuilt_or_refused(tmp_path, sqlite_store) -> None:
+    d = tmp_path / "empty"
+    d.mkdir()
+    db = d / "mlflow.db"
+    sqlite_store(d)
+    assert store.half_created(db) is None
+    break_store(db)
+    assert store.half_created(db) == "an interrupted schema migration"
+    store.client_for(sqlite_uri(d)).search_experiments()  # no runs: moved aside, made anew
+    assert store.half_created(db) is None  # made beside its path, renamed: nothing left over
+    assert sorted(p.name for p in d.iterdir() if "half-created" not in p.name) == [
+        "mlflow.db", "mlflow.db.lock"]
+    assert len(list(d.glob("mlflow.db.half-created-*"))) == 1
+
+    uri = sqlite_store(tmp_path)  # a store holding a run is never moved
+    client = MlflowClient(uri)
+    client.create_run("0")
+    break_store(tmp_path / "mlflow.db")
+    with pytest.raises(store.StoreError, match=r"left half-created \(an interrupted schema "
+                                               r"migration\) and holds 1 run\(s\)"):
+        store.client_for(uri)
+
+
+def test_a_job_stopped_before_its_first_checkpoint_resumes_into_its_runs(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=1000", f"tracking.uri={uri}",
+            f"experiment_name={experiment}"]
+    train = driver.train
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the runs end KILLED, no checkpoint was written
+
+    monkeypatch.setattr(driver, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        qlab.app.train.run(compose_cfg(args))
+    monkeypatch.setattr(driver, "train", train)
+    client = MlflowClient(uri)
+    before = runs_of(client, experiment)
+    assert [r.info.status for r in before] == ["KILLED", "KILLED"]
+    qlab.app.train.run(compose_cfg([*args, "resume=last"]))
+    after = runs_of(client, experiment)
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
+    assert [r.info.status for r in after] == ["FINISHED", "FINISHED"]
+    assert all(len(metric_history(client, r.info.run_id, "train/episode_return")) == 30
+               for r in after)
+    with pytest.raises(Exception, match="has finished"):
+        qlab.app.train.run(compose_cfg([*args, f"resume={after[0].info.run_id}"]))
+
+
+# ------------------------------------------------------------------ kill -9, for real
+
+ARGS = ["episodes=400", "replicas=2", "checkpoint_every=100", "experiment_name=kill9"]
+MOMENTS = 20
+
+
+def qlab_train_for(args: list[str], workdir: Path, uri: str,
+                   kill_after: float | None = None) -> subprocess.CompletedProcess | None:
+    """``qlab-train args``; with ``kill_after``, SIGKILLed that many seconds after its start."""
+    if kill_after is None:
+        return run_process([QLAB_TRAIN, *args, f"tracking.uri={uri}"], workdir, clean_env(uri))
+    proc = subprocess.Popen([QLAB_TRAIN, *args, f"tracking.uri={uri}"], cwd=workdir,
+                            env=clean_env(uri), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.fixture(scope="module")
+def lifetime(tmp_path_factory) -> float:
+    """Seconds an uninterrupted run takes on a fresh store here (now: the machine is shared)."""
+    d = tmp_path_factory.mktemp("kill9_baseline")
+    t0 = time.monotonic()
+    r = qlab_train_for(ARGS, d, sqlite_uri(d))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return time.monotonic() - t0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("moment", range(MOMENTS))
+def test_kill9_at_any_moment_then_resume_and_rerun(moment, lifetime, tmp_path) -> None:
+    """Killed at (moment + 0.5) / MOMENTS of its lifetime on a fresh store: ``resume=last``
+    succeeds or refuses in one line; a plain rerun succeeds; the store is whole."""
+    uri = sqlite_uri(tmp_path)
+    qlab_train_for(ARGS, tmp_path, uri, kill_after=lifetime * (moment + 0.5) / MOMENTS)
+    db = tmp_path / "mlflow.db"
+    assert not db.exists() or store.half_created(db) is None
+    resumed = qlab_train_for([*ARGS, "resume=last"], tmp_path, uri)
+    if resumed.returncode != 0:
+        assert resumed.returncode == 2
+        assert "resume=last: no unfinished job" in one_error_line(resumed.stderr)
+    assert "Traceback" not in resumed.stderr
+    rerun = qlab_train_for(ARGS, tmp_path, uri)
+    assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr[-2000:]
+    assert store.half_created(db) is None
+    runs = runs_of(MlflowClient(uri), "kill9")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) in (2, 4)  # the rerun's, and the resumed job's if there was one
+    running = [r for r in runs if r.info.status == "RUNNING"]
+    assert running == [] or resumed.returncode == 2, [r.info.run_name for r in running]
