@@ -16,6 +16,9 @@ from qlab.core.envs.registry import EnvConfig
 from qlab.core.exploration import ExplorationConfig
 
 FAST_MODES = ("auto", "on", "off")
+# replica_runs=auto: one MLflow run per replica while no sweep point of the job has more
+# replicas than this, else one aggregate run per point (docs/tracking.md).
+AUTO_REPLICA_RUNS_MAX = 100
 
 
 @dataclass
@@ -29,11 +32,24 @@ class TrackingConfig:
     # episode up to 2x, every 4th up to 4x, ...); the full table is the episodes.csv artifact.
     # null: every episode
     max_points: int | None = 1000
+    # true: one MLflow run per replica; false: one aggregate run per sweep point (mean and
+    # spread curves, the per-replica table as an artifact); auto: per replica up to
+    # AUTO_REPLICA_RUNS_MAX replicas per point, aggregate above
+    replica_runs: Any = "auto"
 
     def check(self) -> None:
         check_range("tracking.flush_seconds", self.flush_seconds, 0, lo_open=True)
         if self.max_points is not None:
             check_range("tracking.max_points", self.max_points, 1)
+        if not (isinstance(self.replica_runs, bool) or self.replica_runs == "auto"):
+            fail("tracking.replica_runs", self.replica_runs, "must be true, false or auto")
+
+    def aggregate(self, replicas_per_point: int) -> bool:
+        """Whether a job whose largest sweep point has ``replicas_per_point`` replicas is
+        recorded as aggregate runs (one per point)."""
+        if self.replica_runs == "auto":
+            return replicas_per_point > AUTO_REPLICA_RUNS_MAX
+        return not self.replica_runs
 
 
 @dataclass
