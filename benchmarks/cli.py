@@ -31,7 +31,8 @@ FULL = {
 QUICK = {
     "tabular": dict(sizes=(4, 8), repeats=2, batch_repeats=1, replicas=64),
     "dqn": dict(steps=2_500, sb3_repeats=1, replicas=8),
-    "tracking": dict(replicas=(1, 16), aggregate=256, repeats=1, commands=False, sweep=False),
+    "tracking": dict(replicas=(1, 16), aggregate=256, repeats=1, commands=False,
+                     sweep=False),
     "sweeps": dict(launchers=("basic",), repeats=1, overrides=("episodes=20",)),
 }
 # Progress lines: under qlab's logger, so qlab-bench's console shows them as "qlab-bench: ...".
@@ -39,7 +40,8 @@ log = logging.getLogger("qlab.bench")
 QUICK_NOTES = (
     "Quick mode: tabular medians of 2 runs (R=64: 1); DQN 2,500 env steps per seed instead of "
     "50,000 (learning starts at 1,000, so steps/s leans on the warm-up and final returns are "
-    "not comparable to the 50k goal), SB3 1 run; tracking R = 1, 16 and an aggregate R = 256 once, without the command and sweep rows; the sweep shrunk to "
+    "not comparable to the 50k goal), SB3 1 run; tracking R = 1, 16 and an aggregate "
+    "R = 256 once, without the command and sweep rows; the sweep shrunk to "
     "episodes=20, basic launcher only, once. Run `make bench` for the real figures.",
 )
 
