@@ -38,6 +38,7 @@ from pathlib import Path
 from benchmarks.common import Row, check_target, compose, median
 
 SECTION = "tracking"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read_back's downloads
 JOB = ("agent=tabular_q", "env=griddy8", "episodes=300")
 FLOOR_TARGET = 1.25  # qlab added / MLflow's floor
 COMMAND_TARGETS = {"per replica": 4.0, "aggregate": 1.5}
