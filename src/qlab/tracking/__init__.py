@@ -41,6 +41,10 @@ from qlab.tracking import aggregate, provenance, store
 from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
+# While training, writes wait this many times the last write's duration after it, so metric
+# writes take at most 1 / (1 + WRITE_PAUSE) of the wall time; what waits goes in later, larger
+# batches (a store takes far fewer points per second in small batches).
+WRITE_PAUSE = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,7 @@ class Tracker:
         self._values: dict[str, tuple[np.ndarray, int]] = {}  # log_values, sent at the end
         self._staging: tempfile.TemporaryDirectory | None = None
         self._closed = False
+        self._quiet_until = 0.0  # time.monotonic() before which update() writes nothing
 
     # ---- metric points
 
@@ -164,9 +169,14 @@ class Tracker:
 
     def update(self, history) -> None:
         """Write the metric points recorded since the last call (one log_batch per run; an
-        aggregate run takes the episodes every one of its replicas has finished)."""
+        aggregate run takes the episodes every one of its replicas has finished) — unless
+        the last write ended less than :data:`WRITE_PAUSE` times its duration ago: those
+        points go with a later call, or when the runs end."""
         self.failed.update(history.failed)
         self._history = history
+        start = time.monotonic()
+        if start < self._quiet_until:
+            return
         now = int(time.time() * 1000)
         for j, run_id in enumerate(self.run_ids):
             m = self.groups[j]
@@ -174,6 +184,8 @@ class Tracker:
                                    int(history.evals_done[m.start:m.stop].min()), now)
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+        end = time.monotonic()
+        self._quiet_until = end + WRITE_PAUSE * (end - start)
 
     def log_values(self, key: str, values: np.ndarray, step: int) -> None:
         """One value per replica (e.g. a summary number) as metric ``key`` at ``step``
