@@ -60,7 +60,7 @@ class QlabConfig:
     agent: Any = MISSING  # the agent's own config class (qlab.core.agents.registry)
     exploration: ExplorationConfig = MISSING
     seed: int = 0  # seed of replica 0; replica k uses seed + k
-    replicas: int = 1  # independent replicas trained in lock-step, one MLflow run each
+    replicas: int = 1  # independent replicas in lock-step (MLflow runs: tracking.replica_runs)
     episodes: int = 500  # training episodes per replica
     eval_every: int = 25  # greedy evaluation every this many episodes (and after the last)
     total_steps: int | None = None  # env-step budget per replica, ends training early (null: none)
