@@ -27,7 +27,7 @@ class TrackingConfig:
 
     enabled: bool = True  # false: train without MLflow
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite
-    flush_seconds: float = 2.0  # how often buffered metrics are written while training
+    flush_seconds: float = 10.0  # how often buffered metrics are written while training
     # train/* curves: every episode up to this many points per run, then thinned (every 2nd
     # episode up to 2x, every 4th up to 4x, ...); the full table is the episodes.csv artifact.
     # null: every episode
