@@ -103,6 +103,7 @@ def test_the_per_replica_table_reads_back_bit_exact(both, tmp_path) -> None:
         np.testing.assert_array_equal(tables, q[rows.start:rows.stop])
 
 
+@pytest.mark.slow  # two full reports (figures, bootstrap): seconds of CPU beyond the budget
 def test_report_of_an_aggregate_sweep_matches_the_per_replica_one(both, tmp_path) -> None:
     """qlab-report expands each aggregate run into its replicas: the same scores, groups and
     bootstrap CIs as the per-replica runs', and value maps from q_tables.npy."""
