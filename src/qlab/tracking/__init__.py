@@ -208,19 +208,28 @@ class Tracker:
         for j in range(len(self.run_ids)):
             write(self.groups[j], self._run_dir(j))
 
-    def _close_history(self) -> None:
+    def _close_history(self, final: bool = True) -> None:
         """Each run's last points (episodes thinning skipped, an aggregate's replicas that
         finished later, :meth:`log_values`), its per-episode table (``episodes.csv``, or an
-        aggregate's :data:`~qlab.tracking.aggregate.TABLE`), then one upload of its files."""
+        aggregate's :data:`~qlab.tracking.aggregate.TABLE`), then one upload of its files.
+        Not ``final`` (stopped, resumable): an aggregate run's points only up to the episode
+        all its running replicas finished."""
         h = self._history
         if h is None or self._closed:
             return
         now = int(time.time() * 1000)
         for j, run_id in enumerate(self.run_ids):
             m = self.groups[j]
-            metrics = self._points(h, j, int(h.done[m.start:m.stop].max(initial=0)),
-                                   int(h.evals_done[m.start:m.stop].max(initial=0)), now)
-            last = int(h.done[m.start:m.stop].max(initial=0)) - 1
+            done, evals_done = h.done[m.start:m.stop], h.evals_done[m.start:m.stop]
+            if not final:  # a resumable stop: only what every replica finished (a mean of
+                # fewer replicas would stay in the store after the resume)
+                going = np.array([k not in self.failed for k in m])
+                if going.any():
+                    done, evals_done = done[going].min(keepdims=True), evals_done[going].min(
+                        keepdims=True)
+            metrics = self._points(h, j, int(done.max(initial=0)),
+                                   int(evals_done.max(initial=0)), now)
+            last = int(done.max(initial=0)) - 1
             if last > self._last_logged[j]:
                 metrics += [x for key, table in h.train.items()
                             for x in self._series(key, self._block(j, table, [last]),
@@ -302,7 +311,7 @@ class Tracker:
         first error talking to the store stops the attempt. Returns that error, if any."""
         failed = failed or {}
         try:
-            self._close_history()  # the last points and files, if the store allows
+            self._close_history(final=False)  # the last points and files, if the store allows
         except Exception as exc:  # noqa: BLE001
             if "Max retries exceeded" in str(exc):  # the server is gone: no more waiting
                 self._drop_staging()
