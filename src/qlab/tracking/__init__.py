@@ -41,10 +41,6 @@ from qlab.tracking import aggregate, provenance, store
 from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
-# While training, writes wait this many times the last write's duration after it, so metric
-# writes take at most 1 / (1 + WRITE_PAUSE) of the wall time; what waits goes in later, larger
-# batches (a store takes far fewer points per second in small batches).
-WRITE_PAUSE = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +117,6 @@ class Tracker:
         self._values: dict[str, tuple[np.ndarray, int]] = {}  # log_values, sent at the end
         self._staging: tempfile.TemporaryDirectory | None = None
         self._closed = False
-        self._quiet_until = 0.0  # time.monotonic() before which update() writes nothing
 
     # ---- metric points
 
@@ -169,14 +164,9 @@ class Tracker:
 
     def update(self, history) -> None:
         """Write the metric points recorded since the last call (one log_batch per run; an
-        aggregate run takes the episodes every one of its replicas has finished) — unless
-        the last write ended less than :data:`WRITE_PAUSE` times its duration ago: those
-        points go with a later call, or when the runs end."""
+        aggregate run takes the episodes every one of its replicas has finished)."""
         self.failed.update(history.failed)
         self._history = history
-        start = time.monotonic()
-        if start < self._quiet_until:
-            return
         now = int(time.time() * 1000)
         for j, run_id in enumerate(self.run_ids):
             m = self.groups[j]
@@ -184,8 +174,6 @@ class Tracker:
                                    int(history.evals_done[m.start:m.stop].min()), now)
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
-        end = time.monotonic()
-        self._quiet_until = end + WRITE_PAUSE * (end - start)
 
     def log_values(self, key: str, values: np.ndarray, step: int) -> None:
         """One value per replica (e.g. a summary number) as metric ``key`` at ``step``
@@ -242,21 +230,30 @@ class Tracker:
                     metrics.append(Metric(key, float(value), now, step))
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
-            d = self._run_dir(j)
-            if self.aggregate:
-                aggregate.write_table(aggregate.replica_table(
-                    h, m, self.seeds[m.start:m.stop], self._values), d / aggregate.TABLE)
-            else:
-                k, n = m.start, int(h.done[m.start])
-                table = pd.DataFrame({key.removeprefix("train/"): t[k, :n]
-                                      for key, t in h.train.items()})
-                table.index.name = "episode"
-                table.to_csv(d / "episodes.csv")
-            if self.environment is not None:
-                (d / provenance.ARTIFACT).write_text(self.environment)
-            self.client.log_artifacts(run_id, str(d))
+        try:  # every run's metrics are in: now their files
+            for j, run_id in enumerate(self.run_ids):
+                self._upload_files(h, j, run_id)
+        except Exception as exc:
+            raise _FilesFailed(_one_line(exc)) from exc
         self._closed = True
         self._drop_staging()
+
+    def _upload_files(self, h, j: int, run_id: str) -> None:
+        """Run j's per-episode table, environment.json and staged files, in one upload."""
+        m = self.groups[j]
+        d = self._run_dir(j)
+        if self.aggregate:
+            aggregate.write_table(aggregate.replica_table(
+                h, m, self.seeds[m.start:m.stop], self._values), d / aggregate.TABLE)
+        else:
+            k, n = m.start, int(h.done[m.start])
+            table = pd.DataFrame({key.removeprefix("train/"): t[k, :n]
+                                  for key, t in h.train.items()})
+            table.index.name = "episode"
+            table.to_csv(d / "episodes.csv")
+        if self.environment is not None:
+            (d / provenance.ARTIFACT).write_text(self.environment)
+        self.client.log_artifacts(run_id, str(d))
 
     def _drop_staging(self) -> None:
         if self._staging is not None:
@@ -285,7 +282,8 @@ class Tracker:
         try:
             self._close_history()
         except Exception as exc:
-            reason = f"writing the final metrics failed: {_one_line(exc)}"
+            reason = (str(exc) if isinstance(exc, _FilesFailed)
+                      else f"writing the final metrics failed: {_one_line(exc)}")
             self._end("FAILED", reason, failed)
             raise StoreError(f"{reason}; the runs ended FAILED") from exc
         self._end("FINISHED", None, failed)
@@ -351,6 +349,10 @@ class Tracker:
         return directory
 
 
+class _FilesFailed(Exception):
+    """Uploading a run's files failed (the message: what failed, one line)."""
+
+
 class NullTracker:
     """Stands in when tracking is disabled."""
 
@@ -400,10 +402,10 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
                 items = [Param(k, str(v)) for k, v in merged.items()]
                 for i in range(0, len(items), PARAMS_PER_BATCH):
                     client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
-            # Written first, once: an unwritable artifact store shows before any training.
-            # (Every run gets environment.json with its other files when it ends.)
-            if run_ids:
-                client.log_text(run_ids[0], environment, provenance.ARTIFACT)
+                if len(run_ids) == 1:  # once, first: an unwritable artifact store shows
+                    # before any other run or training (every run gets environment.json
+                    # with its other files when it ends)
+                    client.log_text(run.info.run_id, environment, provenance.ARTIFACT)
     except KeyboardInterrupt as exc:  # Ctrl-C while the runs are being made: none RUNNING
         Tracker(client, run_ids).finish_after_error("KILLED", type(exc).__name__)
         raise
