@@ -25,13 +25,14 @@ SECTIONS = ("tabular", "dqn", "tracking", "sweeps")
 FULL = {
     "tabular": dict(sizes=(4, 8), repeats=5, batch_repeats=3, replicas=64),
     "dqn": dict(steps=50_000, sb3_repeats=3, replicas=8),
-    "tracking": dict(episodes=1000, repeats=5),
+    "tracking": dict(replicas=(1, 16, 64), aggregate=4096, repeats=3),
     "sweeps": dict(launchers=("basic", "basic-unfused", "joblib"), repeats=2, overrides=()),
 }
 QUICK = {
     "tabular": dict(sizes=(4, 8), repeats=2, batch_repeats=1, replicas=64),
     "dqn": dict(steps=2_500, sb3_repeats=1, replicas=8),
-    "tracking": dict(episodes=1000, repeats=2),
+    "tracking": dict(replicas=(1, 16), aggregate=256, repeats=1, commands=False,
+                     sweep=False),
     "sweeps": dict(launchers=("basic",), repeats=1, overrides=("episodes=20",)),
 }
 # Progress lines: under qlab's logger, so qlab-bench's console shows them as "qlab-bench: ...".
@@ -39,7 +40,8 @@ log = logging.getLogger("qlab.bench")
 QUICK_NOTES = (
     "Quick mode: tabular medians of 2 runs (R=64: 1); DQN 2,500 env steps per seed instead of "
     "50,000 (learning starts at 1,000, so steps/s leans on the warm-up and final returns are "
-    "not comparable to the 50k goal), SB3 1 run; tracking 2 pairs; the sweep shrunk to "
+    "not comparable to the 50k goal), SB3 1 run; tracking R = 1, 16 and an aggregate "
+    "R = 256 once, without the command and sweep rows; the sweep shrunk to "
     "episodes=20, basic launcher only, once. Run `make bench` for the real figures.",
 )
 

@@ -282,6 +282,21 @@ def assert_same_state(a, b, where: str = "agent") -> None:
         assert a == b, where
 
 
+def stop_job(compose_cfg, args: Sequence[str], at: int = 5) -> None:
+    """Train ``args`` in-process and stop it as SIGTERM would, at the ``at``-th check (a
+    lock-step on the reference, a chunk of episodes on the fast path): it writes a checkpoint
+    and ends KILLED."""
+    import qlab.app.train
+    from qlab.app.stopping import GracefulStop, Terminated
+
+    calls = iter(range(1, 10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GracefulStop, "__call__",
+                   lambda self: Terminated("test") if next(calls) == at else None)
+        with pytest.raises(Terminated):
+            qlab.app.train.run(compose_cfg(list(args)))
+
+
 class Crash(Exception):
     """Stands in for a process dying right after a checkpoint."""
 

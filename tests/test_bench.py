@@ -137,19 +137,16 @@ def test_sb3_gets_qlabs_hyperparameters() -> None:
     assert kw["exploration_fraction"] * 50_000 == pytest.approx(c.exploration.duration)
 
 
-@pytest.mark.integration  # times qlab-train as a process
+@pytest.mark.integration  # the store's artifacts; kept with the other bench smoke tests
 def test_tracking_section_smoke() -> None:
-    rows = tracking.measure(episodes=10, repeats=1)
-    (over,) = [r for r in rows if r.metric == "overhead of tracking"]
-    assert math.isfinite(over.value) and over.target == "<= 10%" and over.met is not None
-    assert by(rows, "wall time")["MLflow on (sqlite)"].value > 0
-    floor = by(rows, "MLflow's floor: one empty run")["MLflow (sqlite)"]
-    assert 0 < floor.value < by(rows, "wall time")["MLflow on (sqlite)"].value
-    assert len(floor.samples) == 5
-    command = by(rows, "qlab-train command")
-    assert command["MLflow on (sqlite)"].value > 0 and command["MLflow off"].value > 0
-    whole = by(rows, "overhead of tracking, whole command")["MLflow on vs off"]
-    assert math.isfinite(whole.value)
+    rows = tracking.measure(replicas=(2,), aggregate=8, repeats=1, commands=False, sweep=False)
+    for label in ("R=2, a run per replica", "R=8, one aggregate run"):
+        cost = by(rows, f"tracking's cost, griddy8 x 300 episodes, {label}")
+        floor = cost["MLflow's floor (direct client calls)"]
+        assert floor.value > 0 and len(floor.samples) == 1
+        assert math.isfinite(cost["qlab added (on - off)"].value)
+        (ratio,) = [r for r in rows if r.metric == f"qlab added / MLflow's floor, {label}"]
+        assert ratio.target == "<= 1.25 x" and ratio.met is not None
 
 
 @pytest.mark.integration  # a sweep as a process
@@ -181,10 +178,11 @@ def test_report_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert "| fast | 2,500 steps/s | 25x base |" in md and "## Machine" in md
     assert cli.main(["--sections", "nope"]) == 2
     out, js = tmp_path / "b.md", tmp_path / "b.json"
-    monkeypatch.setitem(cli.QUICK, "tracking", dict(episodes=10, repeats=1))
+    monkeypatch.setitem(cli.QUICK, "tracking", dict(replicas=(1,), aggregate=0, repeats=1,
+                                                     commands=False, sweep=False))
     assert cli.main(["--quick", "--sections", "tracking", "--out", str(out),
                      "--json", str(js)]) == 0
-    assert "overhead of tracking" in out.read_text()
+    assert "qlab added / MLflow's floor" in out.read_text()
     assert json.loads(js.read_text())["mode"] == "quick"
 
 

@@ -40,6 +40,7 @@ from tests.helpers import (
     run_histories,
     runs_of,
     start_qlab_train,
+    stop_job,
 )
 
 # ------------------------------------------------------------------ in-process round trips
@@ -267,20 +268,6 @@ def new_runs(uri: str, train) -> list[str]:
     train()
     exp = client.get_experiment_by_name("bad")
     return [r.info.run_id for r in job_runs(client, "bad") if r.info.run_id not in old]
-
-
-def stop_job(compose_cfg, args: list[str], at: int = 5) -> None:
-    """Train ``args`` in-process and stop it as SIGTERM would, at the ``at``-th check (a
-    lock-step on the reference, a chunk of episodes on the fast path): it writes a checkpoint
-    and ends KILLED."""
-    from qlab.app.stopping import GracefulStop, Terminated
-
-    calls = iter(range(1, 10**9))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GracefulStop, "__call__",
-                   lambda self: Terminated("test") if next(calls) == at else None)
-        with pytest.raises(Terminated):
-            qlab.app.train.run(compose_cfg(args))
 
 
 @pytest.fixture(scope="module")

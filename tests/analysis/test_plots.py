@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,25 +89,21 @@ def test_heatmaps_on_every_grid_env(env, shape, tmp_path, assert_png) -> None:
 def test_no_grid_no_heatmap() -> None:
     assert plots.grid_layout(SimpleNamespace(id="Taxi-v3", kwargs={})) is None
     assert plots.grid_layout(SimpleNamespace(id="CartPole-v1", kwargs={})) is None
-    assert plots.value_heatmap_writer(SimpleNamespace(id="CartPole-v1"), None,
-                                      np.zeros((1, 2, 2)), np.ones(1)) is None
 
 
-def test_tabular_runs_log_their_heatmap(small_sweep, tmp_path, assert_png) -> None:
+def test_tabular_runs_keep_what_heatmaps_are_drawn_from(small_sweep) -> None:
+    """Training logs no figure per run (docs/tracking.md): the report draws value maps from
+    each run's q_table.npy and config.yaml."""
     s = load_sweep(small_sweep.experiment, uri=small_sweep.uri, history=False)
     client = MlflowClient(small_sweep.uri)
     for run_id in s.runs["run_id"]:
         names = {a.path for a in client.list_artifacts(run_id)}
-        assert {"value_heatmap.png", "q_table.npy", "config.yaml"} <= names, names
-    path = client.download_artifacts(s.runs["run_id"].iloc[0], "value_heatmap.png",
-                                     str(tmp_path))
-    assert_png(Path(path))
+        assert {"q_table.npy", "config.yaml", "environment.json", "episodes.csv"} == names
 
 
 def test_a_diverged_q_still_renders(tmp_path, assert_png) -> None:
     """A replica stopped for non-finite values still gets its heatmap (NaN cells unshaded)."""
     model = griddy_model(4, 4)
-    q = np.full((1, 16, 4), np.nan)
-    write = plots.value_heatmap_writer(griddy(), model, q, np.array([0.95]), ["diverged"])
-    write(0, tmp_path)
-    assert_png(tmp_path / "value_heatmap.png", min_side=200)
+    q = np.full((16, 4), np.nan)
+    fig = plots.value_figure([("diverged", q, 0.95)], model, plots.grid_layout(griddy()))
+    assert_png(plots.save(fig, tmp_path / "value_heatmap.png"), min_side=200)

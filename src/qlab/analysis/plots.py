@@ -29,7 +29,6 @@ from qlab.app.value_maps import (  # noqa: F401 - value maps are part of the fig
     q_star,
     save,
     value_figure,
-    value_heatmap_writer,
 )
 from qlab.core.envs.model import TabularModel
 from qlab.core.oracle import value_iteration
@@ -277,4 +276,4 @@ def symlog_ticks(lo: float, hi: float) -> list[float]:
 
 
 __all__ = ["CURVES", "save", "curves_figure", "interval_figure", "GridLayout", "grid_layout",
-           "value_figure", "value_heatmap_writer", "q_star", "group_colours"]
+           "value_figure", "q_star", "group_colours"]

@@ -14,6 +14,13 @@ returns a :class:`Sweep` holding
 Runs come from ``search_runs`` in pages of 1000; histories from one ``get_metric_history``
 per (run, metric), issued from a small thread pool (on a tracking server these calls are
 round trips, and even on sqlite the pool halves the wall time).
+
+An aggregate run (one run for a sweep point's replicas, ``tracking.replica_runs``) is
+expanded into one row per replica, read from its ``replicas.parquet`` artifact: ``run_id``
+``<aggregate run id>#<seed>``, its seed, the point's params, ``aggregate_run_id``, and the
+history each replica would have logged as a run of its own (the same thinned ``train/*``
+steps, every evaluation). So statistics over seeds treat both kinds of runs alike;
+:func:`run_config` and :func:`agent_file` accept such ids too.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qlab import tracking
 from qlab.core.errors import QlabError
+from qlab.tracking import aggregate
 
 PAGE = 1000  # runs per search_runs page
 PARENT_TAG = "mlflow.parentRunId"
@@ -279,8 +287,12 @@ def load_sweep(experiment: str | None = None, *, sweep_id: str | None = None,
     except MlflowException as exc:
         raise AnalysisError(f"cannot read {redact(uri)}: {exc.message.splitlines()[0]}") from exc
     runs = runs_frame(children)
-    hist = (history_frame(client, runs, keys, workers) if history
+    is_agg = (runs[f"tags.{aggregate.AGGREGATE_TAG}"] == "true"
+              if f"tags.{aggregate.AGGREGATE_TAG}" in runs else pd.Series(False, runs.index))
+    hist = (history_frame(client, runs[~is_agg], keys, workers) if history
             else pd.DataFrame(columns=["run_id", "key", "step", "value"]))
+    if is_agg.any():
+        runs, hist = expand_aggregates(client, runs, is_agg, hist, keys, history)
     info: dict = {}
     if parent_run is not None:
         info = {"run_id": parent_run.info.run_id, "run_name": parent_run.info.run_name,
@@ -294,6 +306,81 @@ def load_sweep(experiment: str | None = None, *, sweep_id: str | None = None,
                  load_seconds=time.perf_counter() - t0)
 
 
+# ------------------------------------------------------------------------------ aggregate runs
+
+SEED_SEP = "#"  # <aggregate run id>#<seed>: a replica of an aggregate run
+
+
+def split_run_id(run_id: str) -> tuple[str, int | None]:
+    """(the MLflow run id, the replica's seed) of a run id of :func:`load_sweep`'s frames;
+    the seed is None for a run of its own."""
+    real, sep, seed = run_id.partition(SEED_SEP)
+    return real, (int(seed) if sep else None)
+
+
+def replica_history(table: pd.DataFrame, max_points: int | None) -> pd.DataFrame:
+    """An aggregate run's per-replica table as the long history its replicas would have
+    logged as runs of their own (``run_id`` still the replica's seed): the ``train/*``
+    points at :func:`qlab.tracking.curve_steps` and each replica's last episode, the
+    ``eval/*`` points where they were taken."""
+    parts = []
+    for seed, rows in table.groupby("seed", sort=False):
+        ep = rows["episode"].to_numpy()
+        keep = np.isin(ep, tracking.curve_steps(0, int(ep.max()) + 1, max_points))
+        keep[np.argmax(ep)] = True
+        for key in (c for c in rows.columns if c.startswith(("train/", "eval/"))):
+            v = rows[key].to_numpy()
+            mask = keep if key.startswith("train/") else ~np.isnan(v)
+            parts.append(pd.DataFrame({"run_id": seed, "key": key, "step": ep[mask],
+                                       "value": v[mask]}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["run_id", "key", "step", "value"])
+
+
+def expand_aggregates(client: MlflowClient, runs: pd.DataFrame, is_agg: pd.Series,
+                      hist: pd.DataFrame, keys: Iterable[str] | None = None,
+                      history: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``runs`` and ``hist`` with every aggregate run (rows ``is_agg``) replaced by one row
+    per replica and its history (see the module docstring)."""
+    import tempfile
+
+    rows, hists = [runs[~is_agg]], [hist]
+    with tempfile.TemporaryDirectory(prefix="qlab-aggregate-") as tmp:
+        for _, run in runs[is_agg].iterrows():
+            path = client.download_artifacts(run["run_id"], aggregate.TABLE,
+                                             str(Path(tmp) / run["run_id"]))
+            table = aggregate.read_table(path)
+            mp = run.get("params.tracking.max_points")
+            h = replica_history(table, None if pd.isna(mp) or mp in ("None", "null")
+                                else int(mp))
+            if keys is not None:
+                h = h[h["key"].isin(set(keys))]
+            h["run_id"] = run["run_id"] + SEED_SEP + h["run_id"].astype(str)
+            last = (h.sort_values("step", kind="stable").groupby(["run_id", "key"])["value"]
+                    .last().unstack())
+            base = run.drop([c for c in run.index if c.startswith("metrics.")]
+                            + ["params.seeds"], errors="ignore")
+            seeds = table.drop_duplicates("seed")[["seed", "replica"]]
+            frame = pd.DataFrame([base] * len(seeds)).reset_index(drop=True)
+            frame["aggregate_run_id"] = run["run_id"]
+            frame["replica"] = seeds["replica"].to_numpy()
+            frame["seed"] = pd.array(seeds["seed"].to_numpy(), dtype="Int64")
+            frame["run_id"] = [f"{run['run_id']}{SEED_SEP}{s}" for s in seeds["seed"]]
+            frame["run_name"] = [f"{run['run_name']} seed {s}" for s in seeds["seed"]]
+            if "params.seed" in frame:
+                frame["params.seed"] = seeds["seed"].to_numpy()
+            for key in last.columns:
+                frame[f"metrics.{key}"] = frame["run_id"].map(last[key])
+            rows.append(frame)
+            if history:
+                hists.append(h)
+    out = pd.concat(rows, ignore_index=True)
+    out = out.sort_values(["agent", "run_name", "seed"], na_position="last",
+                          kind="stable").reset_index(drop=True)
+    return out, pd.concat([x for x in hists if len(x)], ignore_index=True) if any(
+        len(x) for x in hists) else hist
+
+
 # ------------------------------------------------------------------------------ artifacts
 
 AGENT_FILES = ("q_table.npy", "q_network.pt")
@@ -302,7 +389,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def run_config(client: MlflowClient, run_id: str, dst: str | Path) -> DictConfig:
-    """A run's resolved config: its ``config.yaml`` artifact, else rebuilt from its params."""
+    """A run's resolved config: its ``config.yaml`` artifact, else rebuilt from its params
+    (a replica of an aggregate run: its point's config)."""
+    run_id, _ = split_run_id(run_id)
     try:
         path = client.download_artifacts(run_id, "config.yaml", str(dst))
         return OmegaConf.load(path)
@@ -319,13 +408,35 @@ def run_config(client: MlflowClient, run_id: str, dst: str | Path) -> DictConfig
 
 
 def agent_file(client: MlflowClient, run_id: str, dst: str | Path) -> Path:
-    """Download the run's learned agent (``q_table.npy`` or ``q_network.pt``) into ``dst``."""
+    """Download the run's learned agent (``q_table.npy`` or ``q_network.pt``) into ``dst``
+    (a replica of an aggregate run: its table from ``q_tables.npy`` or its own files)."""
+    run_id, seed = split_run_id(run_id)
+    if seed is not None:
+        return _replica_agent_file(client, run_id, seed, Path(dst))
     names = {a.path for a in client.list_artifacts(run_id)}
     for name in AGENT_FILES:
         if name in names:
             return Path(client.download_artifacts(run_id, name, str(dst)))
     raise AnalysisError(f"run {run_id} has no {' or '.join(AGENT_FILES)} artifact "
                         "(not a training run, or it did not finish)")
+
+
+def _replica_agent_file(client: MlflowClient, run_id: str, seed: int, dst: Path) -> Path:
+    """Replica ``seed``'s agent file of aggregate run ``run_id``, in ``dst``."""
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if "q_tables.npy" in names:
+        first = int(str(client.get_run(run_id).data.params["seeds"]).split("..")[0])
+        tables = np.load(client.download_artifacts(run_id, "q_tables.npy", str(dst)),
+                         mmap_mode="r")
+        out = dst / f"q_table_{seed}.npy"
+        np.save(out, np.asarray(tables[seed - first]))
+        return out
+    for name in AGENT_FILES:
+        try:
+            return Path(client.download_artifacts(run_id, f"replicas/{seed}/{name}", str(dst)))
+        except (MlflowException, OSError):
+            continue
+    raise AnalysisError(f"run {run_id} has no agent file of seed {seed}")
 
 
 def state_observations(env_cfg: Any) -> np.ndarray | None:
@@ -358,4 +469,5 @@ def q_on_states(path: str | Path, env_cfg: Any) -> np.ndarray:
 
 
 __all__ = ["AnalysisError", "Sweep", "load_sweep", "find_runs", "runs_frame", "history_frame",
+           "expand_aggregates", "replica_history", "split_run_id",
            "column", "redact", "run_config", "agent_file", "q_on_states", "state_observations"]

@@ -21,7 +21,7 @@ class Result:
     config: QlabConfig
     history: History | None
     job: Job | None
-    run_ids: list[str] = field(default_factory=list)  # one per replica; [] when untracked
+    run_ids: list[str] = field(default_factory=list)  # per replica (or aggregate run); [] untracked
 
     @property
     def seeds(self) -> list[int]:

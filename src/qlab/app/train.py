@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +19,6 @@ from qlab.app.naming import run_names
 from qlab.app.progress import ProgressBar
 from qlab.app.result import Result
 from qlab.app.stopping import GracefulStop, Terminated
-from qlab.app.value_maps import value_heatmap_writer
 from qlab.config import QlabConfig, complete
 from qlab.config.batch import batch as config_batch
 from qlab.core import agents, driver
@@ -54,18 +55,20 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
                 return Result(c, None, None, plan.run_ids)
             resume.restore(plan, env, agent, job.evaluator, c.episodes, c.eval_every)
             resume.announce(plan)
-        replicas = [{"params": batch.params(k),
-                     "tags": {"agent": c.agent.name, "env": c.env.name, "seed": s,
-                              resume.REPLICA_TAG: k, **(tags or {}), **batch.tags,
-                              **(plan.tags if plan else {})}}
-                    for k, s in enumerate(seeds)]
+        aggregate = c.tracking.enabled and c.tracking.aggregate(max(map(len, batch.groups)))
         names = run_names(batch, tags)  # agent-env-<swept values>-seedN
+        groups = batch.groups if aggregate else [range(k, k + 1) for k in range(len(seeds))]
+        runs = [run_record(batch, m, names, aggregate,
+                           {"agent": c.agent.name, "env": c.env.name, **(tags or {}),
+                            **batch.tags, **(plan.tags if plan else {})}) for m in groups]
         bar = ProgressBar(c.replicas * c.episodes, desc=f"{c.agent.name} on {c.env.name}")
         if not c.tracking.enabled:
             ctx = contextlib.nullcontext(tracking.NullTracker())
         else:
-            ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names,
-                                     max_points=c.tracking.max_points, resume_ids=plan.run_ids)
+            ctx = tracking.open_runs(uri, c.experiment_name, {}, runs,
+                                     [r["name"] for r in runs],
+                                     max_points=c.tracking.max_points, resume_ids=plan.run_ids,
+                                     groups=groups, aggregate=aggregate, seeds=seeds)
         stop = GracefulStop()
         with stop, ctx as tracker:
             ckpt = None
@@ -84,13 +87,9 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
             if job.evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 tracker.log_values("eval/episodes_to_optimal", episodes_to_optimal(hist),
                                    step=c.episodes - 1)
-            tracker.log_replica_files(batch.write_config)
-            tracker.log_replica_files(agent.save)
-            if c.tracking.enabled and agents.spec_of(c.agent).tabular:  # V(s) beside Q*, grids
-                heatmap = value_heatmap_writer(c.env, env.model, agent.q_values(), agent.gamma,
-                                               names)
-                if heatmap is not None:
-                    tracker.log_replica_files(heatmap)
+            tracker.log_files(lambda m, d: batch.write_config(m.start, d))
+            tracker.log_files(agent_files(agent, seeds, aggregate,
+                                          agents.spec_of(c.agent).tabular))
         if plan is not None:
             plan.finished()  # training is complete: its checkpoint has no more use
         if stop.pending is not None:  # a signal during the last flush: the job is done; stop
@@ -105,6 +104,43 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
         raise ReplicaFailure("; ".join(f"seed {seeds[k]} ({why})"
                                        for k, why in sorted(hist.failed.items())))
     return Result(c, hist, job, tracker.run_ids)
+
+
+def run_record(batch, members: range, names: list[str], aggregate: bool,
+               tags: dict[str, str]) -> dict:
+    """The name, params and tags of the run recording replicas ``members``: one replica's
+    (its seed), or an aggregate run's (its point's first seed, ``seeds``: first..last)."""
+    first, seeds = members.start, batch.seeds
+    own = {"params": batch.params(first),
+           "tags": {**tags, "seed": seeds[first], resume.REPLICA_TAG: first}}
+    if not aggregate:
+        return {"name": names[first], **own}
+    span = f"{seeds[first]}..{seeds[members.stop - 1]}"
+    own["params"]["seeds"] = span
+    own["tags"][tracking.aggregate.AGGREGATE_TAG] = "true"
+    return {"name": f"{names[first]}..{seeds[members.stop - 1]}", **own}
+
+
+AGGREGATE_Q_TABLES = "q_tables.npy"
+
+
+def agent_files(agent, seeds: list[int], aggregate: bool, tabular: bool
+                ) -> Callable[[range, Path], None]:
+    """For :meth:`qlab.tracking.Tracker.log_files`: the learned agent of a run's replicas —
+    a replica run's own files (``q_table.npy``, ``q_network.pt``, ...); an aggregate run of a
+    tabular agent: every replica's table in ``q_tables.npy`` (replicas x S x A, in the order
+    of its seeds), of another agent: each replica's files in ``replicas/<seed>/``."""
+    def write(members: range, directory: Path) -> None:
+        if not aggregate:
+            agent.save(members.start, directory)
+        elif tabular:
+            np.save(directory / AGGREGATE_Q_TABLES,
+                    np.asarray(agent.q_values()[members.start:members.stop]))
+        else:
+            for k in members:
+                (directory / "replicas" / str(seeds[k])).mkdir(parents=True)
+                agent.save(k, directory / "replicas" / str(seeds[k]))
+    return write
 
 
 def summary(c: QlabConfig, hist: History) -> str:

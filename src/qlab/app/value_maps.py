@@ -1,5 +1,6 @@
 """Value maps: V(s) = max_a Q(s, a) on a grid env's cells with greedy-policy arrows, beside
-Q* from value iteration — the per-run ``value_heatmap.png`` and the report's value figures.
+Q* from value iteration — the report's value figures, drawn on demand from the runs'
+``q_table.npy`` (training logs no figure per run: docs/tracking.md says why).
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
 state, no GUI backend, safe in workers); :func:`save` writes it as PNG. Grids: the qlab grid
@@ -10,7 +11,7 @@ own action orders).
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,24 +243,3 @@ def value_figure(items: Sequence[tuple[str, np.ndarray, float]], model: TabularM
     if note:
         fig.suptitle(note, fontsize=9, y=1 - 0.08 / fh, va="top")
     return fig
-
-
-def value_heatmap_writer(env: Any, model: TabularModel | None, q: np.ndarray,
-                         gamma: np.ndarray, titles: Sequence[str] | None = None
-                         ) -> Callable[[int, Path], None] | None:
-    """For :meth:`qlab.tracking.Tracker.log_replica_files`: ``write(k, dir)`` saves replica
-    k's ``value_heatmap.png`` (its V and greedy policy beside Q*). None when the env is not a
-    grid or has no model. ``q`` (R, S, A) and ``gamma`` (R,) are read when called."""
-    if model is None:
-        return None
-    layout = grid_layout(env)
-    if layout is None:
-        return None
-
-    def write(k: int, directory: Path) -> None:
-        title = titles[k] if titles is not None else f"replica {k}"
-        fig = value_figure([(title, np.asarray(q[k]), float(np.asarray(gamma)[k]))], model,
-                           layout)
-        save(fig, Path(directory) / "value_heatmap.png")
-
-    return write

@@ -71,6 +71,7 @@ class Batch:
     seeds: list[int]  # (R,) replica k's seed
     resolved: list[dict]  # (R,) replica k's point's resolved config (what its run records)
     tags: dict[str, str] = field(default_factory=dict)  # tags of every run ({TAG: id} if fused)
+    groups: list[range] = field(default_factory=list)  # each point's replica indices, in order
 
     @property
     def fused(self) -> bool:
@@ -97,14 +98,15 @@ def batch(cfg: DictConfig) -> Batch:
     cfgs = [complete(c) for c in points(cfg)]
     typed = [validate(c) for c in cfgs]
     resolved = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
-    seeds, per_replica, owners = [], [], []
+    seeds, per_replica, owners, groups = [], [], [], []
     for i, (t, r) in enumerate(zip(typed, resolved, strict=True)):
+        groups.append(range(len(seeds), len(seeds) + t.replicas))
         seeds += [t.seed + k for k in range(t.replicas)]
         per_replica += [r] * t.replicas
         owners += [i] * t.replicas
     c = typed[0]
     if len(cfgs) == 1:
-        return Batch(c, seeds, per_replica)
+        return Batch(c, seeds, per_replica, groups=groups)
     _check_only_fusable_differ(resolved)
 
     def arr(get) -> np.ndarray:
@@ -118,7 +120,7 @@ def batch(cfg: DictConfig) -> Batch:
         min=arr(lambda t: t.exploration.min), duration=arr(lambda t: t.exploration.duration))
     c = dataclasses.replace(c, agent=agent, exploration=exploration, seed=seeds[0],
                             replicas=len(seeds))
-    return Batch(c, seeds, per_replica, {TAG: uuid.uuid4().hex[:12]})
+    return Batch(c, seeds, per_replica, {TAG: uuid.uuid4().hex[:12]}, groups)
 
 
 def _check_only_fusable_differ(resolved: list[dict]) -> None:

@@ -16,6 +16,9 @@ from qlab.core.envs.registry import EnvConfig
 from qlab.core.exploration import ExplorationConfig
 
 FAST_MODES = ("auto", "on", "off")
+# replica_runs=auto: one MLflow run per replica while no sweep point of the job has more
+# replicas than this, else one aggregate run per point (docs/tracking.md).
+AUTO_REPLICA_RUNS_MAX = 100
 
 
 @dataclass
@@ -24,16 +27,29 @@ class TrackingConfig:
 
     enabled: bool = True  # false: train without MLflow
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite
-    flush_seconds: float = 2.0  # how often buffered metrics are written while training
+    flush_seconds: float = 10.0  # how often buffered metrics are written while training
     # train/* curves: every episode up to this many points per run, then thinned (every 2nd
     # episode up to 2x, every 4th up to 4x, ...); the full table is the episodes.csv artifact.
     # null: every episode
     max_points: int | None = 1000
+    # true: one MLflow run per replica; false: one aggregate run per sweep point (mean and
+    # spread curves, the per-replica table as an artifact); auto: per replica up to
+    # AUTO_REPLICA_RUNS_MAX replicas per point, aggregate above
+    replica_runs: Any = "auto"
 
     def check(self) -> None:
         check_range("tracking.flush_seconds", self.flush_seconds, 0, lo_open=True)
         if self.max_points is not None:
             check_range("tracking.max_points", self.max_points, 1)
+        if not (isinstance(self.replica_runs, bool) or self.replica_runs == "auto"):
+            fail("tracking.replica_runs", self.replica_runs, "must be true, false or auto")
+
+    def aggregate(self, replicas_per_point: int) -> bool:
+        """Whether a job whose largest sweep point has ``replicas_per_point`` replicas is
+        recorded as aggregate runs (one per point)."""
+        if self.replica_runs == "auto":
+            return replicas_per_point > AUTO_REPLICA_RUNS_MAX
+        return not self.replica_runs
 
 
 @dataclass
@@ -44,7 +60,7 @@ class QlabConfig:
     agent: Any = MISSING  # the agent's own config class (qlab.core.agents.registry)
     exploration: ExplorationConfig = MISSING
     seed: int = 0  # seed of replica 0; replica k uses seed + k
-    replicas: int = 1  # independent replicas trained in lock-step, one MLflow run each
+    replicas: int = 1  # independent replicas in lock-step (MLflow runs: tracking.replica_runs)
     episodes: int = 500  # training episodes per replica
     eval_every: int = 25  # greedy evaluation every this many episodes (and after the last)
     total_steps: int | None = None  # env-step budget per replica, ends training early (null: none)

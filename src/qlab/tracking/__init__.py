@@ -1,5 +1,7 @@
-"""MLflow tracking: one run per replica, params from the resolved config, metrics buffered
-and written with ``log_batch``, artifacts at the end, and a terminal status on every exit.
+"""MLflow tracking: one run per replica (or one aggregate run per sweep point, see
+:mod:`qlab.tracking.aggregate`), params from the resolved config, metrics buffered and
+written with ``log_batch``, each run's files in one upload at the end, and a terminal status
+on every exit.
 
 What goes to MLflow's metric store, and why not everything: MLflow's sqlite store ingests
 only ~5-13k points/s through ``log_batch`` (its ORM builds an object per point), so a job of
@@ -9,7 +11,8 @@ anyway. So the per-episode curves (``train/*``) are logged for every episode up 
 ``max_points``, then thinned by doubling strides (every 2nd episode up to 2 x max_points,
 every 4th up to 4 x, ...), always with each replica's last episode; ``eval/*`` points are
 all logged. The complete per-episode table of every replica is kept beside them as the run
-artifact ``episodes.csv`` (written when the run ends, whatever its status).
+artifact ``episodes.csv`` (an aggregate run: ``replicas.parquet``), written when the run
+ends, whatever its status.
 
 It knows nothing of agents: it is handed a :class:`~qlab.core.history.History` and arrays
 to save.
@@ -35,7 +38,7 @@ from mlflow.tracking import MlflowClient
 
 from qlab.config import flatten
 from qlab.core.secrets import mask
-from qlab.tracking import provenance, store
+from qlab.tracking import aggregate, provenance, store
 from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -84,16 +87,26 @@ def curve_steps(lo: int, hi: int, max_points: int | None) -> np.ndarray:
 
 
 class Tracker:
-    """The MLflow runs of one job's replicas; ``update(history)`` logs what is new.
-    ``logged[k]`` (resumed runs) maps each metric key to the last step run k already holds:
+    """The MLflow runs of one job: one per replica, or with ``aggregate`` one per sweep point
+    (:mod:`qlab.tracking.aggregate`); run j records the replicas ``groups[j]`` (default: run
+    k is replica k). ``update(history)`` logs what is new; :meth:`log_files` stages each run's
+    files, uploaded with the run's last metrics in one ``log_artifacts`` call when it ends.
+    ``logged[j]`` (resumed runs) maps each metric key to the last step run j already holds:
     points up to it are never sent again."""
 
     def __init__(self, client: MlflowClient, run_ids: Sequence[str],
                  max_points: int | None = None,
-                 logged: Sequence[Mapping[str, int]] | None = None) -> None:
+                 logged: Sequence[Mapping[str, int]] | None = None,
+                 groups: Sequence[range] | None = None, aggregate: bool = False,
+                 seeds: Sequence[int] | None = None, environment: str | None = None) -> None:
         self.client = client
         self.run_ids = list(run_ids)
         self.max_points = max_points
+        self.groups = (list(groups) if groups is not None
+                       else [range(k, k + 1) for k in range(len(self.run_ids))])
+        self.aggregate = aggregate
+        self.seeds = np.asarray(seeds if seeds is not None else [], dtype=np.int64)
+        self.environment = environment  # provenance JSON, the environment.json artifact
         self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
@@ -102,77 +115,176 @@ class Tracker:
         self._last_logged = np.array([min((v for key, v in m.items() if key.startswith("train/")),
                                           default=-1) for m in self._logged], dtype=np.int64)
         self._history = None  # the last history seen (also kept locally if the store goes)
+        self._values: dict[str, tuple[np.ndarray, int]] = {}  # log_values, sent at the end
+        self._staging: tempfile.TemporaryDirectory | None = None
+        self._closed = False
+
+    # ---- metric points
+
+    def _block(self, j: int, table: np.ndarray, cols) -> np.ndarray:
+        m = self.groups[j]
+        return table[m.start:m.stop, cols]
+
+    def _series(self, key: str, block: np.ndarray, steps: np.ndarray, now: int) -> list[Metric]:
+        """The points of ``key`` at ``steps`` from its values (members x steps): the one
+        replica's, or the mean with its spread for an aggregate run."""
+        if not self.aggregate:
+            return [Metric(key, float(v), now, int(e)) for e, v in zip(steps, block[0],
+                                                                        strict=True)]
+        mean, std = aggregate.mean_and_std(block)
+        spread = aggregate.spread_key(key)
+        out = [Metric(key, float(v), now, int(e)) for e, v in zip(steps, mean, strict=True)]
+        out += [Metric(spread, float(v), now, int(e)) for e, v in zip(steps, std, strict=True)]
+        if key == "eval/optimal_fraction":
+            out += [Metric(aggregate.OPTIMAL_SHARE, float(v), now, int(e))
+                    for e, v in zip(steps, aggregate.optimal_share(block), strict=True)]
+        return out
+
+    def _points(self, history, j: int, hi: int, ehi: int, now: int) -> list[Metric]:
+        """Run j's points from its episodes [sent, hi) and evaluations [sent, ehi)."""
+        lo, elo, old = self._train_sent[j], self._eval_sent[j], self._logged[j]
+        metrics: list[Metric] = []
+        for key, table in history.train.items():
+            steps = curve_steps(max(lo, old.get(key, -1) + 1), hi, self.max_points)
+            if steps.size:
+                metrics += self._series(key, self._block(j, table, steps), steps, now)
+        if ehi > elo:
+            first = self.groups[j].start  # an aggregate's evaluations pair up by their order
+            eval_steps = history.eval_steps[first, elo:ehi]
+            for key, table in history.evals.items():
+                new = eval_steps > old.get(key, -1)
+                if new.any():
+                    cols = np.arange(elo, ehi)[new]
+                    metrics += self._series(key, self._block(j, table, cols), eval_steps[new],
+                                            now)
+        last = curve_steps(lo, hi, self.max_points)
+        self._train_sent[j], self._eval_sent[j] = max(lo, hi), max(elo, ehi)
+        if last.size:
+            self._last_logged[j] = max(self._last_logged[j], last[-1])
+        return metrics
 
     def update(self, history) -> None:
-        """Write the metric points recorded since the last call (one log_batch per run)."""
+        """Write the metric points recorded since the last call (one log_batch per run; an
+        aggregate run takes the episodes every one of its replicas has finished)."""
         self.failed.update(history.failed)
         self._history = history
         now = int(time.time() * 1000)
-        for k, run_id in enumerate(self.run_ids):
-            lo, hi = self._train_sent[k], history.done[k]
-            elo, ehi = self._eval_sent[k], history.evals_done[k]
-            old = self._logged[k]
-            metrics = []
-            for key, table in history.train.items():
-                steps = curve_steps(max(lo, old.get(key, -1) + 1), hi, self.max_points)
-                metrics += [Metric(key, float(table[k, e]), now, int(e)) for e in steps]
-            last = curve_steps(lo, hi, self.max_points)
-            metrics += [Metric(key, float(v), now, int(step))
-                        for key, table in history.evals.items()
-                        for step, v in zip(history.eval_steps[k, elo:ehi], table[k, elo:ehi],
-                                           strict=True) if step > old.get(key, -1)]
+        for j, run_id in enumerate(self.run_ids):
+            m = self.groups[j]
+            metrics = self._points(history, j, int(history.done[m.start:m.stop].min()),
+                                   int(history.evals_done[m.start:m.stop].min()), now)
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
-            self._train_sent[k], self._eval_sent[k] = hi, ehi
-            if last.size:
-                self._last_logged[k] = max(self._last_logged[k], last[-1])
-
-    def _close_history(self) -> None:
-        """Each replica's last episode as a point (if thinning skipped it), and its whole
-        per-episode table as the artifact ``episodes.csv``."""
-        h = self._history
-        if h is None:
-            return
-        now = int(time.time() * 1000)
-        for k, run_id in enumerate(self.run_ids):
-            last = int(h.done[k]) - 1
-            if last > self._last_logged[k]:
-                self.client.log_batch(run_id, synchronous=True, metrics=[
-                    Metric(key, float(table[k, last]), now, last)
-                    for key, table in h.train.items()])
-                self._last_logged[k] = last
-            table = pd.DataFrame({key.removeprefix("train/"): t[k, :last + 1]
-                                  for key, t in h.train.items()})
-            table.index.name = "episode"
-            with tempfile.TemporaryDirectory() as tmp:
-                table.to_csv(Path(tmp) / "episodes.csv")
-                self.client.log_artifact(run_id, str(Path(tmp) / "episodes.csv"))
-
-    def log_replica_files(self, write: Callable[[int, Path], None]) -> None:
-        """``write(k, directory)`` fills a fresh directory per replica; its files become
-        artifacts of replica k's run."""
-        for k, run_id in enumerate(self.run_ids):
-            with tempfile.TemporaryDirectory() as tmp:
-                write(k, Path(tmp))
-                self.client.log_artifacts(run_id, tmp)
 
     def log_values(self, key: str, values: np.ndarray, step: int) -> None:
-        """One value per replica (e.g. a summary number) as metric ``key`` at ``step``."""
+        """One value per replica (e.g. a summary number) as metric ``key`` at ``step``
+        (an aggregate run: their mean), sent with the runs' last points."""
+        self._values[key] = (np.asarray(values, dtype=np.float64), int(step))
+
+    # ---- files
+
+    def _run_dir(self, j: int) -> Path:
+        if self._staging is None:
+            self._staging = tempfile.TemporaryDirectory(prefix="qlab-artifacts-")
+        d = Path(self._staging.name) / str(j)
+        d.mkdir(exist_ok=True)
+        return d
+
+    def log_files(self, write: Callable[[range, Path], None]) -> None:
+        """``write(replicas, directory)`` writes the files of the run recording ``replicas``
+        (a range: one replica, or an aggregate run's point) into ``directory``; they are
+        uploaded when the run ends."""
+        for j in range(len(self.run_ids)):
+            write(self.groups[j], self._run_dir(j))
+
+    def _close_history(self, final: bool = True) -> None:
+        """Each run's last points (episodes thinning skipped, an aggregate's replicas that
+        finished later, :meth:`log_values`), its per-episode table (``episodes.csv``, or an
+        aggregate's :data:`~qlab.tracking.aggregate.TABLE`), then one upload of its files.
+        Not ``final`` (stopped, resumable): an aggregate run's points only up to the episode
+        all its running replicas finished."""
+        h = self._history
+        if h is None or self._closed:
+            return
         now = int(time.time() * 1000)
-        for k, (run_id, v) in enumerate(zip(self.run_ids, values, strict=True)):
-            if step <= self._logged[k].get(key, -1):
-                continue  # logged before a resume
-            self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step))])
+        for j, run_id in enumerate(self.run_ids):
+            m = self.groups[j]
+            done, evals_done = h.done[m.start:m.stop], h.evals_done[m.start:m.stop]
+            if not final:  # a resumable stop: only what every replica finished (a mean of
+                # fewer replicas would stay in the store after the resume)
+                going = np.array([k not in self.failed for k in m])
+                if going.any():
+                    done, evals_done = done[going].min(keepdims=True), evals_done[going].min(
+                        keepdims=True)
+            metrics = self._points(h, j, int(done.max(initial=0)),
+                                   int(evals_done.max(initial=0)), now)
+            last = int(done.max(initial=0)) - 1
+            if last > self._last_logged[j]:
+                metrics += [x for key, table in h.train.items()
+                            for x in self._series(key, self._block(j, table, [last]),
+                                                  np.array([last]), now)]
+                self._last_logged[j] = last
+            for key, (values, step) in self._values.items():
+                if step > self._logged[j].get(key, -1):
+                    v = values[m.start:m.stop]
+                    value = v[0] if not self.aggregate else aggregate.mean_and_std(v[:, None])[0][0]
+                    metrics.append(Metric(key, float(value), now, step))
+            if metrics:
+                self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+        try:  # every run's metrics are in: now their files
+            for j, run_id in enumerate(self.run_ids):
+                self._upload_files(h, j, run_id)
+        except Exception as exc:
+            raise _FilesFailed(_one_line(exc)) from exc
+        self._closed = True
+        self._drop_staging()
+
+    def _upload_files(self, h, j: int, run_id: str) -> None:
+        """Run j's per-episode table, environment.json and staged files, in one upload."""
+        m = self.groups[j]
+        d = self._run_dir(j)
+        if self.aggregate:
+            aggregate.write_table(aggregate.replica_table(
+                h, m, self.seeds[m.start:m.stop], self._values), d / aggregate.TABLE)
+        else:
+            k, n = m.start, int(h.done[m.start])
+            table = pd.DataFrame({key.removeprefix("train/"): t[k, :n]
+                                  for key, t in h.train.items()})
+            table.index.name = "episode"
+            table.to_csv(d / "episodes.csv")
+        if self.environment is not None:
+            (d / provenance.ARTIFACT).write_text(self.environment)
+        self.client.log_artifacts(run_id, str(d))
+
+    def _drop_staging(self) -> None:
+        if self._staging is not None:
+            self._staging.cleanup()
+            self._staging = None
+
+    # ---- ending
+
+    def _run_failure(self, j: int, failed: Mapping[int, str]) -> tuple[str | None, bool]:
+        """(why, whether the run failed): a replica run fails with its replica; an aggregate
+        run only when every replica of its point failed (the reasons go in its error tag)."""
+        m = self.groups[j]
+        reasons = [failed[k] for k in m if k in failed]
+        if not reasons:
+            return None, False
+        if not self.aggregate:
+            return reasons[0], True
+        why = f"{len(reasons)} of {len(m)} replicas stopped: " + "; ".join(reasons)
+        return why, len(reasons) == len(m)
 
     def finish(self, failed: Mapping[int, str]) -> None:
-        """Write each run's last points and ``episodes.csv``, then end the runs FINISHED,
-        except replicas in ``failed`` (index -> reason), FAILED with their own reason. If the
+        """Write each run's last points and files, then end the runs FINISHED, except those
+        of replicas in ``failed`` (index -> reason), FAILED with their own reason. If the
         final write fails the runs still end, FAILED with why, and :class:`StoreError` says
         so: the job is not complete (its checkpoint stays for a resume)."""
         try:
             self._close_history()
         except Exception as exc:
-            reason = f"writing the final metrics failed: {_one_line(exc)}"
+            reason = (str(exc) if isinstance(exc, _FilesFailed)
+                      else f"writing the final metrics failed: {_one_line(exc)}")
             self._end("FAILED", reason, failed)
             raise StoreError(f"{reason}; the runs ended FAILED") from exc
         self._end("FINISHED", None, failed)
@@ -180,14 +292,16 @@ class Tracker:
     def _end(self, status: str, error: str | None, failed: Mapping[int, str],
              traceback: str | None = None) -> None:
         """Tag (``error``, or a failed replica's own reason) and end every run."""
-        for k, run_id in enumerate(self.run_ids):
-            reason = failed.get(k, error)
+        self._drop_staging()
+        for j, run_id in enumerate(self.run_ids):
+            why, run_failed = self._run_failure(j, failed)
+            reason = why if why is not None else error
             if reason is not None:
                 self.client.set_tag(run_id, "error", mask(reason)[:4000])
             if traceback is not None:  # optional: a full artifact store must not stop this
                 with contextlib.suppress(OSError, MlflowException):
                     self.client.log_text(run_id, mask(traceback), "traceback.txt")
-            self.client.set_terminated(run_id, "FAILED" if k in failed else status)
+            self.client.set_terminated(run_id, "FAILED" if run_failed else status)
 
     def finish_after_error(self, status: str, error: str, traceback: str | None = None,
                            failed: Mapping[int, str] | None = None) -> Exception | None:
@@ -196,9 +310,10 @@ class Tracker:
         first error talking to the store stops the attempt. Returns that error, if any."""
         failed = failed or {}
         try:
-            self._close_history()  # the last point and episodes.csv, if the store allows
+            self._close_history(final=False)  # the last points and files, if the store allows
         except Exception as exc:  # noqa: BLE001
             if "Max retries exceeded" in str(exc):  # the server is gone: no more waiting
+                self._drop_staging()
                 return exc
         try:
             self._end(status, error, failed, traceback)
@@ -207,11 +322,20 @@ class Tracker:
         return None
 
     def save_local(self, directory: Path) -> Path:
-        """Every metric point of the last history, one CSV (key, step, value) per run, in
-        ``directory``: what is kept when the store goes away mid-run."""
+        """Every metric point of the last history in ``directory``: one CSV (key, step,
+        value) per replica run, an aggregate run's per-replica table as
+        ``<run id>.parquet``: what is kept when the store goes away mid-run."""
         directory.mkdir(parents=True, exist_ok=True)
         h = self._history
-        for k, run_id in enumerate(self.run_ids):
+        for j, run_id in enumerate(self.run_ids):
+            if self.aggregate:
+                if h is not None:
+                    m = self.groups[j]
+                    aggregate.write_table(aggregate.replica_table(
+                        h, m, self.seeds[m.start:m.stop], self._values),
+                        directory / f"{run_id}.parquet")
+                continue
+            k = self.groups[j].start
             with open(directory / f"{run_id}.csv", "w", newline="") as f:
                 out = csv.writer(f)
                 out.writerow(["key", "step", "value"])
@@ -226,13 +350,17 @@ class Tracker:
         return directory
 
 
+class _FilesFailed(Exception):
+    """Uploading a run's files failed (the message: what failed, one line)."""
+
+
 class NullTracker:
     """Stands in when tracking is disabled."""
 
     run_ids: list[str] = []
 
     def update(self, history) -> None: ...
-    def log_replica_files(self, write: Callable[[int, Path], None]) -> None: ...
+    def log_files(self, write: Callable[[range, Path], None]) -> None: ...
     def log_values(self, key: str, values: np.ndarray, step: int) -> None: ...
 
 
@@ -240,9 +368,13 @@ class NullTracker:
 def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
               replicas: Sequence[Mapping[str, str]], run_names: Sequence[str],
               max_points: int | None = None,
-              resume_ids: Sequence[str] | None = None) -> Iterator[Tracker]:
-    """One MLflow run per replica; ``replicas[k]`` holds replica k's own params and tags
-    (its seed). Runs end FINISHED, FAILED on an exception or KILLED on Ctrl-C.
+              resume_ids: Sequence[str] | None = None,
+              groups: Sequence[range] | None = None, aggregate: bool = False,
+              seeds: Sequence[int] | None = None) -> Iterator[Tracker]:
+    """One MLflow run per replica, or with ``aggregate`` one per sweep point: run j records
+    the replicas ``groups[j]`` (whose ``seeds`` an aggregate's table lists); ``replicas[j]``
+    holds run j's own params and tags (its seed). Runs end FINISHED, FAILED on an exception
+    or KILLED on Ctrl-C.
 
     A store that cannot be used raises :class:`~qlab.tracking.store.StoreError` (one line):
     before any run exists when :func:`qlab.tracking.store.check` sees it, else with the runs
@@ -253,6 +385,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     store.check(uri)
     client = store.client_for(uri)
     record = provenance.collect()
+    environment = provenance.to_json(record)
     run_ids: list[str] = []
     logged = None
     try:
@@ -261,23 +394,27 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
             logged = reopen(client, resume_ids)
         else:
             exp_id = get_or_create_experiment(client, experiment_name, uri)
+            common = provenance.tags(record)
             for own, name in zip(replicas, run_names, strict=True):
                 run = client.create_run(exp_id, run_name=name, tags={
-                    **provenance.tags(record), **{k: mask(str(v)) for k, v in own["tags"].items()}})
+                    **common, **{k: mask(str(v)) for k, v in own["tags"].items()}})
                 run_ids.append(run.info.run_id)
                 merged = {**params, **own["params"]}
                 items = [Param(k, mask(str(v))) for k, v in merged.items()]
                 for i in range(0, len(items), PARAMS_PER_BATCH):
                     client.log_batch(run.info.run_id, params=items[i:i + PARAMS_PER_BATCH])
-                # Written first: an unwritable artifact store shows before any training.
-                client.log_text(run.info.run_id, provenance.to_json(record), provenance.ARTIFACT)
+                if len(run_ids) == 1:  # once, first: an unwritable artifact store shows
+                    # before any other run or training (every run gets environment.json
+                    # with its other files when it ends)
+                    client.log_text(run.info.run_id, environment, provenance.ARTIFACT)
     except KeyboardInterrupt as exc:  # Ctrl-C while the runs are being made: none RUNNING
         Tracker(client, run_ids).finish_after_error("KILLED", type(exc).__name__)
         raise
     except Exception as exc:
         Tracker(client, run_ids).finish_after_error("FAILED", f"{type(exc).__name__}: {exc}")
         raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}") from exc
-    tracker = Tracker(client, run_ids, max_points, logged)
+    tracker = Tracker(client, run_ids, max_points, logged, groups, aggregate, seeds,
+                      environment)
     try:
         yield tracker
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see qlab.app.train)
@@ -331,7 +468,8 @@ def _keep_locally(tracker: Tracker, uri: str, exc: BaseException) -> StoreError:
     """The store went away: save the metrics locally, say where (one line)."""
     saved = tracker.save_local(UNSENT_DIR.resolve())
     return StoreError(f"lost the tracking store {uri} ({_one_line(exc)}); every metric point of "
-                      f"{len(tracker.run_ids)} run(s) saved to {saved}/<run id>.csv")
+                      f"{len(tracker.run_ids)} run(s) saved to {saved}/<run id>."
+                      f"{'parquet' if tracker.aggregate else 'csv'}")
 
 
 __all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "curve_steps",
