@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab.analysis import plots, stats
+from qlab.analysis import figures, plots, stats
 from qlab.analysis.runs import (
     AnalysisError,
     Sweep,
@@ -294,7 +294,8 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
         curve_figs.append((path, f"<code>{_e(key)}</code>: mean over seeds per group with a "
                                  f"{stats.CONFIDENCE:.0%} bootstrap CI band."))
     value_figs = _value_figures(sw, scores, gb, out, notes)
-    report.figures = [p for p, _ in figs + curve_figs + value_figs]
+    book_figs = figures.book_figures(sw, out)  # the experiment's textbook figure, if it names one
+    report.figures = [p for p, _ in book_figs + figs + curve_figs + value_figs]
 
     # ---- the page
     parts = [f"<h1>qlab report: {_e(sw.experiment)}</h1>"]
@@ -337,7 +338,7 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
                  f"{_e('; '.join(crit))}. Unsolved runs count as the episode budget, so with "
                  "unsolved runs mean and IQM are lower bounds; the median stays exact while at "
                  "most half are unsolved.</p>")
-    for path, caption in figs:
+    for path, caption in book_figs + figs:
         parts.append(_figure(path.relative_to(out).as_posix(), caption))
 
     # Detail tables per score.

@@ -170,6 +170,12 @@ def _check_env(e: EnvConfig, spec: agents.AgentSpec) -> None:
         raise ConfigError(f"env={e.name} ({e.id}) has no discrete state: agent={spec.name} "
                           "needs a grid world or toy-text env (griddy*, frozenlake*, "
                           "cliffwalking, taxi); use agent=dqn for this env")
+    env_spec = envs.registry.find(e)
+    if not spec.tabular and env_spec is not None and env_spec.model(e).legal is not None:
+        raise ConfigError(f"env={e.name} ({e.id}) offers different actions per state: "
+                          f"agent={spec.name} does not act by legal-action masks; use a "
+                          "tabular agent (tabular_q, tabular_mc, sarsa, expected_sarsa, "
+                          "double_q)")
 
 
 def validate(cfg: DictConfig) -> QlabConfig:

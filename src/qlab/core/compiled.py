@@ -102,6 +102,10 @@ class CompiledStepper:
             return f"agent {type(agent).__name__} has no kernel of this stepper"
         if type(env) is not TabularVecEnv:
             return f"env {type(env).__name__} is not a tabular-model env (TabularVecEnv)"
+        if env.model.legal is not None:
+            return "the kernels do not act by per-state legal actions (env has action masks)"
+        if env.model.reward_std is not None:
+            return "the kernels do not draw random rewards (env has reward noise)"
         if schedule.kind not in KINDS:
             return f"exploration {schedule.kind!r} is not one of {', '.join(KINDS)}"
         if env.num_envs != agent.replicas:

@@ -54,11 +54,12 @@ class DoubleQ(TabularAgent):
     """Double Q-learning for R independent replicas (see the module docstring)."""
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int], lr: np.ndarray,
-                 gamma: np.ndarray, init: float = 0.0) -> None:
-        super().__init__(n_states, n_actions, seeds, lr, gamma, init)
+                 gamma: np.ndarray, init: float = 0.0, legal: np.ndarray | None = None) -> None:
+        super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         # tables[0] is Q1, tables[1] is Q2; each (R, S, A).
         self.tables = np.full((2, self.replicas, n_states, n_actions), float(init))
         self.q = self.tables[0] + self.tables[1]
+        self._mean: np.ndarray | None = None  # q_values(), cached between learning steps
 
     @property
     def q1(self) -> np.ndarray:
@@ -69,12 +70,15 @@ class DoubleQ(TabularAgent):
         return self.tables[1]
 
     def learn(self, tr: Transition) -> Updates:
+        self._mean = None
         coin = self._rand.take(1)[:, 0]  # every replica's coin, used or not
         rows = self._rows[tr.active]
         update = (coin[rows] >= 0.5).astype(np.int64)  # 0: update Q1 (heads), 1: update Q2
         s, a, s2 = tr.state[rows], tr.action[rows], tr.next_state[rows]
         chooser = self.tables[update, rows, s2]  # (n, A): the updated table picks a' ...
         valuer = self.tables[1 - update, rows, s2]  # ... the other one values it
+        if self.legal is not None:  # ... among the legal actions of s'
+            chooser = np.where(self.legal[s2], chooser, -np.inf)
         best = chooser == chooser.max(axis=1, keepdims=True)
         value = np.where(best, valuer, 0.0).sum(axis=1) / best.sum(axis=1)
         bootstrap = np.where(tr.terminated[rows], 0.0, value)
@@ -88,8 +92,11 @@ class DoubleQ(TabularAgent):
         return Updates(abs_delta, tr.active.astype(np.float64))
 
     def q_values(self) -> np.ndarray:
-        """(R, S, A) (Q1 + Q2) / 2: what the greedy policy (argmax of Q1 + Q2) is scored on."""
-        return self.q / 2.0
+        """(R, S, A) (Q1 + Q2) / 2: what the greedy policy (argmax of Q1 + Q2) is scored on
+        (computed once per learning step: the evaluator asks replica by replica)."""
+        if self._mean is None:
+            self._mean = self.q / 2.0
+        return self._mean
 
     def save(self, replica: int, directory: Path) -> None:
         """``q_table.npy`` (the mean of the tables, S x A), ``q1.npy`` and ``q2.npy``."""
@@ -107,12 +114,13 @@ class DoubleQ(TabularAgent):
         self._rand.load_state(d["rand"])
         self.tables = np.stack([q1, q2])
         self.q = self.tables[0] + self.tables[1]
+        self._mean = None
 
 
 def build(cfg: DoubleQConfig, env, seeds: Sequence[int]) -> DoubleQ:
     """The agent for ``env``'s state and action counts, one replica per seed."""
     return DoubleQ(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma,
-                   init=cfg.init)
+                   init=cfg.init, legal=env.legal)
 
 
 register(AgentSpec("double_q", DoubleQConfig, build, tabular=True))

@@ -64,8 +64,8 @@ class Sarsa(TabularAgent):
     PENDING = ("pending", "pending_state", "pending_action", "pending_reward")  # checkpointed
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int], lr: np.ndarray,
-                 gamma: np.ndarray, init: float = 0.0) -> None:
-        super().__init__(n_states, n_actions, seeds, lr, gamma, init)
+                 gamma: np.ndarray, init: float = 0.0, legal: np.ndarray | None = None) -> None:
+        super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         R = self.replicas
         # Each replica's step whose update waits for its a' (valid where ``pending``).
         self.pending = np.zeros(R, dtype=bool)
@@ -129,7 +129,8 @@ class Sarsa(TabularAgent):
 
 def build(cfg: SarsaConfig, env, seeds: Sequence[int]) -> Sarsa:
     """The agent for ``env``'s state and action counts, one replica per seed."""
-    return Sarsa(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma, init=cfg.init)
+    return Sarsa(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma, init=cfg.init,
+                 legal=env.legal)
 
 
 register(AgentSpec("sarsa", SarsaConfig, build, tabular=True))
