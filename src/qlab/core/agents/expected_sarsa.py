@@ -9,7 +9,8 @@ epsilon-greedy policy the agent acts by, at the epsilon of the step just taken (
 keeps the value the driver passes it). pi gives every action epsilon / A and splits 1 -
 epsilon evenly over the greedy actions, as the random tie-breaking of ``act()`` does (on an
 env with per-state legal actions: epsilon / (the state's legal actions) to each legal one,
-and the mean and max below are over them); every greedy action has the value max_a' Q(s', a'), so the expectation is
+and the mean and max below are over them); every greedy action has the value
+max_a' Q(s', a'), so the expectation is
 
     epsilon * mean_a' Q(s', a') + (1 - epsilon) * max_a' Q(s', a')
 
