@@ -11,7 +11,7 @@ import pytest
 
 import qlab
 from qlab.config import ConfigError, validate
-from qlab.core.envs.maxbias import A, B, END, LEFT, RIGHT, MaxBiasEnv, maxbias_model
+from qlab.core.envs.maxbias import END, LEFT, RIGHT, A, B, MaxBiasEnv, maxbias_model
 from qlab.core.envs.vector import TabularVecEnv
 from qlab.core.oracle import value_iteration
 from tests.helpers import assert_same_history, assert_same_state, checkpoint_round_trip
