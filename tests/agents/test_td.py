@@ -465,17 +465,24 @@ def test_trained_and_tracked_end_to_end(mlflow_uri: str, compose_cfg, tmp_path: 
 
 
 @pytest.mark.parametrize("name", AGENTS)
-def test_no_compiled_stepper(monkeypatch, capsys, compose_cfg, tmp_path: Path,
-                             name: str) -> None:
-    """fast=auto trains on the numpy stepper; fast=on is refused in one line, exit code 2,
-    before any store is touched."""
+def test_compiled_stepper_picked_and_masked_env_refused(monkeypatch, capsys, compose_cfg,
+                                                        tmp_path: Path, name: str) -> None:
+    """fast=auto trains on the compiled stepper (tests/test_fastpath.py: bit for bit the
+    numpy reference); on maxbias, whose legal-action masks and reward noise the kernels do
+    not implement, fast=auto falls back to numpy and fast=on is refused in one line, exit
+    code 2, before any store is touched."""
+    from qlab.core.compiled import CompiledStepper
+
     job = build(validate(compose_cfg([f"agent={name}", "tracking.enabled=false"])))
+    assert driver.stepper_type(job, "auto") is CompiledStepper
+    job = build(validate(compose_cfg([f"agent={name}", "env=maxbias",
+                                      "tracking.enabled=false"])))
     assert driver.stepper_type(job, "auto") is NumpyStepper
-    monkeypatch.setattr(sys, "argv", ["qlab-train", f"agent={name}", "fast=on"])
+    monkeypatch.setattr(sys, "argv", ["qlab-train", f"agent={name}", "env=maxbias", "fast=on"])
     with pytest.raises(SystemExit) as exit_info:
         qlab.cli.main()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"qlab-train: error: fast='on': agent={name} has no compiled stepper; "
-        "use fast=auto or fast=off"]
+        "qlab-train: error: fast='on': env=maxbias: the kernels do not act by per-state legal "
+        "actions (env has action masks); use fast=auto or fast=off"]
     assert not (tmp_path / "mlflow.db").exists(), "the store was touched"

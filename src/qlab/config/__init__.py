@@ -189,6 +189,11 @@ def validate(cfg: DictConfig) -> QlabConfig:
     if c.fast == "on" and spec.compiled is None:
         raise ConfigError(f"fast='on': agent={spec.name} has no compiled stepper; "
                           "use fast=auto or fast=off")
+    if c.fast == "on" and (model := envs.make_model(c.env)) is not None:
+        from qlab.core.compiled import model_unsupported
+
+        if (why := model_unsupported(model)) is not None:
+            raise ConfigError(f"fast='on': env={c.env.name}: {why}; use fast=auto or fast=off")
     if c.resume is not None and not c.tracking.enabled:
         raise ConfigError(f"resume={c.resume!r}: needs tracking.enabled=true (jobs are found "
                           "by their runs)")

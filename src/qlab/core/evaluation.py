@@ -37,9 +37,11 @@ class Evaluator:
 
     def __call__(self, replica: int, q: np.ndarray | Any) -> dict[str, float]:
         """Evaluate replica ``replica``'s Q (S, A), given directly or as an agent's
-        ``q_values()[replica]`` (the driver passes the agent)."""
+        ``replica_values(replica)`` (or ``q_values()[replica]``; the driver passes the
+        agent)."""
         if not isinstance(q, np.ndarray):
-            q = q.q_values()[replica]
+            own = getattr(q, "replica_values", None)
+            q = own(replica) if own is not None else q.q_values()[replica]
         sol = self.solution(float(self.gamma[replica]))
         policy = legal_argmax(q, self._legal) if self.model.legal is not None else q.argmax(1)
         acting = self._acting

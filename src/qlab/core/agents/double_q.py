@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import TabularAgent, Transition, Updates
 from qlab.core.checks import check_range
+from qlab.core.compiled import CompiledStepper
 from qlab.core.statedict import load_array
 
 
@@ -59,7 +61,11 @@ class DoubleQ(TabularAgent):
         # tables[0] is Q1, tables[1] is Q2; each (R, S, A).
         self.tables = np.full((2, self.replicas, n_states, n_actions), float(init))
         self.q = self.tables[0] + self.tables[1]
-        self._mean: np.ndarray | None = None  # q_values(), cached between learning steps
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel; None for a subclass (it may learn otherwise)."""
+        return K.DOUBLE_Q if type(self) is DoubleQ else None
 
     @property
     def q1(self) -> np.ndarray:
@@ -70,7 +76,6 @@ class DoubleQ(TabularAgent):
         return self.tables[1]
 
     def learn(self, tr: Transition) -> Updates:
-        self._mean = None
         coin = self._rand.take(1)[:, 0]  # every replica's coin, used or not
         rows = self._rows[tr.active]
         update = (coin[rows] >= 0.5).astype(np.int64)  # 0: update Q1 (heads), 1: update Q2
@@ -92,11 +97,12 @@ class DoubleQ(TabularAgent):
         return Updates(abs_delta, tr.active.astype(np.float64))
 
     def q_values(self) -> np.ndarray:
-        """(R, S, A) (Q1 + Q2) / 2: what the greedy policy (argmax of Q1 + Q2) is scored on
-        (computed once per learning step: the evaluator asks replica by replica)."""
-        if self._mean is None:
-            self._mean = self.q / 2.0
-        return self._mean
+        """(R, S, A) (Q1 + Q2) / 2: what the greedy policy (argmax of Q1 + Q2) is scored on."""
+        return self.q / 2.0
+
+    def replica_values(self, replica: int) -> np.ndarray:
+        """(S, A) ``q_values()[replica]``, without computing every replica's."""
+        return self.q[replica] / 2.0
 
     def save(self, replica: int, directory: Path) -> None:
         """``q_table.npy`` (the mean of the tables, S x A), ``q1.npy`` and ``q2.npy``."""
@@ -114,7 +120,6 @@ class DoubleQ(TabularAgent):
         self._rand.load_state(d["rand"])
         self.tables = np.stack([q1, q2])
         self.q = self.tables[0] + self.tables[1]
-        self._mean = None
 
 
 def build(cfg: DoubleQConfig, env, seeds: Sequence[int]) -> DoubleQ:
@@ -123,4 +128,4 @@ def build(cfg: DoubleQConfig, env, seeds: Sequence[int]) -> DoubleQ:
                    init=cfg.init, legal=env.legal)
 
 
-register(AgentSpec("double_q", DoubleQConfig, build, tabular=True))
+register(AgentSpec("double_q", DoubleQConfig, build, tabular=True, compiled=CompiledStepper))

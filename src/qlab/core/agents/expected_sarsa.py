@@ -28,9 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import TabularAgent, Transition, Updates
 from qlab.core.checks import check_range
+from qlab.core.compiled import CompiledStepper
 
 
 @dataclass
@@ -52,6 +54,11 @@ class ExpectedSarsa(TabularAgent):
                  gamma: np.ndarray, init: float = 0.0, legal: np.ndarray | None = None) -> None:
         super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         self.epsilon = np.zeros(self.replicas)  # the current step's epsilon, as act() got it
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel; None for a subclass (it may learn otherwise)."""
+        return K.EXPECTED_SARSA if type(self) is ExpectedSarsa else None
 
     def act(self, state: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
         self.epsilon = np.broadcast_to(np.asarray(epsilon, dtype=np.float64),
@@ -86,4 +93,5 @@ def build(cfg: ExpectedSarsaConfig, env, seeds: Sequence[int]) -> ExpectedSarsa:
                          init=cfg.init, legal=env.legal)
 
 
-register(AgentSpec("expected_sarsa", ExpectedSarsaConfig, build, tabular=True))
+register(AgentSpec("expected_sarsa", ExpectedSarsaConfig, build, tabular=True,
+                   compiled=CompiledStepper))

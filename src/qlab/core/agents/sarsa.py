@@ -40,9 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import TabularAgent, Transition, Updates
 from qlab.core.checks import check_range
+from qlab.core.compiled import CompiledStepper
 from qlab.core.statedict import load_array
 
 
@@ -73,6 +75,11 @@ class Sarsa(TabularAgent):
         self.pending_action = np.zeros(R, dtype=np.int64)
         self.pending_reward = np.zeros(R)
         self.epsilon = np.zeros(R)  # the epsilon of the current step, as act() was given it
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel; None for a subclass (it may learn otherwise)."""
+        return K.SARSA if type(self) is Sarsa else None
 
     def act(self, state: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
         self.epsilon = np.broadcast_to(np.asarray(epsilon, dtype=np.float64),
@@ -133,4 +140,4 @@ def build(cfg: SarsaConfig, env, seeds: Sequence[int]) -> Sarsa:
                  legal=env.legal)
 
 
-register(AgentSpec("sarsa", SarsaConfig, build, tabular=True))
+register(AgentSpec("sarsa", SarsaConfig, build, tabular=True, compiled=CompiledStepper))

@@ -96,6 +96,10 @@ class TabularAgent:
         """(R, S, A) the current action values."""
         return self.q
 
+    def replica_values(self, replica: int) -> np.ndarray:
+        """(S, A) ``q_values()[replica]`` (what the evaluator scores, replica by replica)."""
+        return self.q_values()[replica]
+
     def save(self, replica: int, directory: Path) -> None:
         """Write replica ``replica``'s learned state into ``directory`` (its run's artifacts)."""
         np.save(directory / "q_table.npy", self.q[replica])
