@@ -85,6 +85,10 @@ def test_experiments_name_their_figure_and_the_book_settings(compose_cfg) -> Non
                                                              100, 500)
     assert (c.exploration.name, c.exploration.start, c.agent.lr, c.agent.gamma) == (
         "constant", 0.1, 0.5, 1.0)
+    c = validate(compose_cfg(["+experiment=cliff_sarsa_vs_q", "agent=tabular_q",
+                              "hydra.mode=RUN"]))  # its tuned cliff hparams do not leak in
+    assert (c.agent.lr, c.agent.gamma, c.episodes, c.exploration.name) == (0.5, 1.0, 500,
+                                                                          "constant")
     with pytest.raises(ConfigError, match=r"^figure='fig6': must be null or one of "
                                           r"cliff_walking, maximization_bias"):
         validate(compose_cfg(["figure=fig6"]))

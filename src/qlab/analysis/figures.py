@@ -134,8 +134,8 @@ def maximization_bias(sweep: Sweep) -> tuple[Figure, str]:
                      f"(episode {int(steps[np.argmax(left)]) + 1}), {100 * early:.1f}% over "
                      f"episodes 1-20, {100 * left[-50:].mean():.1f}% over the last 50 (n={n})")
     ax.axhline(100 * OPTIMAL_LEFT, color="0.35", ls="--", lw=1)
-    ax.text(0.99, 100 * OPTIMAL_LEFT, "optimal (5%)", transform=ax.get_yaxis_transform(),
-            ha="right", va="bottom", fontsize=8, color="0.35")
+    ax.text(0.01, 100 * OPTIMAL_LEFT - 1, "optimal (5%)", transform=ax.get_yaxis_transform(),
+            ha="left", va="top", fontsize=8, color="0.35")
     ax.set_ylim(0, 100)
     ax.set_xlabel("episodes")
     ax.set_ylabel("% left actions from A")
