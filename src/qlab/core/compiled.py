@@ -54,8 +54,8 @@ class Streams:
     its generators' draws); row k is refilled from replica k's own generator, whatever the
     other replicas have used."""
 
-    def __init__(self, state: dict) -> None:
-        block = UNIFORM_BLOCK
+    def __init__(self, state: dict, per_step: int = 1) -> None:
+        block = max(UNIFORM_BLOCK, per_step)  # a row always holds one step's numbers
         left = np.asarray(state["buf"], dtype=np.float64)
         self.gens = [generator_from_state(st) for st in state["gens"]]
         n = left.shape[1]
@@ -176,7 +176,9 @@ class CompiledStepper:
             self.status[~loop["active"]] = K.FINISHED
             if kind in K.EPISODIC:  # the stored part of each replica's current episode
                 istate[:, K.BUF_LEN] = agent_state["episodes"]["length"]
-        self.u_agent = Streams(agent_state["rand"])
+        per_step = 2 + agent.n_actions  # act's numbers; SARSA draws a' too, Double Q a coin
+        per_step = 2 * per_step if kind == K.SARSA else per_step + (kind == K.DOUBLE_Q)
+        self.u_agent = Streams(agent_state["rand"], per_step)
         self.u_env = Streams(env.state_dict()["rand"])
         self.limit = FIRST_LIMIT
 
