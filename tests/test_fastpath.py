@@ -25,7 +25,7 @@ from qlab.core.envs.vector import TabularVecEnv
 from qlab.core.evaluation import Evaluator
 from qlab.core.exploration import Schedule
 from qlab.core.history import History, loop_state
-from tests.helpers import assert_same_state
+from tests.helpers import assert_same_state, next_uniforms
 
 
 def bits(x: np.ndarray) -> np.ndarray:
@@ -314,15 +314,6 @@ def test_train_run_dispatches(compose_cfg, monkeypatch, fast, expected) -> None:
 
 class Crash(Exception):
     """Stands in for a process dying right after a checkpoint."""
-
-
-def next_uniforms(rand, n: int = 300) -> np.ndarray:
-    """(R, n) the numbers a ReplicaUniforms hands out next (it is not changed)."""
-    from qlab.core.rng import generator_from_state
-
-    st = rand.state()
-    return np.stack([np.concatenate([row, generator_from_state(g).random(n)])[:n]
-                     for row, g in zip(st["buf"], st["gens"], strict=True)])
 
 
 CKPT_AGENTS = {"q-step": lambda s: q_agent(s, init=0.5),
