@@ -325,6 +325,10 @@ def _observations(cfg: EnvConfig) -> np.ndarray:
 
 if GRIDDY_ID not in gym.registry:
     gym.register(id=GRIDDY_ID, entry_point="qlab.core.envs.griddy:GriddyEnv")
-register(EnvSpec(GRIDDY_ID, lambda c: griddy_model(c.height, c.width, c.random_goal, c.max_steps,
-                                                   c.mask_edges),
-                 _observations, _check_config))
+def _model(cfg: EnvConfig) -> TabularModel:
+    """The model of an env config (one recorded before ``mask_edges`` existed has none)."""
+    return griddy_model(cfg.height, cfg.width, cfg.random_goal, cfg.max_steps,
+                        bool(getattr(cfg, "mask_edges", False)))
+
+
+register(EnvSpec(GRIDDY_ID, _model, _observations, _check_config))
