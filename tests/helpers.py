@@ -266,6 +266,16 @@ def assert_same_history(a: History, b: History, rows_a=slice(None), rows_b=slice
         np.testing.assert_array_equal(getattr(a, name)[rows_a], getattr(b, name)[rows_b])
 
 
+def next_uniforms(rand, n: int = 300) -> np.ndarray:
+    """(R, n) the numbers a ReplicaUniforms hands out next (it is not changed): streams
+    compared by what they give, since one stream has many states (generator + buffer)."""
+    from qlab.core.rng import generator_from_state
+
+    st = rand.state()
+    return np.stack([np.concatenate([row, generator_from_state(g).random(n)])[:n]
+                     for row, g in zip(st["buf"], st["gens"], strict=True)])
+
+
 def assert_same_state(a, b, where: str = "agent") -> None:
     """Two state dicts (nested dicts of arrays and JSON values) are equal, bit for bit."""
     if isinstance(a, dict):

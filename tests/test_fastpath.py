@@ -13,8 +13,11 @@ import qlab.app.train
 from qlab.app.build import build
 from qlab.config import ConfigError, validate
 from qlab.core import agents, compiled, driver, envs, exploration
+from qlab.core.agents.double_q import DoubleQ
+from qlab.core.agents.expected_sarsa import ExpectedSarsa
 from qlab.core.agents.mc import TabularMC
 from qlab.core.agents.qlearning import TabularQ
+from qlab.core.agents.sarsa import Sarsa
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import Job, NumpyStepper
 from qlab.core.envs.griddy import griddy_model
@@ -22,6 +25,7 @@ from qlab.core.envs.vector import TabularVecEnv
 from qlab.core.evaluation import Evaluator
 from qlab.core.exploration import Schedule
 from qlab.core.history import History, loop_state
+from tests.helpers import assert_same_state, next_uniforms
 
 
 def bits(x: np.ndarray) -> np.ndarray:
@@ -63,9 +67,12 @@ def both(make_env, make_agent, sched: Schedule, episodes: int, eval_every: int,
         job = Job(env, agent, sched, episodes, eval_every, ev, total_steps,
                   compiled=CompiledStepper)
         hist = driver.train(job, fast=fast, **kw)
-        out.append((hist, agent.q.copy()))
-    (ref, q_ref), (fast, q_fast) = out
+        out.append((hist, agent.q.copy(), agent.state_dict()))
+    (ref, q_ref, s_ref), (fast, q_fast, s_fast) = out
     assert_same(ref, fast, q_ref, q_fast)
+    for key in ("q1", "q2", "pending"):  # Double Q's tables, SARSA's pending updates
+        if key in s_ref:
+            assert_same_state(s_ref[key], s_fast[key], key)
     return ref, fast
 
 
@@ -82,6 +89,22 @@ def mc_agent(seeds, first_visit: bool = False, lr: float = 0.1, gamma: float = 0
              init: float = 0.0):
     return lambda env: TabularMC(env.n_states, env.n_actions, seeds, lr, gamma, first_visit,
                                  init)
+
+
+TD_AGENTS = {"sarsa": Sarsa, "expected-sarsa": ExpectedSarsa, "double-q": DoubleQ}
+
+
+def td_agent(kind: str, seeds, lr: float = 0.1, gamma: float = 0.95, init: float = 0.0):
+    """SARSA, Expected SARSA or Double Q (``kind``: a key of TD_AGENTS)."""
+    return lambda env: TD_AGENTS[kind](env.n_states, env.n_actions, seeds, lr, gamma, init)
+
+
+def make_agent_of(kind: str, seeds, **kw):
+    if kind in ("step", "episode"):
+        return q_agent(seeds, kind, **kw)
+    if kind in TD_AGENTS:
+        return td_agent(kind, seeds, **kw)
+    return mc_agent(seeds, kind == "mc-first", **kw)
 
 
 # ------------------------------------------------------------------ fast path == reference
@@ -109,6 +132,20 @@ CASES = {
                               300, 50, 1500),
     "mc no time limit": (3, 4, False, "mc", {"gamma": 0.99}, {"kind": "constant"}, 40, 40,
                          None),
+    "sarsa 4x4 truncated": (4, 4, False, "sarsa", {"lr": 0.5, "init": 0.3},
+                            {"kind": "exponential", "unit": "step", "decay": 0.999}, 60, 10,
+                            None),
+    "sarsa random goal budget": (4, 4, True, "sarsa", {}, {"kind": "linear", "duration": 40},
+                                 200, 9, 1800),
+    "expected-sarsa 3x7": (3, 7, False, "expected-sarsa", {"lr": 0.3, "gamma": 0.9},
+                           {"kind": "exponential", "decay": 0.97}, 60, 25, None),
+    "expected-sarsa budget": (5, 3, False, "expected-sarsa", {"init": 0.5},
+                              {"kind": "constant", "start": 0.2}, 400, 11, 900),
+    "double-q 4x4": (4, 4, False, "double-q", {"lr": 0.5},
+                     {"kind": "exponential", "decay": 0.97}, 70, 10, None),
+    "double-q random goal budget": (4, 4, True, "double-q", {"init": 0.2},
+                                    {"kind": "linear", "unit": "step", "duration": 900}, 200, 13,
+                                    1600),
 }
 
 
@@ -116,11 +153,8 @@ CASES = {
 @pytest.mark.parametrize("seeds", [[0], [11, 12, 13, 14, 15]], ids=["R=1", "R=5"])
 def test_fast_path_equals_reference_bitwise(name: str, seeds: list[int]) -> None:
     h, w, goal, kind, kw, sch, episodes, every, budget = CASES[name]
-    max_steps = None if name == "mc no time limit" else 200
-    if kind in ("step", "episode"):
-        make_agent = q_agent(seeds, kind, **kw)
-    else:
-        make_agent = mc_agent(seeds, kind == "mc-first", **kw)
+    max_steps = None if name == "mc no time limit" else 30 if "truncated" in name else 200
+    make_agent = make_agent_of(kind, seeds, **kw)
     ref, _ = both(grid(h, w, seeds, goal, max_steps), make_agent,
                   schedule(R=len(seeds), **sch), episodes, every, budget)
     assert (ref.done > 0).all() and np.isfinite(ref.evals["eval/q_error"][:, 0]).all()
@@ -131,15 +165,14 @@ def test_fast_path_equals_reference_bitwise(name: str, seeds: list[int]) -> None
 
 def test_random_hyperparameters_and_sizes_agree() -> None:
     rng = np.random.default_rng(2026)
-    for trial in range(8):
+    for trial in range(14):
         h, w = int(rng.integers(2, 7)), int(rng.integers(1, 7))
         R = int(rng.integers(1, 4))
         seeds = [int(s) for s in rng.integers(0, 2**32 - 1, R)]
         lr, gamma = float(rng.uniform(0.01, 1.0)), float(rng.uniform(0.5, 1.0))
         init = float(rng.choice([0.0, 1.0, -0.5]))
-        kind = ("step", "episode", "mc", "mc-first")[trial % 4]
-        make_agent = (q_agent(seeds, kind, lr, gamma, init) if kind in ("step", "episode")
-                      else mc_agent(seeds, kind == "mc-first", lr, gamma, init))
+        kind = ("step", "episode", "mc", "mc-first", *TD_AGENTS)[trial % 7]
+        make_agent = make_agent_of(kind, seeds, lr=lr, gamma=gamma, init=init)
         sched = schedule(("exponential", "linear", "constant")[trial % 3], R,
                          unit=("episode", "step")[trial % 2], decay=float(rng.uniform(0.9, 1)),
                          start=float(rng.uniform(0.3, 1)), minimum=0.0,
@@ -163,7 +196,8 @@ def test_refills_buffer_growth_and_chunking_keep_results(monkeypatch) -> None:
         def update(self, hist: History) -> None:
             self.done.append(hist.done.tolist())
 
-    for make_agent in (q_agent(seeds, "episode"), mc_agent(seeds, True), q_agent(seeds)):
+    for make_agent in (q_agent(seeds, "episode"), mc_agent(seeds, True), q_agent(seeds),
+                       td_agent("sarsa", seeds), td_agent("double-q", seeds)):
         rec = Recorder()
         _, fast = both(grid(4, 5, seeds), make_agent, schedule("exponential", 3), 30, 4,
                        listeners=[rec], flush_seconds=1e-9)
@@ -282,18 +316,12 @@ class Crash(Exception):
     """Stands in for a process dying right after a checkpoint."""
 
 
-def next_uniforms(rand, n: int = 300) -> np.ndarray:
-    """(R, n) the numbers a ReplicaUniforms hands out next (it is not changed)."""
-    from qlab.core.rng import generator_from_state
-
-    st = rand.state()
-    return np.stack([np.concatenate([row, generator_from_state(g).random(n)])[:n]
-                     for row, g in zip(st["buf"], st["gens"], strict=True)])
-
-
 CKPT_AGENTS = {"q-step": lambda s: q_agent(s, init=0.5),
                "q-episode": lambda s: q_agent(s, "episode"),
-               "mc-first-visit": lambda s: mc_agent(s, True, lr=0.2)}
+               "mc-first-visit": lambda s: mc_agent(s, True, lr=0.2),
+               "sarsa": lambda s: td_agent("sarsa", s, lr=0.3),
+               "expected-sarsa": lambda s: td_agent("expected-sarsa", s, init=0.2),
+               "double-q": lambda s: td_agent("double-q", s, lr=0.4)}
 
 
 @pytest.mark.parametrize("budget", [None, 560], ids=["episodes", "step-budget"])
@@ -340,14 +368,18 @@ def test_checkpoint_of_either_path_resumes_on_either_path(first, agent_kind, bud
     loop = state["loop"]
     mark = min(np.asarray(header["episodes_done"])[loop["active"]])
     assert mark % 4 == 0 and 8 <= mark < episodes
-    if agent_kind != "q-step":
+    if agent_kind in ("q-episode", "mc-first-visit"):
         assert (state["agent"]["episodes"]["length"] > 0).any()
+    if agent_kind == "sarsa":  # an update waits for its a'
+        assert state["agent"]["pending"]["pending"].any()
     for then in ("on", "off"):
         env2, agent2, ev2 = objects()
         hist, loop2 = History.empty(3, episodes, every, ev2.keys), loop_state(3)
         checkpoint.restore(path, state, env2, agent2, ev2, hist, loop2)
         got = driver.train(job(env2, agent2, ev2), fast=then, resume=(hist, loop2))
         assert_same(want, got, agent0.q, agent2.q)
+        assert_same_state(agent0.state_dict()["q" if agent_kind != "double-q" else "q1"],
+                          agent2.state_dict()["q" if agent_kind != "double-q" else "q1"])
         if then == "on":  # replicas that ran on: streams and env exactly as never stopped
             ran = loop["active"]
             for a, b in ((agent0._rand, agent2._rand), (env0._rand, env2._rand)):

@@ -21,6 +21,7 @@ from qlab.sweeps.preflight import check
     ("frozenlake8", 64, 4, 200, 1),
     ("cliffwalking", 48, 4, 200, 1),
     ("taxi", 500, 6, 200, 300),
+    ("maxbias", 3, 10, None, 1),
 ])
 def test_env_configs_build_a_model_and_a_batched_env(compose_cfg, name, states, actions,
                                                      max_steps, starts) -> None:

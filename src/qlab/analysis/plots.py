@@ -31,7 +31,7 @@ from qlab.app.value_maps import (  # noqa: F401 - value maps are part of the fig
     value_figure,
 )
 from qlab.core.envs.model import TabularModel
-from qlab.core.oracle import value_iteration
+from qlab.core.oracle import legal_argmax, value_iteration
 
 # Curves: what each metric is called, and whether a log scale reads it better by default.
 CURVES: dict[str, tuple[str, bool]] = {
@@ -176,7 +176,7 @@ def optimal_references(model: TabularModel, gamma: float) -> dict[str, tuple[flo
 
     from qlab.core.oracle import expected_return
 
-    policy = value_iteration(model, float(gamma)).q.argmax(axis=1)
+    policy = legal_argmax(value_iteration(model, float(gamma)).q, model.action_mask)
     steps = replace(model, reward=np.ones_like(model.reward))
     return {
         "train/episode_length": (expected_return(steps, policy), "optimal policy"),

@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab.analysis import plots, stats, summary, verdict
+from qlab.analysis import figures, plots, stats, summary, verdict
 from qlab.analysis.runs import (
     AnalysisError,
     Sweep,
@@ -150,7 +150,7 @@ def _value_figures(sweep: Sweep, scores: pd.DataFrame, group_by: list[str], out:
     client = MlflowClient(tracking_uri=sweep.uri)
     reps = _representatives(scores, group_by)
     env_col = "env" if "env" in reps.columns else None
-    figures = []
+    drawn = []
     with tempfile.TemporaryDirectory() as tmp:
         for env_name, sub in (reps.groupby(env_col, sort=False) if env_col
                               else [("", reps)]):
@@ -187,8 +187,8 @@ def _value_figures(sweep: Sweep, scores: pd.DataFrame, group_by: list[str], out:
                        "Q* from value iteration with every optimal action. Red arrows: greedy "
                        "actions that are not optimal. Grey cells: no action is taken there."
                        + (f" Env: {_e(env_name)}." if env_name else ""))
-            figures.append((path, caption))
-    return figures
+            drawn.append((path, caption))
+    return drawn
 
 
 def _references(sweep: Sweep) -> dict[str, tuple[float, str]]:
@@ -356,7 +356,8 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
         curve_figs.append((path, f"<code>{_e(key)}</code>: mean over seeds per group with a "
                                  f"{stats.CONFIDENCE:.0%} bootstrap CI band."))
     value_figs = _value_figures(sw, scores, gb, out, notes)
-    report.figures = [p for p, _ in figs + curve_figs + value_figs]
+    book_figs = figures.book_figures(sw, out)  # the experiment's textbook figure, if it names one
+    report.figures = [p for p, _ in book_figs + figs + curve_figs + value_figs]
 
     # ---- the page
     parts = [f"<h1>qlab report: {_e(sw.experiment)}</h1>"]
@@ -408,7 +409,7 @@ def build_report(sweep: Sweep, out: str | Path, group_by: Sequence[str] | None =
                  f"{_e('; '.join(crit))}. Unsolved runs count as the episode budget, so with "
                  "unsolved runs mean and IQM are lower bounds; the median stays exact while at "
                  "most half are unsolved.</p>")
-    for path, caption in figs:
+    for path, caption in book_figs + figs:
         parts.append(_figure(path.relative_to(out).as_posix(), caption))
 
     # Detail tables per score.

@@ -171,6 +171,12 @@ def _check_env(e: EnvConfig, spec: agents.AgentSpec) -> None:
         raise ConfigError(f"env={e.name} ({e.id}) has no discrete state: agent={spec.name} "
                           "needs a grid world or toy-text env (griddy*, frozenlake*, "
                           "cliffwalking, taxi); use agent=dqn for this env")
+    env_spec = envs.registry.find(e)
+    if not spec.tabular and env_spec is not None and env_spec.model(e).legal is not None:
+        raise ConfigError(f"env={e.name} ({e.id}) offers different actions per state: "
+                          f"agent={spec.name} does not act by legal-action masks; use a "
+                          "tabular agent (tabular_q, tabular_mc, sarsa, expected_sarsa, "
+                          "double_q)")
 
 
 def validate(cfg: DictConfig) -> QlabConfig:
@@ -184,6 +190,11 @@ def validate(cfg: DictConfig) -> QlabConfig:
     if c.fast == "on" and spec.compiled is None:
         raise ConfigError(f"fast='on': agent={spec.name} has no compiled stepper; "
                           "use fast=auto or fast=off")
+    if c.fast == "on" and (model := envs.make_model(c.env)) is not None:
+        from qlab.core.compiled import model_unsupported
+
+        if (why := model_unsupported(model)) is not None:
+            raise ConfigError(f"fast='on': env={c.env.name}: {why}; use fast=auto or fast=off")
     if c.resume is not None and not c.tracking.enabled:
         raise ConfigError(f"resume={c.resume!r}: needs tracking.enabled=true (jobs are found "
                           "by their runs)")

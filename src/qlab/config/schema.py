@@ -19,6 +19,8 @@ FAST_MODES = ("auto", "on", "off")
 # replica_runs=auto: one MLflow run per replica while no sweep point of the job has more
 # replicas than this, else one aggregate run per point (docs/tracking.md).
 AUTO_REPLICA_RUNS_MAX = 100
+# The textbook figures qlab-report can draw (qlab.analysis.figures), named by an experiment.
+FIGURES = ("cliff_walking", "maximization_bias")
 
 
 @dataclass
@@ -71,6 +73,7 @@ class QlabConfig:
     checkpoint_every: int = 100  # checkpoint the job every this many episodes (0: never)
     checkpoint_dir: str | None = None  # null: checkpoints/ beside a sqlite store, else the cwd
     resume: str | None = None  # RUN_ID | last | auto: continue a job from its checkpoint
+    figure: str | None = None  # qlab-report also draws this book figure: cliff_walking | ...
 
     def check(self) -> None:
         """The top-level keys, then each group's own checks."""
@@ -89,6 +92,8 @@ class QlabConfig:
         check_range("checkpoint_every", self.checkpoint_every, 0)
         if self.resume is not None and not str(self.resume).strip():
             fail("resume", self.resume, "must be a run id, last or auto")
+        if self.figure is not None and self.figure not in FIGURES:
+            fail("figure", self.figure, f"must be null or one of {', '.join(FIGURES)}")
         self.env.check()
         self.agent.check()
         self.exploration.check()

@@ -1,7 +1,8 @@
 """The compiled stepper of the tabular agents (tabular Q-learning, ``update = step`` or
-``episode``, and Monte-Carlo control) on an env with a tabular model
-(:class:`~qlab.core.envs.vector.TabularVecEnv`: the grid world, random goal included, and the
-toy-text envs) under any of the exploration schedules.
+``episode``, Monte-Carlo control, SARSA, Expected SARSA, Double Q-learning) on an env with
+a tabular model (:class:`~qlab.core.envs.vector.TabularVecEnv`: the grid world, random goal
+included, and the toy-text envs; not per-state legal actions nor reward noise, which the
+kernels do not implement) under any of the exploration schedules.
 
 It fills the same :class:`~qlab.core.history.History` and leaves the same Q tables, bit for
 bit, as the numpy reference (:class:`~qlab.core.driver.NumpyStepper`); tests check the two
@@ -53,8 +54,8 @@ class Streams:
     its generators' draws); row k is refilled from replica k's own generator, whatever the
     other replicas have used."""
 
-    def __init__(self, state: dict) -> None:
-        block = UNIFORM_BLOCK
+    def __init__(self, state: dict, per_step: int = 1) -> None:
+        block = max(UNIFORM_BLOCK, per_step)  # a row always holds one step's numbers
         left = np.asarray(state["buf"], dtype=np.float64)
         self.gens = [generator_from_state(st) for st in state["gens"]]
         n = left.shape[1]
@@ -89,19 +90,35 @@ class Streams:
         self.gens[k].random(out=row[rest:])
 
 
+def model_unsupported(model) -> str | None:
+    """Why the kernels cannot step an env with this exact model, or None if they can."""
+    if model.legal is not None:
+        return "the kernels do not act by per-state legal actions (env has action masks)"
+    if model.reward_std is not None:
+        return "the kernels do not draw random rewards (env has reward noise)"
+    return None
+
+
 class CompiledStepper:
     """:class:`~qlab.core.driver.Stepper` over the numba kernels (see the module docstring)."""
 
     @staticmethod
     def unsupported(job: Job) -> str | None:
         """Why this stepper cannot train ``job``, or None if it can: it runs agents that name
-        their kernel (``agent.kernel``: tabular Q-learning, Monte-Carlo) on tabular-model
-        envs under the schedules the kernels implement."""
+        their kernel (``agent.kernel``: tabular Q-learning, Monte-Carlo, SARSA, Expected SARSA,
+        Double Q) on tabular-model envs under the schedules the kernels implement."""
         env, agent, schedule = job.env, job.agent, job.schedule
-        if getattr(agent, "kernel", None) not in (K.Q_STEP, K.Q_EPISODE, K.MC):
+        kind = getattr(agent, "kernel", None)
+        if kind not in (K.Q_STEP, K.Q_EPISODE, K.MC, K.SARSA, K.EXPECTED_SARSA, K.DOUBLE_Q):
             return f"agent {type(agent).__name__} has no kernel of this stepper"
+        if kind in (K.EXPECTED_SARSA, K.DOUBLE_Q) and agent.n_actions > K.MAX_SUM_ACTIONS:
+            return f"more than {K.MAX_SUM_ACTIONS} actions (the kernels' sums are numpy's " \
+                   "only up to there)"
         if type(env) is not TabularVecEnv:
             return f"env {type(env).__name__} is not a tabular-model env (TabularVecEnv)"
+        why = model_unsupported(env.model)
+        if why is not None:
+            return why
         if schedule.kind not in KINDS:
             return f"exploration {schedule.kind!r} is not one of {', '.join(KINDS)}"
         if env.num_envs != agent.replicas:
@@ -139,6 +156,15 @@ class CompiledStepper:
                       job.episodes, progress.budget)
         self.model_arrays = (env.transition_cdf, model.next_state, model.reward,
                              model.terminal, env.initial_cdf)
+        self.pend_i = np.zeros((R, 3), dtype=np.int64)  # SARSA's pending updates
+        self.pend_r = np.zeros(R)
+        if kind == K.SARSA:
+            pending = agent_state["pending"]
+            self.pend_i[:, 0] = pending["pending"]
+            self.pend_i[:, 1] = pending["pending_state"]
+            self.pend_i[:, 2] = pending["pending_action"]
+            self.pend_r[:] = pending["pending_reward"]
+        self.no_tables = np.zeros((2, 1, 1, 1))
         if not resumed:  # the env's stream takes its reset numbers, as the reference
             istate[:, K.STATE] = env.reset()
         else:  # the restored objects and loop counters go on from there
@@ -148,9 +174,11 @@ class CompiledStepper:
             fstate[:, K.RET], fstate[:, K.QD_SUM], fstate[:, K.QD_CNT] = (
                 loop["ret"], loop["qd_sum"], loop["qd_cnt"])
             self.status[~loop["active"]] = K.FINISHED
-            if kind != K.Q_STEP:  # the stored part of each replica's current episode
+            if kind in K.EPISODIC:  # the stored part of each replica's current episode
                 istate[:, K.BUF_LEN] = agent_state["episodes"]["length"]
-        self.u_agent = Streams(agent_state["rand"])
+        per_step = 2 + agent.n_actions  # act's numbers; SARSA draws a' too, Double Q a coin
+        per_step = 2 * per_step if kind == K.SARSA else per_step + (kind == K.DOUBLE_Q)
+        self.u_agent = Streams(agent_state["rand"], per_step)
         self.u_env = Streams(env.state_dict()["rand"])
         self.limit = FIRST_LIMIT
 
@@ -169,7 +197,10 @@ class CompiledStepper:
         if until is not None and ran.any():  # the slowest replica stops at the driver's mark
             chunk = min(chunk, until - int(ep0[ran].min()))
         t0 = time.perf_counter()
-        K.run(*self.fixed, chunk, *self.model_arrays, self.job.agent.q, self.params, istate,
+        agent = self.job.agent
+        tables = agent.tables if self.kind == K.DOUBLE_Q else self.no_tables
+        K.run(*self.fixed, chunk, *self.model_arrays, agent.q, tables, self.pend_i,
+              self.pend_r, self.params, istate,
               self.fstate, self.u_agent.buf, self.u_env.buf, self.buf_i, self.buf_r,
               self.p.eval_at, self.table)
         took = max(time.perf_counter() - t0, 1e-9)
@@ -206,16 +237,20 @@ class CompiledStepper:
 
     def sync(self) -> None:
         """Write the stepper's state into the objects a checkpoint saves: the env's states
-        and stream, the agent's stream and stored episode (its Q is the kernel's own array)
-        and the driver's loop counters."""
+        and stream, the agent's stream, stored episode or pending updates (its tables are
+        the kernel's own arrays) and the driver's loop counters."""
         istate, fstate, loop = self.istate, self.fstate, self.p.loop
         env, agent = self.job.env, self.job.agent
         env_state = env.state_dict()
         env.load_state_dict({**env_state, "state": istate[:, K.STATE],
                              "elapsed": istate[:, K.ELAPSED],
                              "rand": self.u_env.state(istate[:, K.ENV_POS])})
-        agent_state = {"q": agent.q, "rand": self.u_agent.state(istate[:, K.AGENT_POS])}
-        if self.kind != K.Q_STEP:
+        agent_state = {**agent.state_dict(), "rand": self.u_agent.state(istate[:, K.AGENT_POS])}
+        if self.kind == K.SARSA:
+            agent_state["pending"] = {
+                "pending": self.pend_i[:, 0] != 0, "pending_state": self.pend_i[:, 1].copy(),
+                "pending_action": self.pend_i[:, 2].copy(), "pending_reward": self.pend_r.copy()}
+        if self.kind in K.EPISODIC:
             b = self.buf_i
             agent_state["episodes"] = {
                 "length": istate[:, K.BUF_LEN].copy(), "state": b[:, 0], "action": b[:, 1],
@@ -234,7 +269,7 @@ class CompiledStepper:
         holding the agent's stored episode (a resumed checkpoint's), at least
         ``EPISODE_CAPACITY`` wide."""
         R = self.job.replicas
-        if self.kind == K.Q_STEP:
+        if self.kind not in K.EPISODIC:
             return np.zeros((R, 4, 1), dtype=np.int64), np.zeros((R, 1))
         n = episodes["state"].shape[1]
         buf_i = np.zeros((R, 4, max(EPISODE_CAPACITY, n)), dtype=np.int64)

@@ -232,29 +232,37 @@ class NumpyStepper:
         return bool(finished.any())
 
     def _record(self, finished: np.ndarray, eps: np.ndarray) -> None:
-        """Write the finished episodes' rows, evaluate where due, start the next episodes."""
+        """Write the finished episodes' rows, evaluate where due, start the next episodes.
+        Vectorised over the finished replicas (thousands finish at once on short episodes);
+        only failures and evaluations go replica by replica."""
         p, loop, hist, tr = self.p, self.p.loop, self.p.hist, self.p.hist.train
         ep, steps, length, active = loop["ep"], loop["steps"], loop["length"], loop["active"]
         ret, qd_sum, qd_cnt = loop["ret"], loop["qd_sum"], loop["qd_cnt"]
         stat_cnt = loop["stat_cnt"]
         now = time.monotonic()
-        for k in self.rows[finished]:
-            e = ep[k]
-            tr["train/episode_length"][k, e] = length[k]
-            tr["train/episode_return"][k, e] = ret[k]
-            tr["train/q_delta"][k, e] = qd_sum[k] / qd_cnt[k] if qd_cnt[k] else 0.0
-            tr["train/epsilon"][k, e] = eps[k]
-            tr["train/sps"][k, e] = length[k] / max(now - self.ep_start[k], 1e-9)
-            for s in self.stat_keys:
-                tr[f"train/{s}"][k, e] = (loop[f"stat_sum/{s}"][k] / stat_cnt[k]
-                                          if stat_cnt[k] else np.nan)
-            bad = non_finite(tr, k, e, ("train/q_delta", *(f"train/{s}" for s in
-                                                          self.stat_keys if stat_cnt[k])))
-            if bad:
-                hist.failed[k] = f"replica {k}, episode {e}: {bad} is not finite"
-                continue
-            if p.eval_at[e] or e + 1 >= p.episodes or steps[k] >= p.budget:
-                p.evaluate(k, e)
+        ks = self.rows[finished]
+        es = ep[ks]
+        tr["train/episode_length"][ks, es] = length[ks]
+        tr["train/episode_return"][ks, es] = ret[ks]
+        cnt = qd_cnt[ks]
+        tr["train/q_delta"][ks, es] = np.divide(qd_sum[ks], cnt, out=np.zeros(ks.size),
+                                                where=cnt != 0)
+        tr["train/epsilon"][ks, es] = eps[ks]
+        tr["train/sps"][ks, es] = length[ks] / np.maximum(now - self.ep_start[ks], 1e-9)
+        scnt = stat_cnt[ks]
+        for s in self.stat_keys:
+            tr[f"train/{s}"][ks, es] = np.divide(loop[f"stat_sum/{s}"][ks], scnt,
+                                                 out=np.full(ks.size, np.nan), where=scnt != 0)
+        bad = ~np.isfinite(tr["train/q_delta"][ks, es])
+        for s in self.stat_keys:
+            bad |= (scnt != 0) & ~np.isfinite(tr[f"train/{s}"][ks, es])
+        for k, e in zip(ks[bad].tolist(), es[bad].tolist(), strict=True):
+            keys = ("train/q_delta", *(f"train/{s}" for s in self.stat_keys if stat_cnt[k]))
+            hist.failed[k] = (f"replica {k}, episode {e}: {non_finite(tr, k, e, keys)} "
+                              "is not finite")
+        due = ~bad & (p.eval_at[es] | (es + 1 >= p.episodes) | (steps[ks] >= p.budget))
+        for k, e in zip(ks[due].tolist(), es[due].tolist(), strict=True):
+            p.evaluate(k, e)
         length[finished] = 0
         ret[finished] = qd_sum[finished] = qd_cnt[finished] = 0.0
         stat_cnt[finished] = 0.0

@@ -10,14 +10,15 @@ import numpy as np
 
 from qlab.core.envs.model import TabularModel
 from qlab.core.history import EVAL_KEYS
-from qlab.core.oracle import Solution, expected_return, value_iteration
+from qlab.core.oracle import Solution, expected_return, legal_argmax, value_iteration
 from qlab.core.rng import EVAL_STREAM, derive_seed, generator_from_state
 
 
 class Evaluator:
     """Exact greedy evaluation on a known model: expected return of the greedy policy from
     the start distribution (within the env's horizon), max |Q - Q*| and the share of states
-    whose greedy action is optimal, over the states where the agent acts."""
+    whose greedy action is optimal, over the states where the agent acts (and, on an env
+    with per-state legal actions, over their legal actions only)."""
 
     keys = EVAL_KEYS
 
@@ -26,6 +27,8 @@ class Evaluator:
         self.gamma = np.asarray(gamma, dtype=np.float64)
         self._solutions: dict[float, Solution] = {}
         self._acting = model.acting_states
+        self._legal = model.action_mask
+        self._scored = self._legal[self._acting]  # the (s, a) entries |Q - Q*| is taken over
 
     def solution(self, gamma: float) -> Solution:
         if gamma not in self._solutions:
@@ -34,15 +37,17 @@ class Evaluator:
 
     def __call__(self, replica: int, q: np.ndarray | Any) -> dict[str, float]:
         """Evaluate replica ``replica``'s Q (S, A), given directly or as an agent's
-        ``q_values()[replica]`` (the driver passes the agent)."""
+        ``replica_values(replica)`` (or ``q_values()[replica]``; the driver passes the
+        agent)."""
         if not isinstance(q, np.ndarray):
-            q = q.q_values()[replica]
+            own = getattr(q, "replica_values", None)
+            q = own(replica) if own is not None else q.q_values()[replica]
         sol = self.solution(float(self.gamma[replica]))
-        policy = q.argmax(axis=1)
+        policy = legal_argmax(q, self._legal) if self.model.legal is not None else q.argmax(1)
         acting = self._acting
         return {
             "eval/return": expected_return(self.model, policy),
-            "eval/q_error": float(np.abs(q - sol.q)[acting].max()),
+            "eval/q_error": float(np.abs(q - sol.q)[acting][self._scored].max()),
             "eval/optimal_fraction": float(sol.is_optimal(policy)[acting].mean()),
         }
 

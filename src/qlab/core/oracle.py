@@ -14,9 +14,9 @@ from qlab.core.envs.model import TabularModel
 class Solution:
     """The optimal action values of a model under one discount."""
 
-    q: np.ndarray  # (S, A) Q*
-    v: np.ndarray  # (S,) V* = max_a Q*
-    optimal: np.ndarray  # (S, A) bool: actions within ``atol`` of the best
+    q: np.ndarray  # (S, A) Q* (an illegal action: its placeholder outcome's value)
+    v: np.ndarray  # (S,) V* = max of Q* over the legal actions
+    optimal: np.ndarray  # (S, A) bool: legal actions within ``atol`` of the best
 
     def is_optimal(self, policy: np.ndarray) -> np.ndarray:
         """(..., S) bool: whether the action ``policy[..., s]`` is optimal in state s."""
@@ -33,19 +33,20 @@ def _backup(model: TabularModel, v: np.ndarray, gamma: float) -> np.ndarray:
 def value_iteration(model: TabularModel, gamma: float, horizon: int | None = None,
                     tol: float = 1e-12, max_iter: int = 1_000_000,
                     atol: float = 1e-9) -> Solution:
-    """Q* by value iteration.
+    """Q* by value iteration, maximising over each state's legal actions (``model.legal``).
 
     With ``horizon`` None the infinite-horizon fixed point (to ``tol``); with ``horizon = H``
     the optimal values of the first step of an H-step episode (finite-horizon backups).
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma={gamma}: must be in [0, 1]")
+    legal = model.action_mask
     v = np.zeros(model.n_states)
     steps = horizon if horizon is not None else max_iter
     q = _backup(model, v, gamma)
     for _ in range(steps):
         q = _backup(model, v, gamma)
-        v_new = q.max(1)
+        v_new = legal_max(q, legal)
         delta = np.abs(v_new - v).max()
         v = v_new
         if horizon is None and delta < tol:
@@ -53,8 +54,18 @@ def value_iteration(model: TabularModel, gamma: float, horizon: int | None = Non
     else:
         if horizon is None:
             raise RuntimeError(f"value iteration did not converge in {max_iter} iterations")
-    optimal = np.isclose(q, q.max(1, keepdims=True), rtol=0.0, atol=atol)
+    optimal = legal & np.isclose(q, legal_max(q, legal)[:, None], rtol=0.0, atol=atol)
     return Solution(q=q, v=v, optimal=optimal)
+
+
+def legal_max(q: np.ndarray, legal: np.ndarray) -> np.ndarray:
+    """(..., S) the largest value of q (..., S, A) over each state's legal actions."""
+    return np.where(legal, q, -np.inf).max(-1)
+
+
+def legal_argmax(q: np.ndarray, legal: np.ndarray) -> np.ndarray:
+    """(..., S) the first legal action with the largest value of q (..., S, A)."""
+    return np.where(legal, q, -np.inf).argmax(-1)
 
 
 def policy_value(model: TabularModel, policy: np.ndarray, gamma: float = 1.0,

@@ -19,6 +19,7 @@ AGENT_STREAM = 1
 NETWORK_STREAM = 2  # DQN weight initialisation
 REPLAY_STREAM = 3  # replay-buffer sampling
 EVAL_STREAM = 4  # evaluation env copies
+REWARD_NOISE_STREAM = 5  # an env's Gaussian reward noise (TabularModel.reward_std)
 
 
 def derive_seed(seed: int, stream: int, *more: int) -> int:
@@ -45,9 +46,14 @@ def generator_from_state(state: dict) -> np.random.Generator:
 class ReplicaUniforms:
     """Uniform [0, 1) numbers, drawn in blocks per replica so hot loops never call R generators."""
 
-    def __init__(self, seeds: Sequence[int], stream: int, block: int = 4096) -> None:
+    RANGE = (0.0, float(np.nextafter(1.0, 0.0)))  # what a saved buffer may hold
+
+    def __init__(self, seeds: Sequence[int], stream: int, block: int | None = None) -> None:
         self._gens = [np.random.default_rng([int(s), stream]) for s in seeds]
-        self._block = block
+        # Numbers per replica per refill: 4096, fewer for thousands of replicas (the buffer
+        # stays near 8 MB). The numbers handed out do not depend on it: each generator's
+        # draws follow one another whatever their grouping into blocks.
+        self._block = block if block is not None else min(4096, max(256, 2**20 // len(seeds)))
         self._buf = np.empty((len(self._gens), 0))
         self._pos = 0
 
@@ -55,12 +61,16 @@ class ReplicaUniforms:
         """The next ``n`` numbers of every replica's stream, shape (R, n)."""
         if self._pos + n > self._buf.shape[1]:
             size = max(self._block, n)
-            fresh = np.stack([g.random(size) for g in self._gens])
+            fresh = np.stack([self._draw(g, size) for g in self._gens])
             self._buf = np.concatenate([self._buf[:, self._pos:], fresh], axis=1)
             self._pos = 0
         out = self._buf[:, self._pos:self._pos + n]
         self._pos += n
         return out
+
+    @staticmethod
+    def _draw(gen: np.random.Generator, size: int) -> np.ndarray:
+        return gen.random(size)
 
     def state(self) -> dict:
         """Everything needed to continue the streams exactly (for checkpoints)."""
@@ -78,7 +88,7 @@ class ReplicaUniforms:
         if buf.size and buf.dtype.kind != "f":
             raise ValueError(f"random stream buffer has dtype {buf.dtype}, expected float64")
         buf = buf.astype(np.float64)
-        check_range("random stream buffer", buf, 0.0, np.nextafter(1.0, 0.0))
+        check_range("random stream buffer", buf, *self.RANGE)
         for g, s in zip(self._gens, gens, strict=True):
             if not isinstance(s, dict) or s.get("bit_generator") != type(g.bit_generator).__name__:
                 kind = s.get("bit_generator") if isinstance(s, dict) else type(s).__name__
@@ -86,3 +96,15 @@ class ReplicaUniforms:
                                  f"{type(g.bit_generator).__name__}")
             g.bit_generator.state = s
         self._buf, self._pos = buf.copy(), 0
+
+
+class ReplicaNormals(ReplicaUniforms):
+    """Standard normal numbers, per replica, as :class:`ReplicaUniforms` hands out uniforms
+    (numpy's own ``standard_normal`` of each replica's generator: no transform of ours whose
+    last bits could depend on the machine or the batch)."""
+
+    RANGE = (-40.0, 40.0)  # a standard normal beyond 40 sigma never comes out of numpy
+
+    @staticmethod
+    def _draw(gen: np.random.Generator, size: int) -> np.ndarray:
+        return gen.standard_normal(size)

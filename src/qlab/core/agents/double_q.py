@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import TabularAgent, Transition, Updates
 from qlab.core.checks import check_range
+from qlab.core.compiled import CompiledStepper
 from qlab.core.statedict import load_array
 
 
@@ -54,11 +56,16 @@ class DoubleQ(TabularAgent):
     """Double Q-learning for R independent replicas (see the module docstring)."""
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int], lr: np.ndarray,
-                 gamma: np.ndarray, init: float = 0.0) -> None:
-        super().__init__(n_states, n_actions, seeds, lr, gamma, init)
+                 gamma: np.ndarray, init: float = 0.0, legal: np.ndarray | None = None) -> None:
+        super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         # tables[0] is Q1, tables[1] is Q2; each (R, S, A).
         self.tables = np.full((2, self.replicas, n_states, n_actions), float(init))
         self.q = self.tables[0] + self.tables[1]
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel; None for a subclass (it may learn otherwise)."""
+        return K.DOUBLE_Q if type(self) is DoubleQ else None
 
     @property
     def q1(self) -> np.ndarray:
@@ -75,6 +82,8 @@ class DoubleQ(TabularAgent):
         s, a, s2 = tr.state[rows], tr.action[rows], tr.next_state[rows]
         chooser = self.tables[update, rows, s2]  # (n, A): the updated table picks a' ...
         valuer = self.tables[1 - update, rows, s2]  # ... the other one values it
+        if self.legal is not None:  # ... among the legal actions of s'
+            chooser = np.where(self.legal[s2], chooser, -np.inf)
         best = chooser == chooser.max(axis=1, keepdims=True)
         value = np.where(best, valuer, 0.0).sum(axis=1) / best.sum(axis=1)
         bootstrap = np.where(tr.terminated[rows], 0.0, value)
@@ -90,6 +99,10 @@ class DoubleQ(TabularAgent):
     def q_values(self) -> np.ndarray:
         """(R, S, A) (Q1 + Q2) / 2: what the greedy policy (argmax of Q1 + Q2) is scored on."""
         return self.q / 2.0
+
+    def replica_values(self, replica: int) -> np.ndarray:
+        """(S, A) ``q_values()[replica]``, without computing every replica's."""
+        return self.q[replica] / 2.0
 
     def save(self, replica: int, directory: Path) -> None:
         """``q_table.npy`` (the mean of the tables, S x A), ``q1.npy`` and ``q2.npy``."""
@@ -112,7 +125,7 @@ class DoubleQ(TabularAgent):
 def build(cfg: DoubleQConfig, env, seeds: Sequence[int]) -> DoubleQ:
     """The agent for ``env``'s state and action counts, one replica per seed."""
     return DoubleQ(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma,
-                   init=cfg.init)
+                   init=cfg.init, legal=env.legal)
 
 
-register(AgentSpec("double_q", DoubleQConfig, build, tabular=True))
+register(AgentSpec("double_q", DoubleQConfig, build, tabular=True, compiled=CompiledStepper))

@@ -1,20 +1,25 @@
 """Compiled (numba) kernels of the tabular agents' stepper: the driver's lock-step loop for tabular
-Q-learning (``update = step`` / ``episode``) and Monte-Carlo on an env with a tabular model,
-one replica at a time.
+Q-learning (``update = step`` / ``episode``), Monte-Carlo, SARSA, Expected SARSA and Double
+Q-learning on an env with a tabular model, one replica at a time.
 
 They compute exactly what the numpy reference computes (:class:`qlab.core.driver.NumpyStepper`
 with :mod:`qlab.core.agents.qlearning`, :mod:`qlab.core.agents.mc`,
-:class:`qlab.core.envs.vector.TabularVecEnv` and :class:`qlab.core.exploration.Schedule`),
-bit for bit:
+:mod:`qlab.core.agents.sarsa`, :mod:`qlab.core.agents.expected_sarsa`,
+:mod:`qlab.core.agents.double_q`, :class:`qlab.core.envs.vector.TabularVecEnv` and
+:class:`qlab.core.exploration.Schedule`), bit for bit:
 
 - replica k's steps run in order over replica k's own pre-drawn uniforms: its agent stream
-  gives ``2 + A`` numbers per step (explore?, random action, A tie-breakers), its env stream
-  2 (outcome, restart) — as the reference takes them per lock-step while k is active. What
-  a replica does after it has finished never mattered, so it is not run;
+  gives ``2 + A`` numbers per step (explore?, random action, A tie-breakers) — SARSA
+  another ``2 + A`` for the a' its ``learn`` draws, Double Q one more for its coin — its
+  env stream 2 (outcome, restart) — as the reference takes them per lock-step while k is
+  active. What a replica does after it has finished never mattered, so it is not run;
 - the same float64 operations in the same order: no fastmath (LLVM then neither reorders
   nor fuses a multiply-add), ``max`` propagates NaN as ``numpy.max`` does, greedy ties go to
   the largest tie-breaker (first index on equality) as ``numpy.argmax`` does, and the
-  exponential schedule's ``decay ** t`` is libm's ``pow``, as ``numpy.float_power`` is.
+  exponential schedule's ``decay ** t`` is libm's ``pow``, as ``numpy.float_power`` is;
+  a sum over a row of actions (Expected SARSA's mean, Double Q's mean over tied actions) is
+  numpy's pairwise summation (:func:`row_sum`), and per-step |ΔQ| sums are formed in the
+  order the reference adds its ``Updates``.
 
 A kernel call is resumable: all per-replica state lives in the arrays passed in. Replica k
 stops, with a status saying why, when it has finished an episode that must be evaluated,
@@ -28,7 +33,9 @@ import numba
 import numpy as np
 
 # Agents.
-Q_STEP, Q_EPISODE, MC = 0, 1, 2
+Q_STEP, Q_EPISODE, MC, SARSA, EXPECTED_SARSA, DOUBLE_Q = range(6)
+EPISODIC = (Q_EPISODE, MC)  # agents that store the episode and learn at its end
+MAX_SUM_ACTIONS = 128  # row_sum follows numpy's pairwise summation up to this many actions
 # Schedules (exploration.KINDS).
 EXPONENTIAL, LINEAR, CONSTANT = 0, 1, 2
 
@@ -90,6 +97,37 @@ def row_max(q: np.ndarray, k: int, s: int) -> float:
         if v > m or np.isnan(v):
             m = v
     return m
+
+
+@numba.njit(cache=True)
+def row_sum(x: np.ndarray) -> float:
+    """``numpy.sum`` of a row of at most ``MAX_SUM_ACTIONS`` numbers, bit for bit: numpy's
+    pairwise summation, which below 8 numbers adds them in order and from 8 to 128 keeps 8
+    partial sums."""
+    n = x.shape[0]
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += x[i]
+        return res
+    r0, r1, r2, r3 = x[0], x[1], x[2], x[3]
+    r4, r5, r6, r7 = x[4], x[5], x[6], x[7]
+    i = 8
+    while i < n - n % 8:
+        r0 += x[i]
+        r1 += x[i + 1]
+        r2 += x[i + 2]
+        r3 += x[i + 3]
+        r4 += x[i + 4]
+        r5 += x[i + 5]
+        r6 += x[i + 6]
+        r7 += x[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += x[i]
+        i += 1
+    return res
 
 
 @numba.njit(cache=True)
@@ -171,7 +209,8 @@ def mc_sweep(q: np.ndarray, k: int, buf_i: np.ndarray, buf_r: np.ndarray, n: int
 def run(agent: int, first_visit: bool, schedule: int, per_step: bool, deterministic: bool,
         max_steps: int, episodes: int, budget: int, limit: int,
         cum: np.ndarray, next_state: np.ndarray, reward: np.ndarray, terminal: np.ndarray,
-        init_cum: np.ndarray, q: np.ndarray, params: np.ndarray, istate: np.ndarray,
+        init_cum: np.ndarray, q: np.ndarray, tables: np.ndarray, pend_i: np.ndarray,
+        pend_r: np.ndarray, params: np.ndarray, istate: np.ndarray,
         fstate: np.ndarray, u_agent: np.ndarray, u_env: np.ndarray, buf_i: np.ndarray,
         buf_r: np.ndarray, eval_at: np.ndarray, train: np.ndarray) -> None:
     """Run every replica whose status is RUN until it has to stop (see the module docstring).
@@ -181,11 +220,16 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
     means no time limit; ``budget`` is the env-step budget per replica. ``buf_i`` (R, 4, C)
     stores (state, action, next state, terminated) and ``buf_r`` (R, C) the rewards of each
     replica's current episode. ``train`` (>= 4, R, episodes) receives each finished
-    episode's length, return, q_delta and epsilon.
+    episode's length, return, q_delta and epsilon. Double Q: ``tables`` (2, R, S, A) holds
+    Q1 and Q2 and ``q`` their sum. SARSA: ``pend_i`` (R, 3) each replica's pending update
+    (pending?, state, action) and ``pend_r`` (R,) its reward.
     """
     n_replicas, n_states, n_actions = q.shape
-    need_a = 2 + n_actions
-    episodic = agent != Q_STEP
+    need_act = 2 + n_actions
+    need_a = (2 * need_act if agent == SARSA else need_act + 1 if agent == DOUBLE_Q
+              else need_act)
+    episodic = agent == Q_EPISODE or agent == MC
+    scratch = np.zeros(n_actions)
     capacity = buf_r.shape[1]
     seen = np.full(n_states * n_actions if agent == MC else 0, -1, dtype=np.int64)
     first = np.zeros(capacity if agent == MC else 0, dtype=np.bool_)
@@ -220,7 +264,8 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
             if t != eps_t:
                 eps = epsilon(schedule, np.float64(t), start, decay, minimum, duration)
                 eps_t = t
-            a = act(q, k, s, u_agent, apos, eps)
+            ua = apos  # this step's numbers: act's, then learn's
+            a = act(q, k, s, u_agent, ua, eps)
             apos += need_a
             # --- env step (env stream)
             j = outcome(cum, s, a, u_env[k, epos], deterministic)
@@ -241,6 +286,61 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
                 old = q[k, s, a]
                 step = lr * (target - old)
                 q[k, s, a] = old + step
+                qd_sum += abs(step)
+                qd_cnt += 1.0
+            elif agent == SARSA:
+                delta, cnt = 0.0, 0.0
+                if pend_i[k, 0]:  # the previous step's update: its a' (a, from s) is known
+                    ps, pa = pend_i[k, 1], pend_i[k, 2]
+                    target = pend_r[k] + gamma * q[k, s, a]
+                    old = q[k, ps, pa]
+                    step = lr * (target - old)
+                    q[k, ps, pa] = old + step
+                    delta += abs(step)
+                    cnt += 1.0
+                    pend_i[k, 0] = 0
+                a2 = act(q, k, s2, u_agent, ua + need_act, eps)  # drawn used or not
+                if done:
+                    bootstrap = 0.0 if term else q[k, s2, a2]
+                    target = r + gamma * bootstrap
+                    old = q[k, s, a]
+                    step = lr * (target - old)
+                    q[k, s, a] = old + step
+                    delta += abs(step)
+                    cnt += 1.0
+                else:
+                    pend_i[k, 0], pend_i[k, 1], pend_i[k, 2] = 1, s, a
+                    pend_r[k] = r
+                qd_sum += delta
+                qd_cnt += cnt
+            elif agent == EXPECTED_SARSA:
+                bootstrap = 0.0
+                if not term:
+                    mean = row_sum(q[k, s2]) / n_actions
+                    bootstrap = eps * mean + (1.0 - eps) * row_max(q, k, s2)
+                target = r + gamma * bootstrap
+                old = q[k, s, a]
+                step = lr * (target - old)
+                q[k, s, a] = old + step
+                qd_sum += abs(step)
+                qd_cnt += 1.0
+            elif agent == DOUBLE_Q:
+                upd = 1 if u_agent[k, ua + need_act] >= 0.5 else 0  # the coin: Q1 or Q2
+                bootstrap = 0.0
+                if not term:
+                    m = row_max(tables[upd], k, s2)
+                    ties = 0
+                    for j in range(n_actions):
+                        best = tables[upd, k, s2, j] == m
+                        scratch[j] = tables[1 - upd, k, s2, j] if best else 0.0
+                        if best:
+                            ties += 1
+                    bootstrap = row_sum(scratch) / ties if ties else np.nan
+                target = r + gamma * bootstrap
+                old = tables[upd, k, s, a]
+                step = lr * (target - old)
+                tables[upd, k, s, a] = old + step
+                q[k, s, a] = tables[0, k, s, a] + tables[1, k, s, a]
                 qd_sum += abs(step)
                 qd_cnt += 1.0
             else:

@@ -49,8 +49,9 @@ class TabularMC(TabularAgent):
     """Constant-step Monte-Carlo control for R independent replicas (see the module docstring)."""
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int], lr: np.ndarray,
-                 gamma: np.ndarray, first_visit: bool = False, init: float = 0.0) -> None:
-        super().__init__(n_states, n_actions, seeds, lr, gamma, init)
+                 gamma: np.ndarray, first_visit: bool = False, init: float = 0.0,
+                 legal: np.ndarray | None = None) -> None:
+        super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         self.first_visit = bool(first_visit)
         self._episodes = EpisodeBuffer(self.replicas)
 
@@ -149,7 +150,7 @@ class TabularMC(TabularAgent):
 
 def build(cfg: TabularMCConfig, env, seeds: Sequence[int]) -> TabularMC:
     return TabularMC(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma,
-                     first_visit=cfg.first_visit, init=cfg.init)
+                     first_visit=cfg.first_visit, init=cfg.init, legal=env.legal)
 
 
 register(AgentSpec("tabular_mc", TabularMCConfig, build, tabular=True,

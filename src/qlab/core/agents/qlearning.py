@@ -47,8 +47,9 @@ class TabularQ(TabularAgent):
     """Q-learning for R independent replicas (see the module docstring for the two updates)."""
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int], lr: np.ndarray,
-                 gamma: np.ndarray, update: str = "step", init: float = 0.0) -> None:
-        super().__init__(n_states, n_actions, seeds, lr, gamma, init)
+                 gamma: np.ndarray, update: str = "step", init: float = 0.0,
+                 legal: np.ndarray | None = None) -> None:
+        super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         if update not in UPDATES:
             raise ValueError(f"agent.update={update!r}: must be one of {', '.join(UPDATES)}")
         self.update = update
@@ -73,7 +74,8 @@ class TabularQ(TabularAgent):
 
     def _learn_step(self, tr: Transition) -> Updates:
         r = self._rows
-        bootstrap = np.where(tr.terminated, 0.0, self.q[r, tr.next_state].max(axis=1))
+        bootstrap = np.where(tr.terminated, 0.0,
+                             self.best_value(self.q[r, tr.next_state], tr.next_state))
         target = tr.reward + self.gamma * bootstrap
         old = self.q[r, tr.state, tr.action]
         step = np.where(tr.active, self.lr * (target - old), 0.0)
@@ -90,7 +92,8 @@ class TabularQ(TabularAgent):
             m = t < lengths
             rows = ending[m]
             s, a = ep["state"][m, t], ep["action"][m, t]
-            nxt = self.q[rows, ep["next_state"][m, t]].max(axis=1)
+            s2 = ep["next_state"][m, t]
+            nxt = self.best_value(self.q[rows, s2], s2)
             target = ep["reward"][m, t] + gamma[m] * np.where(ep["terminated"][m, t], 0.0, nxt)
             step = lr[m] * (target - self.q[rows, s, a])
             self.q[rows, s, a] += step
@@ -101,7 +104,7 @@ class TabularQ(TabularAgent):
 
 def build(cfg: TabularQConfig, env, seeds: Sequence[int]) -> TabularQ:
     return TabularQ(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma,
-                    update=cfg.update, init=cfg.init)
+                    update=cfg.update, init=cfg.init, legal=env.legal)
 
 
 register(AgentSpec("tabular_q", TabularQConfig, build, tabular=True,

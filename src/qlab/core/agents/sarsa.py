@@ -40,9 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlab.core.agents import kernels as K
 from qlab.core.agents.registry import AgentConfig, AgentSpec, register
 from qlab.core.agents.tabular import TabularAgent, Transition, Updates
 from qlab.core.checks import check_range
+from qlab.core.compiled import CompiledStepper
 from qlab.core.statedict import load_array
 
 
@@ -64,8 +66,8 @@ class Sarsa(TabularAgent):
     PENDING = ("pending", "pending_state", "pending_action", "pending_reward")  # checkpointed
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int], lr: np.ndarray,
-                 gamma: np.ndarray, init: float = 0.0) -> None:
-        super().__init__(n_states, n_actions, seeds, lr, gamma, init)
+                 gamma: np.ndarray, init: float = 0.0, legal: np.ndarray | None = None) -> None:
+        super().__init__(n_states, n_actions, seeds, lr, gamma, init, legal)
         R = self.replicas
         # Each replica's step whose update waits for its a' (valid where ``pending``).
         self.pending = np.zeros(R, dtype=bool)
@@ -73,6 +75,11 @@ class Sarsa(TabularAgent):
         self.pending_action = np.zeros(R, dtype=np.int64)
         self.pending_reward = np.zeros(R)
         self.epsilon = np.zeros(R)  # the epsilon of the current step, as act() was given it
+
+    @property
+    def kernel(self) -> int | None:
+        """The compiled stepper's kernel; None for a subclass (it may learn otherwise)."""
+        return K.SARSA if type(self) is Sarsa else None
 
     def act(self, state: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
         self.epsilon = np.broadcast_to(np.asarray(epsilon, dtype=np.float64),
@@ -132,7 +139,8 @@ class Sarsa(TabularAgent):
 
 def build(cfg: SarsaConfig, env, seeds: Sequence[int]) -> Sarsa:
     """The agent for ``env``'s state and action counts, one replica per seed."""
-    return Sarsa(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma, init=cfg.init)
+    return Sarsa(env.n_states, env.n_actions, seeds, lr=cfg.lr, gamma=cfg.gamma, init=cfg.init,
+                 legal=env.legal)
 
 
-register(AgentSpec("sarsa", SarsaConfig, build, tabular=True))
+register(AgentSpec("sarsa", SarsaConfig, build, tabular=True, compiled=CompiledStepper))

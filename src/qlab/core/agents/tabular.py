@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qlab.core.oracle import legal_argmax, legal_max
 from qlab.core.rng import AGENT_STREAM, ReplicaUniforms
 from qlab.core.statedict import load_array
 
@@ -37,11 +38,22 @@ class Updates(NamedTuple):
 
 
 class TabularAgent:
-    """Q of shape (R, S, A); replica k uses lr[k], gamma[k] and its own random stream."""
+    """Q of shape (R, S, A); replica k uses lr[k], gamma[k] and its own random stream.
+
+    ``legal`` (S, A) bool, the env's per-state legal actions (``TabularVecEnv.legal``; None:
+    every action everywhere): acting, the greedy policy and every max over actions range over
+    the legal actions of the state only, so an illegal action is never taken nor valued."""
 
     def __init__(self, n_states: int, n_actions: int, seeds: Sequence[int],
-                 lr: np.ndarray, gamma: np.ndarray, init: float = 0.0) -> None:
+                 lr: np.ndarray, gamma: np.ndarray, init: float = 0.0,
+                 legal: np.ndarray | None = None) -> None:
         R = len(seeds)
+        if legal is not None:
+            legal = np.asarray(legal, dtype=bool)
+            if legal.shape != (n_states, n_actions) or not legal.any(axis=1).all():
+                raise ValueError(f"legal actions of shape {legal.shape}: expected "
+                                 f"{(n_states, n_actions)} with a legal action in every state")
+        self.legal = legal
         self.n_states, self.n_actions, self.replicas = n_states, n_actions, R
         self.lr = np.broadcast_to(np.asarray(lr, dtype=np.float64), (R,)).copy()
         self.gamma = np.broadcast_to(np.asarray(gamma, dtype=np.float64), (R,)).copy()
@@ -50,21 +62,43 @@ class TabularAgent:
         self._rand = ReplicaUniforms(seeds, AGENT_STREAM)
 
     def act(self, state: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
-        """Epsilon-greedy actions (R,); greedy ties are broken uniformly at random."""
+        """Epsilon-greedy actions (R,); greedy ties are broken uniformly at random. With
+        legal actions, the random action is uniform over the state's legal ones and the greedy
+        one the best legal one (the same 2 + A numbers per replica either way)."""
         u = self._rand.take(2 + self.n_actions)
         qs = self.q[self._rows, state]
-        ties = qs == qs.max(axis=1, keepdims=True)
-        greedy = np.argmax(np.where(ties, u[:, 2:], -1.0), axis=1)
-        random = (u[:, 1] * self.n_actions).astype(np.int64)
+        if self.legal is None:
+            ties = qs == qs.max(axis=1, keepdims=True)
+            greedy = np.argmax(np.where(ties, u[:, 2:], -1.0), axis=1)
+            random = (u[:, 1] * self.n_actions).astype(np.int64)
+        else:
+            legal = self.legal[state]
+            ties = legal & (qs == legal_max(qs, legal)[:, None])
+            # No tie (a NaN value): the first legal action, as the kernel does.
+            greedy = np.argmax(np.where(ties, u[:, 2:], np.where(legal, -1.0, -2.0)), axis=1)
+            j = (u[:, 1] * legal.sum(axis=1)).astype(np.int64)  # the j-th legal action
+            random = np.argmax(np.cumsum(legal, axis=1) > j[:, None], axis=1)
         return np.where(u[:, 0] < epsilon, random, greedy)
 
     def greedy_policy(self) -> np.ndarray:
-        """(R, S) the greedy action of every state (lowest index on ties)."""
-        return self.q.argmax(axis=2)
+        """(R, S) the greedy (legal) action of every state (lowest index on ties)."""
+        if self.legal is None:
+            return self.q.argmax(axis=2)
+        return legal_argmax(self.q, self.legal)
+
+    def best_value(self, qs: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """(n,) max over the legal actions of ``states`` (n,) of their values ``qs`` (n, A)."""
+        if self.legal is None:
+            return qs.max(axis=1)
+        return legal_max(qs, self.legal[states])
 
     def q_values(self) -> np.ndarray:
         """(R, S, A) the current action values."""
         return self.q
+
+    def replica_values(self, replica: int) -> np.ndarray:
+        """(S, A) ``q_values()[replica]`` (what the evaluator scores, replica by replica)."""
+        return self.q_values()[replica]
 
     def save(self, replica: int, directory: Path) -> None:
         """Write replica ``replica``'s learned state into ``directory`` (its run's artifacts)."""

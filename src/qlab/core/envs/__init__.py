@@ -9,7 +9,10 @@ from collections.abc import Sequence
 import gymnasium
 import numpy as np
 
-from qlab.core.envs import griddy  # noqa: F401 - registers qlab/Griddy-v0, qlab's own env
+from qlab.core.envs import (
+    griddy,  # noqa: F401 - registers qlab/Griddy-v0, qlab's own env
+    maxbias,  # noqa: F401 - registers qlab/MaxBias-v0 (Example 6.7)
+)
 from qlab.core.envs.griddy import GRIDDY_ID
 from qlab.core.envs.gym_vector import GymVecEnv
 from qlab.core.envs.model import TabularModel

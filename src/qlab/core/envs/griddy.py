@@ -5,6 +5,10 @@ grid stays put. The goal is the bottom-right cell (or a random cell with ``rando
 the agent starts in a uniformly random non-goal cell. Reward 1 on the step that reaches the
 goal (which terminates), else 0. Episodes are truncated after ``max_steps`` steps.
 
+With ``mask_edges`` a move off the grid is not offered: each state's legal actions are the
+moves that stay on the grid (the model's ``legal``, and ``info["action_mask"]``, which the
+env always returns, gymnasium's way).
+
 State index (what tabular agents use): ``agent`` = row * width + col with a fixed goal, and
 ``goal * (height * width) + agent`` with a random goal.
 """
@@ -33,8 +37,9 @@ def _check_size(height: int, width: int) -> None:
 
 
 def griddy_model(height: int = 4, width: int = 4, random_goal: bool = False,
-                 max_steps: int | None = 1000) -> TabularModel:
-    """The grid world's exact transition table (deterministic, K = 1 outcome)."""
+                 max_steps: int | None = 1000, mask_edges: bool = False) -> TabularModel:
+    """The grid world's exact transition table (deterministic, K = 1 outcome); with
+    ``mask_edges`` the moves off the grid are illegal (``legal``)."""
     _check_size(height, width)
     n = height * width
     rows, cols = np.divmod(np.arange(n), width)
@@ -62,9 +67,14 @@ def griddy_model(height: int = 4, width: int = 4, random_goal: bool = False,
     # No reward for the goal's own absorbing self-loop (it is never taken).
     for gi, goal in enumerate(goals):
         reward[gi * n + goal] = 0.0
+    legal = None
+    if mask_edges:
+        on_grid = ((rows[:, None] + MOVES[None, :, 0] == r2)
+                   & (cols[:, None] + MOVES[None, :, 1] == c2))  # (n, 4)
+        legal = np.tile(on_grid, (G, 1))
     return TabularModel(prob=np.ones((S, 4, 1)), next_state=nxt[..., None],
                         reward=reward[..., None], terminal=term[..., None],
-                        initial=initial, max_steps=max_steps)
+                        initial=initial, max_steps=max_steps, legal=legal)
 
 
 def griddy_observations(height: int = 4, width: int = 4, random_goal: bool = False) -> np.ndarray:
@@ -122,7 +132,8 @@ class GriddyEnv(gym.Env):
     metadata = {"render_modes": render_modes, "render_fps": 4}
 
     def __init__(self, height: int = 4, width: int = 4, random_goal: bool = False,
-                 max_steps: int | None = 1000, render_mode: str | None = None) -> None:
+                 max_steps: int | None = 1000, render_mode: str | None = None,
+                 mask_edges: bool = False) -> None:
         for name, val in (("height", height), ("width", width)):
             if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 1:
                 raise ValueError(f"GriddyEnv {name}={val!r}: must be an int >= 1")
@@ -141,7 +152,9 @@ class GriddyEnv(gym.Env):
         self.random_goal = bool(random_goal)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.render_mode = render_mode
-        self.model = griddy_model(self.height, self.width, self.random_goal, self.max_steps)
+        self.model = griddy_model(self.height, self.width, self.random_goal, self.max_steps,
+                                  bool(mask_edges))
+        self._masks = self.model.action_mask.astype(np.int8)
         self._obs = griddy_observations(self.height, self.width, self.random_goal)
         self.observation_space = spaces.Box(0, 1, (3, self.height, self.width), np.int8)
         self.action_space = spaces.Discrete(len(MOVES))
@@ -185,7 +198,7 @@ class GriddyEnv(gym.Env):
         else:
             s = int(self.np_random.choice(self.model.n_states, p=self.model.initial))
         self.state, self.elapsed = s, 0
-        return self._obs[s].copy(), {"state": s}
+        return self._obs[s].copy(), {"state": s, "action_mask": self._masks[s].copy()}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         """One move: looks the transition up in ``self.model``."""
@@ -193,6 +206,9 @@ class GriddyEnv(gym.Env):
         a = int(action)
         if not 0 <= a < self.model.n_actions:
             raise ValueError(f"GriddyEnv.step action={action!r}: must be in 0..3")
+        if not self._masks[s, a]:
+            raise ValueError(f"GriddyEnv.step action={action!r}: not legal in state {s} "
+                             f"(legal: {np.flatnonzero(self._masks[s]).tolist()})")
         m = self.model
         k = 0 if m.deterministic else int(self.np_random.choice(m.prob.shape[2], p=m.prob[s, a]))
         s2 = int(m.next_state[s, a, k])
@@ -202,7 +218,8 @@ class GriddyEnv(gym.Env):
         truncated = (self.max_steps is not None and self.elapsed >= self.max_steps
                      and not terminated)
         self.state = s2
-        return self._obs[s2].copy(), reward, terminated, bool(truncated), {"state": s2}
+        return (self._obs[s2].copy(), reward, terminated, bool(truncated),
+                {"state": s2, "action_mask": self._masks[s2].copy()})
 
     # ---- value shading ----
     @property
@@ -308,11 +325,16 @@ def _observations(cfg: EnvConfig) -> np.ndarray:
 
 if GRIDDY_ID not in gym.registry:
     gym.register(id=GRIDDY_ID, entry_point="qlab.core.envs.griddy:GriddyEnv")
+def _model(cfg: EnvConfig) -> TabularModel:
+    """The model of an env config (one recorded before ``mask_edges`` existed has none)."""
+    return griddy_model(cfg.height, cfg.width, cfg.random_goal, cfg.max_steps,
+                        bool(getattr(cfg, "mask_edges", False)))
+
+
 def _dims(cfg: EnvConfig) -> tuple[int, int, int]:
     """(states, actions, observation size) of a grid config: what its tables will hold."""
     cells = int(cfg.height) * int(cfg.width)
     return cells * (cells if cfg.random_goal else 1), len(MOVES), 3 * cells
 
 
-register(EnvSpec(GRIDDY_ID, lambda c: griddy_model(c.height, c.width, c.random_goal, c.max_steps),
-                 _observations, _check_config, _dims))
+register(EnvSpec(GRIDDY_ID, _model, _observations, _check_config, _dims))

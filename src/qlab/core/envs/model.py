@@ -15,6 +15,12 @@ class TabularModel:
 
     Every outcome array has shape (S, A, K); K is the largest number of outcomes of any
     (state, action). Unused outcome slots have probability 0.
+
+    ``legal`` (S, A) marks the actions each state offers (None: every action everywhere); the
+    action space is the largest set, and an illegal (s, a) keeps a placeholder outcome that
+    nothing may take. ``reward_std`` (S, A, K) adds Gaussian noise of that standard deviation
+    to a sampled reward (None: none); ``reward`` is then the mean, so value iteration and
+    exact evaluation, which need only expectations, are exact.
     """
 
     prob: np.ndarray  # (S, A, K) float64, each (s, a) row sums to 1
@@ -23,17 +29,31 @@ class TabularModel:
     terminal: np.ndarray  # (S, A, K) bool: this transition ends the episode
     initial: np.ndarray  # (S,) float64 start-state distribution
     max_steps: int | None = None  # episodes are truncated after this many steps
+    legal: np.ndarray | None = None  # (S, A) bool: the actions each state offers
+    reward_std: np.ndarray | None = None  # (S, A, K) float64: Gaussian reward noise
 
     def __post_init__(self) -> None:
         S, A, K = self.prob.shape
-        for name in ("next_state", "reward", "terminal"):
-            if getattr(self, name).shape != (S, A, K):
+        for name in ("next_state", "reward", "terminal", "reward_std"):
+            if getattr(self, name) is not None and getattr(self, name).shape != (S, A, K):
                 raise ValueError(f"TabularModel.{name} has shape {getattr(self, name).shape}, "
                                  f"expected {(S, A, K)}")
         if not np.allclose(self.prob.sum(-1), 1.0):
             raise ValueError("TabularModel.prob rows must sum to 1")
         if self.initial.shape != (S,) or not np.isclose(self.initial.sum(), 1.0):
             raise ValueError("TabularModel.initial must be a distribution over the S states")
+        if self.legal is not None:
+            if self.legal.shape != (S, A) or self.legal.dtype != bool:
+                raise ValueError(f"TabularModel.legal must be a bool array of shape {(S, A)}")
+            if not self.legal.any(axis=1).all():
+                raise ValueError("TabularModel.legal: every state needs a legal action")
+
+    @cached_property
+    def action_mask(self) -> np.ndarray:
+        """(S, A) bool: the legal actions of every state (all True without ``legal``)."""
+        if self.legal is None:
+            return np.ones(self.prob.shape[:2], dtype=bool)
+        return self.legal
 
     @property
     def n_states(self) -> int:
@@ -53,7 +73,7 @@ class TabularModel:
         episode having ended. Q* is only meaningful there; errors are measured there only."""
         reach = self.initial > 0
         frontier = reach.copy()
-        live = (self.prob > 0) & ~self.terminal
+        live = (self.prob > 0) & ~self.terminal & self.action_mask[..., None]
         while frontier.any():
             nxt = np.zeros_like(reach)
             nxt[self.next_state[frontier][live[frontier]]] = True

@@ -32,6 +32,8 @@ class EnvConfig:
     height: int = 4  # grid rows (grid world only)
     width: int = 4  # grid columns (grid world only)
     random_goal: bool = False  # goal in a random cell, part of the state (grid world only)
+    mask_edges: bool = False  # moves off the grid are illegal, per-state masks (grid world only)
+    n_actions_b: int = 10  # actions in state B, each ending with N(-0.1, 1) (maxbias only)
     max_steps: int | None = 1000  # truncate episodes after this many steps (null: the env's own)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra gymnasium.make kwargs
 
