@@ -69,13 +69,13 @@ TEST_WORKERS ?= auto
 XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: setup ## Unit tests only: in-process, no subprocess or server; the quick check while coding
-	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration' $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration and not cluster' $(ARGS)
 
 test: setup ## The default suite, run by CI: unit + integration tests, not the slow ones
-	$(BIN)/python -m pytest $(XDIST) -m 'not slow' $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not cluster' $(ARGS)
 
 test-slow: setup ## Run only the slow, long-training tests
-	$(BIN)/python -m pytest $(XDIST) -m slow $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'slow and not cluster' $(ARGS)
 
 lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
 	$(BIN)/ruff check src tests benchmarks examples

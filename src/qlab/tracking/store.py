@@ -5,13 +5,17 @@ one line and no half-written runs instead of a hang or a traceback.
   so must the ``mlruns/`` artifact directory beside it if present), ``http(s)://`` tracking
   servers (probed: they must take a connection within :data:`PROBE_TIMEOUT` seconds,
   answer, and accept our credentials and Host header), and SQL databases
-  (``postgresql://``, ``mysql://``, ...).
+  (``postgresql://``, ``mysql://``, ...: their driver must be installed, and one connection
+  must succeed within :data:`CONNECT_TIMEOUT` seconds; MLflow's own engine retries a dead
+  database for minutes).
 - Refused: MLflow's file store (``file:///...`` or a bare path: it writes wherever the path
   points, and MLflow is retiring it), relative sqlite paths (they depend on the working
   directory, which differs between launchers), in-memory sqlite, and other schemes.
 
 :func:`check` also shortens MLflow's HTTP retries (unless the user set them): by default
 MLflow retries a dead server for minutes per request.
+
+Passwords inside a URI never reach a message: :func:`masked` writes them ``***``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 SQL_SCHEMES = ("postgresql", "mysql", "mssql")
+# Seconds a database gets to accept one connection (the store check, the schema lock).
+CONNECT_TIMEOUT = 5
+# The PostgreSQL advisory lock held while MLflow creates or upgrades its schema (any number
+# shared by every qlab process; "qlab" in ASCII).
+SCHEMA_LOCK_KEY = 0x716C6162
+# What to install for a SQLAlchemy dialect's default driver, when it is missing.
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary",
+                   "mysqldb": "mysqlclient", "pymysql": "pymysql", "pyodbc": "pyodbc"}
 
 
 class StoreError(QlabError, RuntimeError):
@@ -55,14 +67,28 @@ def check(uri: str) -> None:
         configure_http()
         _probe_server(uri)
     elif scheme.split("+")[0] in SQL_SCHEMES:
-        return
+        _check_database(uri)
     elif scheme in ("", "file") or len(scheme) == 1:  # a bare path (or C:\ on Windows)
-        raise StoreError(f"tracking.uri={uri!r}: MLflow's file store is not supported; use "
+        raise StoreError(f"tracking.uri={masked(uri)!r}: MLflow's file store is not supported; use "
                          "sqlite:////absolute/path/mlflow.db or http(s)://host:port")
     else:
-        raise StoreError(f"tracking.uri={uri!r}: unsupported scheme {scheme!r}; use "
+        raise StoreError(f"tracking.uri={masked(uri)!r}: unsupported scheme {scheme!r}; use "
                          "sqlite:////absolute/path/mlflow.db, http(s)://host:port or a "
                          "postgresql:// / mysql:// database")
+
+
+def masked(uri: str) -> str:
+    """``uri`` with the password of its ``user:password@`` part written ``***``."""
+    parts = urlparse(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def is_database(uri: str) -> bool:
+    """A SQL database URI (``postgresql://``, ``mysql+pymysql://``, ...), sqlite excepted."""
+    return urlparse(uri).scheme.lower().split("+")[0] in SQL_SCHEMES
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -94,11 +120,75 @@ def _check_sqlite(uri: str) -> None:
         raise StoreError(f"tracking.uri={uri!r}: artifact directory {artifacts} is not writable")
 
 
+def _engine(uri: str):
+    """A SQLAlchemy engine of ``uri`` that holds no pool and waits at most
+    :data:`CONNECT_TIMEOUT` seconds for a connection."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    backend = urlparse(uri).scheme.lower().split("+")[0]
+    args = {"connect_timeout": CONNECT_TIMEOUT} if backend in ("postgresql", "mysql") else {}
+    return create_engine(uri, poolclass=NullPool, connect_args=args)
+
+
+def _check_database(uri: str) -> None:
+    """The driver is installed and the database accepts one connection, or one line why."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    where = f"tracking.uri={masked(uri)}"
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(f"{where}: not a database URL SQLAlchemy knows ({exc})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        driver = url.get_driver_name()
+        package = DRIVER_PACKAGES.get(driver, driver)
+        raise StoreError(f"{where}: the database driver {driver!r} is not installed "
+                         f"(pip install '{package}')") from None
+    from sqlalchemy import text
+
+    try:
+        with _engine(uri).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        raise StoreError(f"{where}: {_database_refusal(url, exc.orig)}") from None
+
+
+def _database_refusal(url, exc: BaseException | None) -> str:
+    """Why a database refused a connection, in a few words (the driver's own words
+    otherwise, first line)."""
+    text = " ".join(str(exc).split()) if exc is not None else ""
+    low = text.lower()
+    at = f"{url.host or 'localhost'}:{url.port or 'default port'}"
+    if "password authentication failed" in low or "access denied" in low:
+        return f"the database refused user {url.username!r} (wrong password?)"
+    if "no password supplied" in low:
+        return (f"the database needs a password for user {url.username!r} (in the URI, "
+                "$PGPASSWORD or ~/.pgpass)")
+    if "role" in low and "does not exist" in low:
+        return f"the database has no user {url.username!r}"
+    if "database" in low and ("does not exist" in low or "unknown database" in low):
+        return f"database {url.database!r} does not exist at {at} (create it first)"
+    if "timeout expired" in low or "timed out" in low:
+        return f"no database answers at {at} within {CONNECT_TIMEOUT} s"
+    if "connection refused" in low or "can't connect" in low:
+        return f"no database server answers at {at} (connection refused)"
+    if "could not translate host name" in low or "name or service not known" in low:
+        return f"unknown database host {url.host!r}"
+    line = text.split(" connection to server at ")[-1] if text else type(exc).__name__
+    return f"the database refused the connection: {line[:300]}"
+
+
 def _probe_server(uri: str) -> None:
     """One quick request without retries: the server answers, and accepts us."""
     import requests
 
     base = uri.rstrip("/")
+    where = f"tracking.uri={masked(uri)}"
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None
     headers = {}
@@ -116,28 +206,47 @@ def _probe_server(uri: str) -> None:
             reason = f"no answer within {PROBE_READ_TIMEOUT:g} s"
         elif isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower():
             reason = "connection refused"
-        raise StoreError(f"tracking.uri={uri}: no MLflow server answers there ({reason}); start "
+        raise StoreError(f"{where}: no MLflow server answers there ({reason}); start "
                          "one (make server) or fix tracking.uri / MLFLOW_TRACKING_URI") from None
     if resp.status_code == 401:
         who = f"user {user!r} was refused" if user else "no credentials given"
-        raise StoreError(f"tracking.uri={uri}: the server requires a login ({who}); set "
+        raise StoreError(f"{where}: the server requires a login ({who}); set "
                          "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
     if resp.status_code == 403 and "Host header" in resp.text:
-        raise StoreError(f"tracking.uri={uri}: the server refuses the Host header "
+        raise StoreError(f"{where}: the server refuses the Host header "
                          f"{urlparse(uri).netloc!r}; add it to the server's --allowed-hosts")
     if resp.status_code == 403:
-        raise StoreError(f"tracking.uri={uri}: user {user!r} may not read experiments there "
+        raise StoreError(f"{where}: user {user!r} may not read experiments there "
                          "(HTTP 403)")
+    if resp.status_code >= 500:
+        raise StoreError(f"{where}: the server failed (HTTP {resp.status_code} "
+                         f"{resp.reason}): {server_message(resp)}")
     if resp.status_code != 200:
-        raise StoreError(f"tracking.uri={uri}: not an MLflow tracking server "
-                         f"(HTTP {resp.status_code} from {base}/api/2.0/mlflow/experiments/search)")
+        raise StoreError(f"{where}: not an MLflow tracking server (HTTP {resp.status_code} from "
+                         f"{masked(base)}/api/2.0/mlflow/experiments/search)")
+
+
+def server_message(resp) -> str:
+    """What a failing server said: MLflow's JSON ``message`` (its first line), else the first
+    line of the body."""
+    try:
+        text = str(resp.json().get("message") or resp.text)
+    except ValueError:
+        text = resp.text
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0][:300] if lines else "no message")
 
 
 @contextlib.contextmanager
 def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
-    """Hold an inter-process lock (``<db>.lock`` beside a sqlite store) while MLflow opens the
-    store: it creates and migrates the schema on first use, and processes doing that at once
-    fail ("table ... already exists", alembic errors). A no-op for other stores."""
+    """Hold an inter-process lock while MLflow opens the store: it creates and migrates the
+    schema on first use, and processes doing that at once fail ("table ... already exists",
+    alembic errors). A file lock (``<db>.lock``) beside a sqlite store; a PostgreSQL advisory
+    lock (:data:`SCHEMA_LOCK_KEY`) for a PostgreSQL store; a no-op for other stores."""
+    if urlparse(uri).scheme.lower().split("+")[0] == "postgresql":
+        with _advisory_lock(uri, timeout):
+            yield
+        return
     db = sqlite_path(uri)
     if db is None:
         yield
@@ -146,6 +255,33 @@ def creation_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
 
     with FileLock(f"{db}.lock", timeout=timeout):
         yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(uri: str, timeout: float) -> Iterator[None]:
+    """PostgreSQL's session advisory lock :data:`SCHEMA_LOCK_KEY`, held on a connection of
+    its own (the server drops it if this process dies)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    with _engine(uri).connect() as conn:
+        conn.execute(text(f"SET lock_timeout = {int(timeout * 1000)}"))
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        except OperationalError as exc:
+            raise StoreError(f"tracking.uri={masked(uri)}: another process held the schema "
+                             f"lock for {timeout:g} s ({_one_line_driver(exc)})") from None
+        conn.commit()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(DBAPIError):  # a lost connection has dropped the lock
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                conn.commit()
+
+
+def _one_line_driver(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", exc)).split())[:200]
 
 
 def client_for(uri: str):
@@ -158,4 +294,4 @@ def client_for(uri: str):
 
 
 __all__ = ["StoreError", "check", "client_for", "configure_http", "creation_lock",
-           "sqlite_path"]
+           "is_database", "masked", "sqlite_path"]
