@@ -61,7 +61,8 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
             ctx = contextlib.nullcontext(tracking.NullTracker())
         else:
             ctx = tracking.open_runs(uri, c.experiment_name, {}, replicas, names,
-                                     max_points=c.tracking.max_points, resume_ids=plan.run_ids)
+                                     max_points=c.tracking.max_points, resume_ids=plan.run_ids,
+                                     artifacts=c.tracking.artifacts)
         stop = GracefulStop()
         with stop, ctx as tracker:
             ckpt = None

@@ -74,7 +74,8 @@ class SweepCallback(Callback):
             return
         uri = config.tracking.uri or tracking.default_uri()
         client = store.client_for(uri)
-        exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
+        exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri,
+                                                   config.tracking.get("artifacts"))
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)
         sweeper_params = config.hydra.sweeper.get("params") or {}

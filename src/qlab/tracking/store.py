@@ -21,6 +21,7 @@ Passwords inside a URI never reach a message: :func:`masked` writes them ``***``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,25 @@ def sqlite_path(uri: str) -> Path | None:
     if not rest.startswith("/") or rest in ("/", "/:memory:"):
         return None
     return Path(rest[1:].split("?")[0])
+
+
+def artifact_location(uri: str, artifacts: str | None) -> str | None:
+    """Where a new experiment of store ``uri`` keeps its artifacts (None: the server
+    decides): ``artifacts`` (``tracking.artifacts``, an absolute directory or a URI), else
+    ``mlruns/`` beside a sqlite store. A database store needs ``artifacts``: MLflow's own
+    default, ``./mlruns`` of whichever process creates the experiment, is a directory other
+    machines never see, shared by same-numbered experiments of different databases."""
+    if artifacts:
+        return Path(artifacts).as_uri() if artifacts.startswith("/") else artifacts
+    db = sqlite_path(uri)
+    if db is not None:
+        return (db.parent / "mlruns").resolve().as_uri()
+    if is_database(uri):
+        raise StoreError(f"tracking.uri={masked(uri)}: a database store needs tracking.artifacts "
+                         "(a directory every machine running jobs sees, or a URI such as "
+                         "s3://bucket/path); or track through qlab-server "
+                         "(tracking.uri=http://host:port), which stores the artifacts itself")
+    return None
 
 
 def _check_sqlite(uri: str) -> None:
@@ -284,14 +304,32 @@ def _one_line_driver(exc: BaseException) -> str:
     return " ".join(str(getattr(exc, "orig", exc)).split())[:200]
 
 
+class _RaisedDatabaseErrors(logging.Filter):
+    """Drops MLflow's log record of a failed SQL statement: MLflow logs each one with its
+    traceback (dozens when a database goes away mid-run) and then raises it as an
+    ``MlflowException``, which qlab reports in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def quiet_database_errors() -> None:
+    """Install :class:`_RaisedDatabaseErrors` on MLflow's database logger (once)."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _RaisedDatabaseErrors) for f in logger.filters):
+        logger.addFilter(_RaisedDatabaseErrors())
+
+
 def client_for(uri: str):
     """An ``MlflowClient`` of ``uri``. Creating one opens (and, the first time, creates and
     migrates) the store, which processes starting together must do one at a time."""
     from mlflow.tracking import MlflowClient
 
+    if is_database(uri):
+        quiet_database_errors()
     with creation_lock(uri):
         return MlflowClient(tracking_uri=uri)
 
 
-__all__ = ["StoreError", "check", "client_for", "configure_http", "creation_lock",
-           "is_database", "masked", "sqlite_path"]
+__all__ = ["StoreError", "artifact_location", "check", "client_for", "configure_http",
+           "creation_lock", "is_database", "masked", "quiet_database_errors", "sqlite_path"]
