@@ -20,7 +20,7 @@ ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
 # Extra Host headers the server accepts (the names clients use for it), comma-separated.
 ALLOWED_HOSTS ?=
 
-.PHONY: help setup train sweep test test-unit test-slow lint ui server server-auth clean cartpole report play bench bench-quick
+.PHONY: help setup train sweep test test-unit test-slow test-cluster lint ui server server-auth clean cartpole report play bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ test: setup ## The default suite, run by CI: unit + integration tests, not the s
 
 test-slow: setup ## Run only the slow, long-training tests
 	$(BIN)/python -m pytest $(XDIST) -m 'slow and not cluster' $(ARGS)
+
+test-cluster: setup ## As root: PostgreSQL, qlab-server, a one-node SLURM on 127.0.0.1 (installs Debian packages), the cluster tests; all torn down after
+	PYTHON=$(BIN)/python .ci/cluster/run $(ARGS)
 
 lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
 	$(BIN)/ruff check src tests benchmarks examples
