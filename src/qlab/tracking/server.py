@@ -55,6 +55,7 @@ LEGACY_PASSWORD = "password1234"  # what MLflow < 3.x shipped in basic_auth.ini
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 PROG = "qlab-server"
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # MLflow's own variable, read by ``mlflow server``
+JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 STOP_SECONDS = 10.0  # after SIGTERM / SIGINT, how long the server's processes get to exit
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,9 @@ def prepare_store(uri: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Run the server until it exits (its exit code); :class:`ServerError` before it starts."""
     env = {**os.environ, BACKEND_ENV: args.backend_store_uri}
+    # MLflow's job runner (GenAI evaluation jobs: a dozen huey worker processes) serves
+    # nothing qlab records; on only if the environment asks for it.
+    env.setdefault(JOBS_ENV, "false")
     cmd = command(args)
     if args.auth:
         admin_password()
