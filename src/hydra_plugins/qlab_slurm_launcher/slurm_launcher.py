@@ -5,6 +5,9 @@ finish (cancelled, killed, out of time, failed), while the sweep's other jobs st
 ``resume=auto`` rerun started then would race them. This launcher waits until every job has
 ended, logs one line per job that did not finish (its SLURM state and its log file), and then
 ends the sweep in one line (exit 1) saying how to complete it.
+
+Hydra instantiates launchers from the ``hydra_plugins`` package only, hence its place here;
+``conf/hydra/launcher/slurm.yaml`` names it as its ``_target_``.
 """
 
 from __future__ import annotations
