@@ -86,6 +86,15 @@ def wait_mid_run(sweep: subprocess.Popen, tmp_path: Path, checkpoints: int,
         time.sleep(0.5)
 
 
+def said(err: str) -> str:
+    """What the sweep said about its failure: its error lines, no traceback."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "did not finish" in line
+             or "could not be closed" in line or "lost the tracking store" in line]
+    assert lines, err
+    return "\n  ".join(lines)
+
+
 def finished(runs) -> bool:
     return bool(runs) and all(r.info.status == "FINISHED" for r in runs)
 
@@ -107,8 +116,8 @@ def test_slurm_sweep_scancel_and_database_stop_then_resume(slurm, postgres, team
         out, err = sweep.communicate(timeout=600)
         assert sweep.returncode != 0, err
         with capsys.disabled():
-            print(f"\nsweep after scancel of job {victim}: exit {sweep.returncode}, "
-                  f"last line: {err.strip().splitlines()[-1] if err.strip() else ''}")
+            print(f"\nsweep after scancel of job {victim}: exit {sweep.returncode}:\n  "
+                  f"{said(err)}")
         state = subprocess.run(["sacct", "-X", "-n", "-j", victim, "-o", "State"],
                                capture_output=True, text=True).stdout.strip()
         assert state.startswith("CANCELLED"), state
@@ -131,8 +140,7 @@ def test_slurm_sweep_scancel_and_database_stop_then_resume(slurm, postgres, team
         assert sweep.returncode != 0
         assert postgres.password not in out + err
         with capsys.disabled():
-            print(f"sweep with the database stopped: exit {sweep.returncode}, "
-                  f"last line: {err.strip().splitlines()[-1] if err.strip() else ''}")
+            print(f"sweep with the database stopped: exit {sweep.returncode}:\n  {said(err)}")
         rerun = qlab_train([*cmd, "resume=auto"], server.uri, tmp_path / "b")
         assert rerun.returncode == 0, rerun.stderr
         parents, runs = sweep_runs(server.uri, "db-stopped")

@@ -185,19 +185,26 @@ def finish(failed: bool = False) -> None:
         return
     client, run_id = _active["client"], _active["run_id"]
     try:
-        runs = latest_attempts(children(client, _active["exp_id"], run_id))
-        failed = failed or any(r.info.status != "FINISHED" for r in runs)
-        table = summary_table(runs, _active["group_by"])
-        if not table.empty:
-            text = table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
-            print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs\n{text}",
-                  file=sys.stderr)
-            client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
-            client.log_text(run_id, text + "\n", "sweep_summary.txt")
-        reruns = len(client.get_metric_history(run_id, "sweep/runs"))  # resume=auto reruns
-        client.log_metric(run_id, "sweep/runs", len(runs), step=reruns)
+        try:
+            runs = latest_attempts(children(client, _active["exp_id"], run_id))
+            failed = failed or any(r.info.status != "FINISHED" for r in runs)
+            table = summary_table(runs, _active["group_by"])
+            if not table.empty:
+                text = table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+                print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs\n{text}",
+                      file=sys.stderr)
+                client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
+                client.log_text(run_id, text + "\n", "sweep_summary.txt")
+            reruns = len(client.get_metric_history(run_id, "sweep/runs"))  # resume=auto reruns
+            client.log_metric(run_id, "sweep/runs", len(runs), step=reruns)
+        finally:
+            client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the store went away; the jobs said so already
+        text = " ".join(str(exc).split())
+        log.error("sweep %s: its parent run %s could not be closed (%s: %s); the same command "
+                  "with resume=auto completes the sweep and closes it", _active["sweep_id"],
+                  run_id, type(exc).__name__, text[:300])
     finally:
-        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         for var in (PARENT_ENV, SWEEP_ENV):
             os.environ.pop(var, None)
         _active.clear()
