@@ -22,7 +22,8 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
 )
 
-log = logging.getLogger(__name__)
+# under qlab's logger: qlab-train shows its records on the console ("qlab-train: ...")
+log = logging.getLogger("qlab.sweeps.slurm")
 
 
 class SweepJobsFailed(CompactHydraException):
