@@ -21,7 +21,7 @@ ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
 # Extra Host headers the server accepts (the names clients use for it), comma-separated.
 ALLOWED_HOSTS ?=
 
-.PHONY: help setup train sweep test test-unit test-slow lint ui server server-auth clean cartpole report play bench bench-quick docs docs-serve tutorial
+.PHONY: help setup train sweep test test-unit test-slow test-cluster lint ui server server-auth clean cartpole report play bench bench-quick docs docs-serve tutorial
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed -e 's/$$(HOST)/$(HOST)/g' -e 's/$$(PORT)/$(PORT)/g' -e 's/$$(DOCS_PORT)/$(DOCS_PORT)/g' \
@@ -89,13 +89,16 @@ TEST_WORKERS ?= auto
 XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: setup ## Unit tests only: in-process, no subprocess or server; the quick check while coding
-	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration' $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration and not cluster' $(ARGS)
 
 test: setup ## The default suite, run by CI: unit + integration tests, not the slow ones
-	$(BIN)/python -m pytest $(XDIST) -m 'not slow' $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not cluster' $(ARGS)
 
 test-slow: setup ## Run only the slow, long-training tests
-	$(BIN)/python -m pytest $(XDIST) -m slow $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'slow and not cluster' $(ARGS)
+
+test-cluster: setup ## As root: PostgreSQL, qlab-server, a one-node SLURM on 127.0.0.1 (installs Debian packages), the cluster tests; all torn down after
+	PYTHON=$(BIN)/python .ci/cluster/run $(ARGS)
 
 lint: setup ## Lint: ruff, and the import-linter contracts that keep the layers pointing down
 	$(BIN)/ruff check src tests benchmarks examples docs

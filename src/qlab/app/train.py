@@ -68,7 +68,8 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
             ctx = tracking.open_runs(uri, c.experiment_name, {}, runs,
                                      [r["name"] for r in runs],
                                      max_points=c.tracking.max_points, resume_ids=plan.run_ids,
-                                     groups=groups, aggregate=aggregate, seeds=seeds)
+                                     groups=groups, aggregate=aggregate, seeds=seeds,
+                                     artifacts=c.tracking.artifacts)
         stop = GracefulStop()
         with stop, ctx as tracker:
             ckpt = None

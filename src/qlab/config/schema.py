@@ -29,6 +29,10 @@ class TrackingConfig:
 
     enabled: bool = True  # false: train without MLflow
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite
+    # Where a new experiment keeps its artifacts: an absolute directory every machine running
+    # jobs sees, or a URI (s3://...). null: mlruns/ beside a sqlite store; the server's own
+    # (proxied) store for http(s)://. Required with a database URI (postgresql://...).
+    artifacts: str | None = None
     flush_seconds: float = 10.0  # how often buffered metrics are written while training
     # train/* curves: every episode up to this many points per run, then thinned (every 2nd
     # episode up to 2x, every 4th up to 4x, ...); the full table is the episodes.csv artifact.
@@ -41,6 +45,11 @@ class TrackingConfig:
 
     def check(self) -> None:
         check_range("tracking.flush_seconds", self.flush_seconds, 0, lo_open=True)
+        if self.artifacts is not None and not (
+                "://" in self.artifacts or self.artifacts.startswith("/")):
+            fail("tracking.artifacts", self.artifacts,
+                 "must be an absolute directory (one every machine running jobs sees) or a "
+                 "URI such as s3://bucket/path")
         if self.max_points is not None:
             check_range("tracking.max_points", self.max_points, 1)
         if not (isinstance(self.replica_runs, bool) or self.replica_runs == "auto"):

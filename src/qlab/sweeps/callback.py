@@ -93,7 +93,8 @@ class SweepCallback(Callback):
             return
         uri = config.tracking.uri or tracking.default_uri()
         client = store.client_for(uri)
-        exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri)
+        exp_id = tracking.get_or_create_experiment(client, config.experiment_name, uri,
+                                                   config.tracking.get("artifacts"))
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         overrides = command_overrides(list(config.hydra.overrides.task),
                                       config.hydra.sweeper.get("params") or {})
@@ -239,25 +240,32 @@ def finish(failed: bool = False) -> None:
         return
     client, run_id = _active["client"], _active["run_id"]
     try:
-        runs = latest_attempts(children(client, _active["exp_id"], run_id))
-        failed = failed or any(r.info.status != "FINISHED" for r in runs)
-        if summarizer is not None and runs:
-            try:
-                table, text = summarizer(_active["uri"], run_id)
-            except Exception as exc:  # the summary is a convenience: never fail the sweep
-                log.warning("no sweep summary: %s", str(exc).splitlines()[0] if str(exc)
-                            else type(exc).__name__)
-            else:
-                exp = _active["experiment"]
-                print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs, parent run "
-                      f"{run_id}\n{text}\nNext: qlab-report {exp}  (make report EXP={exp}); "
-                      "make ui, then expand the parent run", file=sys.stderr)
-                client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
-                client.log_text(run_id, text + "\n", "sweep_summary.txt")
-        reruns = len(client.get_metric_history(run_id, "sweep/runs"))  # resume=auto reruns
-        client.log_metric(run_id, "sweep/runs", len(runs), step=reruns)
+        try:
+            runs = latest_attempts(children(client, _active["exp_id"], run_id))
+            failed = failed or any(r.info.status != "FINISHED" for r in runs)
+            if summarizer is not None and runs:
+                try:
+                    table, text = summarizer(_active["uri"], run_id)
+                except Exception as exc:  # the summary is a convenience: never fail the sweep
+                    log.warning("no sweep summary: %s", str(exc).splitlines()[0] if str(exc)
+                                else type(exc).__name__)
+                else:
+                    exp = _active["experiment"]
+                    print(f"\nqlab: sweep {_active['sweep_id']}: {len(runs)} runs, parent run "
+                          f"{run_id}\n{text}\nNext: qlab-report {exp}  (make report EXP={exp}); "
+                          "make ui, then expand the parent run", file=sys.stderr)
+                    client.log_text(run_id, table.to_csv(index=False), "sweep_summary.csv")
+                    client.log_text(run_id, text + "\n", "sweep_summary.txt")
+            reruns = len(client.get_metric_history(run_id, "sweep/runs"))  # resume=auto reruns
+            client.log_metric(run_id, "sweep/runs", len(runs), step=reruns)
+        finally:
+            client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the store went away; the jobs said so already
+        text = " ".join(str(exc).split())
+        log.error("sweep %s: its parent run %s could not be closed (%s: %s); the same command "
+                  "with resume=auto completes the sweep and closes it", _active["sweep_id"],
+                  run_id, type(exc).__name__, text[:300])
     finally:
-        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         for var in (PARENT_ENV, SWEEP_ENV):
             os.environ.pop(var, None)
         _active.clear()

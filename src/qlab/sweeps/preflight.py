@@ -107,7 +107,7 @@ def check(overrides: Sequence[str]) -> list[str]:
                 jobs = fused.fuse(jobs, fuse_keys)
         except (HydraException, OmegaConfBaseException, ConfigError) as exc:
             return [explain(exc)]
-        uris: list[str] = []
+        uris: list[tuple[str, str | None]] = []  # (store, tracking.artifacts)
         roots: list[Path] = []  # where the jobs' checkpoints go
         for job in jobs:
             wrong = group_choice(job)
@@ -122,17 +122,23 @@ def check(overrides: Sequence[str]) -> list[str]:
                 if line not in errors:
                     errors.append(line)
             else:
-                if c.tracking.enabled and (c.tracking.uri or default_uri()) not in uris:
-                    uris.append(c.tracking.uri or default_uri())
+                where = (c.tracking.uri or default_uri(), c.tracking.artifacts)
+                if c.tracking.enabled and where not in uris:
+                    uris.append(where)
                 if c.tracking.enabled and c.checkpoint_every:
                     root = checkpoint_root(c.checkpoint_dir, c.tracking.uri or default_uri())
                     if root not in roots:
                         roots.append(root)
-    for uri in uris if not errors else []:  # the store every job will write to
+    checked: set[str] = set()
+    for uri, artifacts in uris if not errors else []:  # the stores the jobs will write to
         try:
-            store.check(uri)
+            store.artifact_location(uri, artifacts)
+            if uri not in checked:
+                checked.add(uri)
+                store.check(uri)
         except store.StoreError as exc:
-            errors.append(str(exc))
+            if str(exc) not in errors:
+                errors.append(str(exc))
     for root in roots if not errors else []:
         try:
             check_root(root)

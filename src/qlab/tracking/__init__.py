@@ -52,16 +52,15 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if missing. For a sqlite store its artifacts
-    go to ``mlruns/`` beside the database, wherever the process runs."""
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str,
+                              artifacts: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing, its artifacts where
+    :func:`qlab.tracking.store.artifact_location` says (``artifacts``: ``tracking.artifacts``;
+    for a sqlite store ``mlruns/`` beside the database, wherever the process runs)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    db = store.sqlite_path(uri)
-    if db is not None:
-        location = (db.parent / "mlruns").resolve().as_uri()
+    location = store.artifact_location(uri, artifacts)
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by another process
@@ -370,7 +369,8 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
               max_points: int | None = None,
               resume_ids: Sequence[str] | None = None,
               groups: Sequence[range] | None = None, aggregate: bool = False,
-              seeds: Sequence[int] | None = None) -> Iterator[Tracker]:
+              seeds: Sequence[int] | None = None,
+              artifacts: str | None = None) -> Iterator[Tracker]:
     """One MLflow run per replica, or with ``aggregate`` one per sweep point: run j records
     the replicas ``groups[j]`` (whose ``seeds`` an aggregate's table lists); ``replicas[j]``
     holds run j's own params and tags (its seed). Runs end FINISHED, FAILED on an exception
@@ -381,8 +381,11 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
     ended FAILED and, if the store went away altogether, every metric point saved to
     ``./qlab-unsent/``.
     ``max_points``: see :func:`curve_steps`. ``resume_ids``: continue these existing runs
-    instead (see :func:`reopen`)."""
+    instead (see :func:`reopen`). ``artifacts``: ``tracking.artifacts``, where a new
+    experiment keeps its artifacts (:func:`qlab.tracking.store.artifact_location`)."""
     store.check(uri)
+    if not resume_ids:
+        store.artifact_location(uri, artifacts)  # refused before any run exists
     client = store.client_for(uri)
     record = provenance.collect()
     environment = provenance.to_json(record)
@@ -393,7 +396,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
             run_ids = list(resume_ids)  # ended again below if reopening fails part-way
             logged = reopen(client, resume_ids)
         else:
-            exp_id = get_or_create_experiment(client, experiment_name, uri)
+            exp_id = get_or_create_experiment(client, experiment_name, uri, artifacts)
             common = provenance.tags(record)
             for own, name in zip(replicas, run_names, strict=True):
                 run = client.create_run(exp_id, run_name=name, tags={
@@ -412,7 +415,7 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
         raise
     except Exception as exc:
         Tracker(client, run_ids).finish_after_error("FAILED", f"{type(exc).__name__}: {exc}")
-        raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot record runs in {store.masked(uri)}: {_one_line(exc)}") from exc
     tracker = Tracker(client, run_ids, max_points, logged, groups, aggregate, seeds,
                       environment)
     try:
@@ -428,8 +431,8 @@ def open_runs(uri: str, experiment_name: str, params: Mapping[str, str],
         if lost is not None:
             raise _keep_locally(tracker, uri, lost) from exc
         if isinstance(exc, OSError | MlflowException):  # the store failed, e.g. a full disk
-            raise StoreError(f"cannot record runs in {uri}: {_one_line(exc)}; the runs "
-                             "ended FAILED") from exc
+            raise StoreError(f"cannot record runs in {store.masked(uri)}: {_one_line(exc)}; "
+                             "the runs ended FAILED") from exc
         raise
     else:
         try:
@@ -458,7 +461,7 @@ UNSENT_DIR = Path("qlab-unsent")
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()).split(" (Background on this error at:")[0]
     if "Max retries exceeded" in text:  # urllib3's words for a server that is gone
         text = text.split(" failed with exception")[0] + ": no connection, retries exhausted"
     return f"{type(exc).__name__}: {text[:300]}"
@@ -467,9 +470,11 @@ def _one_line(exc: BaseException) -> str:
 def _keep_locally(tracker: Tracker, uri: str, exc: BaseException) -> StoreError:
     """The store went away: save the metrics locally, say where (one line)."""
     saved = tracker.save_local(UNSENT_DIR.resolve())
-    return StoreError(f"lost the tracking store {uri} ({_one_line(exc)}); every metric point of "
-                      f"{len(tracker.run_ids)} run(s) saved to {saved}/<run id>."
-                      f"{'parquet' if tracker.aggregate else 'csv'}")
+    return StoreError(f"lost the tracking store {store.masked(uri)} ({_one_line(exc)}); every "
+                      f"metric point of {len(tracker.run_ids)} run(s) saved to "
+                      f"{saved}/<run id>.{'parquet' if tracker.aggregate else 'csv'}; once the "
+                      "store is back, resume=last (a sweep: resume=auto) continues from the last "
+                      "checkpoint")
 
 
 __all__ = ["Tracker", "NullTracker", "open_runs", "default_uri", "flatten", "curve_steps",

@@ -18,12 +18,22 @@ It runs ``mlflow server`` with:
   between starts takes effect (MLflow itself keeps the first one), said on stderr.
 
 The store defaults to ``mlflow.db`` and ``mlartifacts/`` in the working directory (``make
-server`` passes the checkout's).
+server`` passes the checkout's); ``$MLFLOW_BACKEND_STORE_URI`` sets it too. A database store
+(``postgresql://...``) is checked before the server starts (one line for a database that is
+down, refuses the login or does not exist) and its schema created under qlab's lock, so the
+server's workers never race to create it. Its password never stays on a command line that
+``ps`` shows: give it in ``$MLFLOW_BACKEND_STORE_URI``, ``$PGPASSWORD`` or ``~/.pgpass``;
+given with ``--backend-store-uri``, qlab-server restarts itself at once with the URI moved to
+its environment. The ``mlflow server`` child always gets it through its environment.
+
+SIGTERM or SIGINT stops the whole ``mlflow server`` process group (its web workers too),
+killed after :data:`STOP_SECONDS` if it lingers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -31,9 +41,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from qlab.core.errors import QlabError, run_cli
+from qlab.tracking import store
 from qlab.tracking.store import sqlite_path
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
@@ -43,6 +56,9 @@ MIN_PASSWORD = 12  # MLflow's password policy
 LEGACY_PASSWORD = "password1234"  # what MLflow < 3.x shipped in basic_auth.ini
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 PROG = "qlab-server"
+BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # MLflow's own variable, read by ``mlflow server``
+JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+STOP_SECONDS = 10.0  # after SIGTERM / SIGINT, how long the server's processes get to exit
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--backend-store-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}",
-                   help="the store (default: mlflow.db in the working directory)")
+    p.add_argument("--backend-store-uri",
+                   default=os.environ.get(BACKEND_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+                   help=f"the store (default: ${BACKEND_ENV}, else mlflow.db in the working "
+                        "directory); a password in it: see the module's docs")
     p.add_argument("--artifacts-destination", default=str(Path.cwd() / "mlartifacts"),
                    help="where artifacts go (default: mlartifacts/ in the working directory)")
     p.add_argument("--allowed-hosts", default="",
@@ -151,9 +169,9 @@ def prepare_auth_db(database_uri: str, admin: str, password: str) -> str | None:
 
 
 def command(args: argparse.Namespace) -> list[str]:
-    """The ``mlflow server`` command line."""
+    """The ``mlflow server`` command line (the store URI goes in its environment:
+    :data:`BACKEND_ENV`)."""
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", args.backend_store_uri,
            "--artifacts-destination", args.artifacts_destination, "--serve-artifacts",
            "--host", args.host, "--port", str(args.port),
            "--allowed-hosts", allowed_hosts(args.host, args.port, args.allowed_hosts)]
@@ -166,16 +184,52 @@ def command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad settings are one line on stderr and exit code 2."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    hide_password(argv)
+    args = parse_args(argv)
     sys.exit(run_cli(PROG, lambda: serve(args)))
+
+
+def hide_password(argv: list[str]) -> None:
+    """A ``--backend-store-uri`` with a password on the command line (which ``ps`` shows to
+    every user): restart this process at once with the URI in :data:`BACKEND_ENV` instead."""
+    for i, arg in enumerate(argv):
+        if arg == "--backend-store-uri" and i + 1 < len(argv):
+            uri, rest = argv[i + 1], [*argv[:i], *argv[i + 2:]]
+        elif arg.startswith("--backend-store-uri="):
+            uri, rest = arg.split("=", 1)[1], [*argv[:i], *argv[i + 1:]]
+        else:
+            continue
+        if urlparse(uri).password is None:
+            return
+        env = {**os.environ, BACKEND_ENV: uri}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "qlab.tracking.server", *rest], env)
+
+
+def prepare_store(uri: str) -> None:
+    """A database store: checked (one line if it cannot be used) and its schema created or
+    upgraded under qlab's lock, before the server's workers open it all at once."""
+    if not store.is_database(uri):
+        return
+    try:
+        store.check(uri)
+    except store.StoreError as exc:
+        raise ServerError(str(exc).replace("tracking.uri=", "--backend-store-uri ", 1)) from None
+    store.client_for(uri)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until it exits (its exit code); :class:`ServerError` before it starts."""
-    env = dict(os.environ)
+    env = {**os.environ, BACKEND_ENV: args.backend_store_uri}
+    # MLflow's job runner (GenAI evaluation jobs: a dozen huey worker processes) serves
+    # nothing qlab records; on only if the environment asks for it.
+    env.setdefault(JOBS_ENV, "false")
     cmd = command(args)
     if args.auth:
         admin_password()
+    prepare_store(args.backend_store_uri)
     with tempfile.TemporaryDirectory(prefix="qlab-server-") as tmp:
         if args.auth:
             ini = Path(tmp) / "basic_auth.ini"
@@ -189,16 +243,36 @@ def serve(args: argparse.Namespace) -> int:
             # CSRF key shared by this server's workers; set it yourself for several servers.
             env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
         mode = "login required (basic-auth)" if args.auth else "no login"
-        log.info("http://%s:%s, %s, accepted Host headers: %s", args.host, args.port, mode,
+        log.info("http://%s:%s, %s, store %s, accepted Host headers: %s", args.host, args.port,
+                 mode, store.masked(args.backend_store_uri),
                  cmd[cmd.index("--allowed-hosts") + 1])
-        proc = subprocess.Popen(cmd, env=env)
+        # its own process group: a signal reaches mlflow's web workers too, not only its CLI
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        stopped_by: list[int] = []
 
         def forward(signum, frame):
-            proc.send_signal(signum)
+            stopped_by.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, forward)
-        return proc.wait()
+        code = proc.wait()
+        if stopped_by:
+            stop_group(proc.pid)
+            return 128 + stopped_by[0]
+        return code
+
+
+def stop_group(pgid: int, seconds: float = STOP_SECONDS) -> None:
+    """Wait until no process of group ``pgid`` is left, killing them after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.1)
+        log.warning("the server's processes outlived SIGTERM by %g s: killed", seconds)
+        os.killpg(pgid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
