@@ -92,7 +92,7 @@ test-unit: setup ## Unit tests only: in-process, no subprocess or server; the qu
 	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration and not cluster' $(ARGS)
 
 test: setup ## The default suite, run by CI: unit + integration tests, not the slow ones
-	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not cluster' $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not cluster' --durations=15 $(ARGS)
 
 test-slow: setup ## Run only the slow, long-training tests
 	$(BIN)/python -m pytest $(XDIST) -m 'slow and not cluster' $(ARGS)

@@ -116,7 +116,7 @@ def _block_commands(page: str, block: list[tuple[int, str]], prompted: bool) -> 
 
 
 ALL = [c for page in PAGES for c in commands(page)]
-# Each distinct command once (docs/index.md repeats the README), at its first place.
+# Each distinct command once, at its first place.
 DISTINCT = list({(c.text, c.expected_error): c for c in reversed(ALL)}.values())[::-1]
 
 
