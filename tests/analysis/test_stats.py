@@ -142,3 +142,35 @@ def test_episodes_to_solve_by_return_threshold_without_a_model() -> None:
     assert scores.loc["a", "solve_criterion"] == "eval/return >= 475"
     low = stats.run_scores(sweep, threshold=25).set_index("run_id")
     assert low.loc["b", "episodes_to_solve"] == 19
+
+
+def test_curve_table_bootstrap_is_the_mean_of_resampled_runs_nan_aware() -> None:
+    # The CI band resamples runs by counts (a matrix product, so 10,000 replicas fit in
+    # memory); it must equal the plain nanmean of the resampled columns, runs of different
+    # lengths (NaN) included.
+    from qlab.analysis.runs import Sweep
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 5))
+    x[4:, 1] = np.nan  # run 1 stopped after 4 steps
+    runs = pd.DataFrame({"run_id": list("abcde"), "agent": "q"})
+    hist = pd.DataFrame([(r, "train/episode_return", s, x[s, j])
+                         for j, r in enumerate("abcde") for s in range(6)
+                         if np.isfinite(x[s, j])], columns=["run_id", "key", "step", "value"])
+    sweep = Sweep(uri="", experiment="x", experiment_id="0", sweep_id=None, parent_run_id=None,
+                  runs=runs, history=hist)
+    table = stats.curve_table(sweep, "train/episode_return", ["agent"], n_resamples=50, seed=7)
+    idx = np.random.default_rng(7).integers(0, 5, size=(50, 5))
+    with np.errstate(all="ignore"):
+        boot = np.nanmean(x[:, idx], axis=2)
+    lo, hi = np.nanquantile(boot, [0.025, 0.975], axis=1)
+    np.testing.assert_allclose(table["ci_low"], lo, rtol=1e-12)
+    np.testing.assert_allclose(table["ci_high"], hi, rtol=1e-12)
+    np.testing.assert_allclose(table["mean"], np.nanmean(x, axis=1))
+
+
+def test_one_evaluation_smooths_over_one_point() -> None:
+    from qlab.analysis.plots import _points
+
+    assert _points(np.full(20_000, 299), 10) == 1  # 20,000 runs, each evaluated once
+    assert _points(np.repeat([9, 19, 29], 4), 20) == 2

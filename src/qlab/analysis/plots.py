@@ -86,9 +86,10 @@ def _facets(runs: pd.DataFrame, group_by: Sequence[str]
 
 def _points(steps: np.ndarray, episodes: int) -> int:
     """How many logged points span ``episodes`` episodes (eval metrics are sparse)."""
-    if episodes <= 1 or steps.size < 2:
+    unique = np.unique(steps)
+    if episodes <= 1 or unique.size < 2:  # (one evaluation, however many runs hold it)
         return 1
-    spacing = float(np.median(np.diff(np.unique(steps))))
+    spacing = float(np.median(np.diff(unique)))
     return max(1, int(round(episodes / max(spacing, 1.0))))
 
 

@@ -318,23 +318,40 @@ def split_run_id(run_id: str) -> tuple[str, int | None]:
     return real, (int(seed) if sep else None)
 
 
-def replica_history(table: pd.DataFrame, max_points: int | None) -> pd.DataFrame:
+def replica_history(table: pd.DataFrame, max_points: int | None,
+                    keys: Iterable[str] | None = None) -> pd.DataFrame:
     """An aggregate run's per-replica table as the long history its replicas would have
     logged as runs of their own (``run_id`` still the replica's seed): the ``train/*``
     points at :func:`qlab.tracking.curve_steps` and each replica's last episode, the
-    ``eval/*`` points where they were taken."""
+    ``eval/*`` points where they were taken; only ``keys`` (all with None). Built column by
+    column with numpy (a 10,000-replica table is millions of rows: no per-replica loop)."""
+    ep = table["episode"].to_numpy()
+    seed = table["seed"].to_numpy()
+    last = table.groupby("seed", sort=False)["episode"].transform("max").to_numpy()
+    keep = ep == last
+    for hi in np.unique(last):  # replicas that ran the same episodes keep the same points
+        rows = last == hi
+        keep[rows] |= np.isin(ep[rows], tracking.curve_steps(0, int(hi) + 1, max_points))
+    wanted = None if keys is None else set(keys)
     parts = []
-    for seed, rows in table.groupby("seed", sort=False):
-        ep = rows["episode"].to_numpy()
-        keep = np.isin(ep, tracking.curve_steps(0, int(ep.max()) + 1, max_points))
-        keep[np.argmax(ep)] = True
-        for key in (c for c in rows.columns if c.startswith(("train/", "eval/"))):
-            v = rows[key].to_numpy()
-            mask = keep if key.startswith("train/") else ~np.isnan(v)
-            parts.append(pd.DataFrame({"run_id": seed, "key": key, "step": ep[mask],
-                                       "value": v[mask]}))
+    for key in (c for c in table.columns if c.startswith(("train/", "eval/"))):
+        if wanted is not None and key not in wanted:
+            continue
+        v = table[key].to_numpy()
+        mask = keep if key.startswith("train/") else ~np.isnan(v)
+        parts.append(pd.DataFrame({"run_id": seed[mask], "key": key, "step": ep[mask],
+                                   "value": v[mask]}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["run_id", "key", "step", "value"])
+
+
+def _last_values(table: pd.DataFrame, keys: Iterable[str] | None) -> pd.DataFrame:
+    """Per seed, each metric's last value: a replica run's ``metrics.*`` columns."""
+    wanted = None if keys is None else set(keys)
+    cols = [c for c in table.columns if c.startswith(("train/", "eval/"))
+            and (wanted is None or c in wanted)]
+    by_seed = table.sort_values(["seed", "episode"], kind="stable").groupby("seed", sort=False)
+    return by_seed[cols].last()  # the last non-NaN value of each column (evals: the last one)
 
 
 def expand_aggregates(client: MlflowClient, runs: pd.DataFrame, is_agg: pd.Series,
@@ -351,29 +368,29 @@ def expand_aggregates(client: MlflowClient, runs: pd.DataFrame, is_agg: pd.Serie
                                              str(Path(tmp) / run["run_id"]))
             table = aggregate.read_table(path)
             mp = run.get("params.tracking.max_points")
-            h = replica_history(table, None if pd.isna(mp) or mp in ("None", "null")
-                                else int(mp))
-            if keys is not None:
-                h = h[h["key"].isin(set(keys))]
-            h["run_id"] = run["run_id"] + SEED_SEP + h["run_id"].astype(str)
-            last = (h.sort_values("step", kind="stable").groupby(["run_id", "key"])["value"]
-                    .last().unstack())
+            seeds = table.drop_duplicates("seed")[["seed", "replica"]]
+            ids = [f"{run['run_id']}{SEED_SEP}{s}" for s in seeds["seed"]]
+            if history:
+                h = replica_history(table, None if pd.isna(mp) or mp in ("None", "null")
+                                    else int(mp), keys)
+                # one string per replica, shared by its rows (categorical codes, not copies)
+                codes = pd.Index(seeds["seed"].to_numpy()).get_indexer(h["run_id"].to_numpy())
+                h["run_id"] = pd.Categorical.from_codes(codes, ids).astype(object)
+                hists.append(h)
+            last = _last_values(table, keys)
             base = run.drop([c for c in run.index if c.startswith("metrics.")]
                             + ["params.seeds"], errors="ignore")
-            seeds = table.drop_duplicates("seed")[["seed", "replica"]]
             frame = pd.DataFrame([base] * len(seeds)).reset_index(drop=True)
             frame["aggregate_run_id"] = run["run_id"]
             frame["replica"] = seeds["replica"].to_numpy()
             frame["seed"] = pd.array(seeds["seed"].to_numpy(), dtype="Int64")
-            frame["run_id"] = [f"{run['run_id']}{SEED_SEP}{s}" for s in seeds["seed"]]
+            frame["run_id"] = ids
             frame["run_name"] = [f"{run['run_name']} seed {s}" for s in seeds["seed"]]
             if "params.seed" in frame:
                 frame["params.seed"] = seeds["seed"].to_numpy()
             for key in last.columns:
-                frame[f"metrics.{key}"] = frame["run_id"].map(last[key])
+                frame[f"metrics.{key}"] = last[key].reindex(seeds["seed"].to_numpy()).to_numpy()
             rows.append(frame)
-            if history:
-                hists.append(h)
     out = pd.concat(rows, ignore_index=True)
     out = out.sort_values(["agent", "run_name", "seed"], na_position="last",
                           kind="stable").reset_index(drop=True)
