@@ -87,6 +87,16 @@ def epsilon(kind: int, t: float, start: float, decay: float, minimum: float,
 
 
 @numba.njit(cache=True)
+def td_update(table: np.ndarray, k: int, s: int, a: int, target: float, lr: float) -> float:
+    """Move ``table[k, s, a]`` a step ``lr`` towards ``target`` (numpy's own order of
+    operations); the step's size, for Q-delta."""
+    old = table[k, s, a]
+    step = lr * (target - old)
+    table[k, s, a] = old + step
+    return abs(step)
+
+
+@numba.njit(cache=True)
 def row_max(q: np.ndarray, k: int, s: int) -> float:
     """``numpy.max`` of Q[k, s]: NaN if any entry is NaN."""
     m = q[k, s, 0]
@@ -282,31 +292,19 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
             # --- learn
             if agent == Q_STEP:
                 bootstrap = 0.0 if term else row_max(q, k, s2)
-                target = r + gamma * bootstrap
-                old = q[k, s, a]
-                step = lr * (target - old)
-                q[k, s, a] = old + step
-                qd_sum += abs(step)
+                qd_sum += td_update(q, k, s, a, r + gamma * bootstrap, lr)
                 qd_cnt += 1.0
             elif agent == SARSA:
                 delta, cnt = 0.0, 0.0
                 if pend_i[k, 0]:  # the previous step's update: its a' (a, from s) is known
                     ps, pa = pend_i[k, 1], pend_i[k, 2]
-                    target = pend_r[k] + gamma * q[k, s, a]
-                    old = q[k, ps, pa]
-                    step = lr * (target - old)
-                    q[k, ps, pa] = old + step
-                    delta += abs(step)
+                    delta += td_update(q, k, ps, pa, pend_r[k] + gamma * q[k, s, a], lr)
                     cnt += 1.0
                     pend_i[k, 0] = 0
                 a2 = act(q, k, s2, u_agent, ua + need_act, eps)  # drawn used or not
                 if done:
                     bootstrap = 0.0 if term else q[k, s2, a2]
-                    target = r + gamma * bootstrap
-                    old = q[k, s, a]
-                    step = lr * (target - old)
-                    q[k, s, a] = old + step
-                    delta += abs(step)
+                    delta += td_update(q, k, s, a, r + gamma * bootstrap, lr)
                     cnt += 1.0
                 else:
                     pend_i[k, 0], pend_i[k, 1], pend_i[k, 2] = 1, s, a
@@ -318,11 +316,7 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
                 if not term:
                     mean = row_sum(q[k, s2]) / n_actions
                     bootstrap = eps * mean + (1.0 - eps) * row_max(q, k, s2)
-                target = r + gamma * bootstrap
-                old = q[k, s, a]
-                step = lr * (target - old)
-                q[k, s, a] = old + step
-                qd_sum += abs(step)
+                qd_sum += td_update(q, k, s, a, r + gamma * bootstrap, lr)
                 qd_cnt += 1.0
             elif agent == DOUBLE_Q:
                 upd = 1 if u_agent[k, ua + need_act] >= 0.5 else 0  # the coin: Q1 or Q2
@@ -336,12 +330,9 @@ def run(agent: int, first_visit: bool, schedule: int, per_step: bool, determinis
                         if best:
                             ties += 1
                     bootstrap = row_sum(scratch) / ties if ties else np.nan
-                target = r + gamma * bootstrap
-                old = tables[upd, k, s, a]
-                step = lr * (target - old)
-                tables[upd, k, s, a] = old + step
+                step = td_update(tables[upd], k, s, a, r + gamma * bootstrap, lr)
                 q[k, s, a] = tables[0, k, s, a] + tables[1, k, s, a]
-                qd_sum += abs(step)
+                qd_sum += step
                 qd_cnt += 1.0
             else:
                 buf_i[k, 0, n], buf_i[k, 1, n], buf_i[k, 2, n] = s, a, s2
