@@ -311,6 +311,23 @@ class Crash(Exception):
     """Stands in for a process dying right after a checkpoint."""
 
 
+def crash_after_second_checkpoint(job, path: Path, every: int, fast: str = "auto") -> None:
+    """Train ``job``, checkpointing every ``every`` episodes into ``path``, and crash right
+    after the second checkpoint (the file then holds a job stopped mid-run)."""
+    from qlab.app import checkpoint
+    from qlab.core import driver
+
+    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
+
+    def crash_on_second(loop, hist) -> None:
+        writer(loop, hist)
+        if writer.written == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        driver.train(job, fast=fast, checkpoint=crash_on_second, checkpoint_every=every)
+
+
 def checkpoint_round_trip(c, path: Path, every: int, fast: str = "auto"):
     """Train config ``c`` uninterrupted; again, checkpointing every ``every`` episodes into
     ``path`` and crashing after the second checkpoint; then restore that file into fresh
@@ -323,16 +340,7 @@ def checkpoint_round_trip(c, path: Path, every: int, fast: str = "auto"):
 
     ref_job = build(c)
     ref = driver.train(ref_job, fast=fast)
-    job = build(c)
-    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
-
-    def crash_on_second(loop, hist) -> None:
-        writer(loop, hist)
-        if writer.written == 2:
-            raise Crash
-
-    with pytest.raises(Crash):
-        driver.train(job, fast=fast, checkpoint=crash_on_second, checkpoint_every=every)
+    crash_after_second_checkpoint(build(c), path, every, fast)
     header, state = checkpoint.read(path)
     job2 = build(c)
     stat_keys = tuple(getattr(job2.agent, "stat_keys", ()))

@@ -14,8 +14,8 @@ import pytest
 from qlab.app import checkpoint
 from qlab.app.build import build
 from qlab.config import validate
-from qlab.core import driver
 from qlab.core.history import History, loop_state
+from tests.helpers import crash_after_second_checkpoint
 
 CONFIGS = {  # together they hold every kind of array a checkpoint carries
     "tabular_q-episode": ["agent.update=episode", "env=griddy", "episodes=40", "~hparams"],
@@ -31,22 +31,9 @@ UNIFORMS = ("::buf", "env::restart_u")
 FLOAT_COUNTERS = {"loop::qd_cnt", "loop::stat_cnt"}
 
 
-class Crash(Exception):
-    """Stands in for a process dying right after a checkpoint."""
-
-
 def real_checkpoint(c, path: Path) -> dict[str, np.ndarray]:
     """Train ``c`` until its second checkpoint; the file's arrays by member name."""
-    job = build(c)
-    writer = checkpoint.Checkpointer(path, {"job_id": "j"}, job.env, job.agent, job.evaluator)
-
-    def crash_on_second(loop, hist) -> None:
-        writer(loop, hist)
-        if writer.written == 2:
-            raise Crash
-
-    with pytest.raises(Crash):
-        driver.train(job, checkpoint=crash_on_second, checkpoint_every=max(1, c.episodes // 4))
+    crash_after_second_checkpoint(build(c), path, max(1, c.episodes // 4))
     with np.load(path, allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
 
