@@ -10,6 +10,9 @@ PORT ?= 5000
 # Absolute sqlite store at the project root (MLflow's own default is relative to the cwd).
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
+# Let Python cache compiled modules (a shell that sets PYTHONDONTWRITEBYTECODE makes every
+# test worker recompile qlab and re-rewrite every test module's asserts on each run).
+unexport PYTHONDONTWRITEBYTECODE
 ARGS ?=
 DOCS_PORT ?= 8000
 
@@ -88,8 +91,8 @@ tutorial: setup $(DOCS_STAMP) ## Run docs/tutorial.ipynb end to end (its cells a
 TEST_WORKERS ?= auto
 XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
-test-unit: setup ## Unit tests only: in-process, no subprocess or server; the quick check while coding
-	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration and not cluster' $(ARGS)
+test-unit: setup ## Unit tests only: in-process, no subprocess, server or end-to-end training; the quick check while coding
+	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not integration and not training and not cluster' $(ARGS)
 
 test: setup ## The default suite, run by CI: unit + integration tests, not the slow ones
 	$(BIN)/python -m pytest $(XDIST) -m 'not slow and not cluster' --durations=15 $(ARGS)

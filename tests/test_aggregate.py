@@ -44,6 +44,7 @@ def both(tmp_path_factory, compose_cfg, sqlite_store) -> dict:
     return out
 
 
+@pytest.mark.training
 def test_a_fused_job_gives_one_aggregate_run_per_point_with_the_exact_mean(both) -> None:
     client = MlflowClient(both["uri"])
     per_run = {r.info.run_id: r for r in runs_of(client, "replicas")}

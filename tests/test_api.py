@@ -54,6 +54,7 @@ def test_compose_and_run_untracked() -> None:
     assert (last["eval/optimal_fraction"] == 1.0).all()
 
 
+@pytest.mark.training
 def test_run_tracked_gives_run_ids(mlflow_uri) -> None:
     result = qlab.run(qlab.compose(["replicas=2", "episodes=5", "experiment_name=api"]))
     assert len(result.run_ids) == 2

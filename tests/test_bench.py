@@ -55,6 +55,7 @@ def test_stable_index_and_timed_evaluator() -> None:
     assert ev.extra == 5 and ev.keys == ("eval/x",)
 
 
+@pytest.mark.training
 def test_tabular_section_smoke() -> None:
     rows = tabular.measure(sizes=(4,), repeats=1, batch_repeats=1, replicas=2, episodes=6,
                            warmup=False, startup=False)
@@ -100,6 +101,7 @@ TINY_DQN = ["agent.learning_starts=100", "agent.train_freq=50", "agent.gradient_
             "agent.hidden=[16]", "agent.buffer_size=1000", "eval_episodes=2"]
 
 
+@pytest.mark.training
 def test_dqn_section_smoke() -> None:
     rows = dqn.measure(steps=300, sb3_repeats=1 if dqn.have_sb3() else 0, replicas=2,
                        overrides=TINY_DQN, in_process=True)

@@ -200,6 +200,7 @@ def _run(command: Command, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         assert stop.code in (0, None), f"{command.text}: exit {stop.code}"
 
 
+@pytest.mark.training
 def test_front_door_trains(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """README's first command, ``make train``, for real (in this process, two episodes)."""
     first = next(c for c in ALL if c.page == "README.md")

@@ -87,6 +87,7 @@ def test_a_fused_job_refuses_points_that_differ_elsewhere_or_unfusable_keys(comp
 
 # ------------------------------------------------------------------ one job, in process
 
+@pytest.mark.training
 @pytest.mark.parametrize("agent,setting,sweep", [
     ("tabular_q", ["agent.update=episode"],
      ["agent.lr=0.3,1.0", "agent.gamma=0.8,0.95", "exploration.decay=0.9,0.97",

@@ -71,6 +71,7 @@ def check(compose_cfg, agent: str, env: str, goal: str) -> None:
         assert np.all(gaps <= TOLERANCE), f"V* - V(greedy) per seed: {gaps}"
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("agent, env, goal", [
     ("tabular_q", "griddy", "optimal"),
     ("tabular_q", "griddy8", "optimal"),

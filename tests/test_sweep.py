@@ -74,6 +74,7 @@ def test_headline_sweep_against_server(tmp_path: Path, mlflow_server: str) -> No
     assert_headline(mlflow_server, range(2))
 
 
+@pytest.mark.training
 def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch,
                                                           sqlite_store) -> None:
     """In-process sweep (basic launcher) where the lr=0.2 job raises mid-training."""

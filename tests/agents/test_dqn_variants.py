@@ -355,6 +355,7 @@ def test_a_fused_gamma_sweep_discounts_each_replica_with_its_own_gamma():
     assert stored(agent, 1)[0][2] == 1 + 0.25 * 2 + 0.0625 * 4
 
 
+@pytest.mark.training
 def test_dueling_nstep_dqn_reaches_an_optimal_greedy_policy_on_griddy_in_5_of_5_seeds():
     """conf/hparams/dqn_griddy.yaml's settings with agent.dueling=true agent.n_step=3."""
     result = train.run(compose_cfg("env=griddy", "replicas=5", "eval_every=150", *VARIANT))

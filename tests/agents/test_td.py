@@ -383,6 +383,7 @@ def greedy_path(model, policy: np.ndarray, limit: int = 100) -> list[int]:
     return path
 
 
+@pytest.mark.training
 def test_cliff_walking_sarsa_safe_q_learning_on_the_edge(compose_cfg) -> None:
     """Epsilon fixed at 0.1, step size 0.5, gamma 1, 500 episodes, seeds 0..4: Q-learning's
     greedy path is the edge (13 steps) in every seed; SARSA and Expected SARSA, which value
@@ -464,6 +465,7 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(compose_cfg, name: 
 
 # ------------------------------------------------------------ qlab-train's path
 
+@pytest.mark.training
 def test_trained_and_tracked_end_to_end(mlflow_uri: str, compose_cfg, tmp_path: Path) -> None:
     """qlab.app.train.run (what qlab-train calls) trains and records each agent: FINISHED runs
     with its tag and params, the metrics every agent has, q_table.npy equal to q_values()
