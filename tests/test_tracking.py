@@ -158,7 +158,10 @@ def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experime
         # Every episode finished before the failure is there, once; nothing after it.
         for key in TRAIN_KEYS:
             steps, _ = steps_and_values(client, run.info.run_id, key)
-            assert steps == list(range(done[k])), key
+            if key == tracking.THROUGHPUT_KEY:  # log-spaced, and the last episode
+                assert steps == sorted({*tracking.curve_steps(0, done[k], 10), done[k] - 1})
+            else:
+                assert steps == list(range(done[k])), key
         steps, _ = steps_and_values(client, run.info.run_id, "eval/q_error")
         assert steps == [s for s in range(2, done[k], 3)]
         assert "q_table.npy" not in {a.path for a in client.list_artifacts(run.info.run_id)}

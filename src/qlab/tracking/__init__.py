@@ -9,8 +9,9 @@ only ~5-13k points/s through ``log_batch`` (its ORM builds an object per point),
 training did in seconds; and the UI's charts fetch at most 320 sampled points per line
 anyway. So the per-episode curves (``train/*``) are logged for every episode up to
 ``max_points``, then thinned by doubling strides (every 2nd episode up to 2 x max_points,
-every 4th up to 4 x, ...), always with each replica's last episode; ``eval/*`` points are
-all logged. The complete per-episode table of every replica is kept beside them as the run
+every 4th up to 4 x, ...), always with each replica's last episode (``train/sps``, a noisy
+wall-clock figure, as if ``max_points`` were :data:`THROUGHPUT_POINTS`); ``eval/*`` points
+are all logged. The complete per-episode table of every replica is kept beside them as the run
 artifact ``episodes.csv`` (an aggregate run: ``replicas.parquet``), written when the run
 ends, whatever its status.
 
@@ -70,6 +71,14 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str,
         return exp.experiment_id
 
 
+# train/sps (env steps per second of each episode) is wall-clock and noisy: its curve in
+# MLflow is thinned as if max_points were this (every episode up to 10, then every 2nd up to
+# 20, every 4th up to 40, ...: ~35 points for 300 episodes, ~50 for 3000); every episode's
+# value stays in the per-episode table.
+THROUGHPUT_KEY = "train/sps"
+THROUGHPUT_POINTS = 10
+
+
 def curve_steps(lo: int, hi: int, max_points: int | None) -> np.ndarray:
     """The episodes in [lo, hi) whose ``train/*`` points go to MLflow: all of them below
     ``max_points`` (or with ``max_points`` None), then every 2nd up to 2 x max_points, every
@@ -109,10 +118,8 @@ class Tracker:
         self.failed: dict[int, str] = {}  # replicas stopped early: index -> reason
         self._train_sent = np.zeros(len(run_ids), dtype=np.int64)
         self._eval_sent = np.zeros(len(run_ids), dtype=np.int64)
+        # per run, each metric key's last step in the store (resumed runs: what they hold)
         self._logged = [dict(m) for m in logged] if logged else [{} for _ in self.run_ids]
-        # per run, the last episode whose train/* points are all in the store
-        self._last_logged = np.array([min((v for key, v in m.items() if key.startswith("train/")),
-                                          default=-1) for m in self._logged], dtype=np.int64)
         self._history = None  # the last history seen (also kept locally if the store goes)
         self._values: dict[str, tuple[np.ndarray, int]] = {}  # log_values, sent at the end
         self._staging: tempfile.TemporaryDirectory | None = None
@@ -144,9 +151,10 @@ class Tracker:
         lo, elo, old = self._train_sent[j], self._eval_sent[j], self._logged[j]
         metrics: list[Metric] = []
         for key, table in history.train.items():
-            steps = curve_steps(max(lo, old.get(key, -1) + 1), hi, self.max_points)
+            steps = self._curve_steps(key, max(lo, old.get(key, -1) + 1), hi)
             if steps.size:
                 metrics += self._series(key, self._block(j, table, steps), steps, now)
+                old[key] = int(steps[-1])
         if ehi > elo:
             first = self.groups[j].start  # an aggregate's evaluations pair up by their order
             eval_steps = history.eval_steps[first, elo:ehi]
@@ -156,11 +164,18 @@ class Tracker:
                     cols = np.arange(elo, ehi)[new]
                     metrics += self._series(key, self._block(j, table, cols), eval_steps[new],
                                             now)
-        last = curve_steps(lo, hi, self.max_points)
+                    old[key] = int(eval_steps[new][-1])
         self._train_sent[j], self._eval_sent[j] = max(lo, hi), max(elo, ehi)
-        if last.size:
-            self._last_logged[j] = max(self._last_logged[j], last[-1])
         return metrics
+
+    def _curve_steps(self, key: str, lo: int, hi: int) -> np.ndarray:
+        """The episodes in [lo, hi) whose ``key`` point goes to MLflow: :func:`curve_steps`
+        with ``max_points`` (``train/sps``, a wall-clock throughput: at most
+        :data:`THROUGHPUT_POINTS`, so it is log-spaced)."""
+        points = self.max_points
+        if key == THROUGHPUT_KEY:
+            points = min(points or THROUGHPUT_POINTS, THROUGHPUT_POINTS)
+        return curve_steps(lo, hi, points)
 
     def update(self, history) -> None:
         """Write the metric points recorded since the last call (one log_batch per run; an
@@ -218,11 +233,11 @@ class Tracker:
             metrics = self._points(h, j, int(done.max(initial=0)),
                                    int(evals_done.max(initial=0)), now)
             last = int(done.max(initial=0)) - 1
-            if last > self._last_logged[j]:
-                metrics += [x for key, table in h.train.items()
-                            for x in self._series(key, self._block(j, table, [last]),
-                                                  np.array([last]), now)]
-                self._last_logged[j] = last
+            for key, table in h.train.items():  # every curve ends at the last episode
+                if last > self._logged[j].get(key, -1):
+                    metrics += self._series(key, self._block(j, table, [last]),
+                                            np.array([last]), now)
+                    self._logged[j][key] = last
             for key, (values, step) in self._values.items():
                 if step > self._logged[j].get(key, -1):
                     v = values[m.start:m.stop]
