@@ -65,6 +65,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 @pytest.fixture(autouse=True)
+def qlab_console() -> None:
+    """Every test starts with qlab's logging as ``qlab-train`` sets it up (its INFO lines on
+    stderr as ``qlab-train: ...``), whichever tests ran before it in this worker."""
+    from qlab.core.errors import console
+
+    restore = console("qlab-train")
+    yield
+    restore()
+
+
+@pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own ``tmp_path``: Hydra's outputs/, relative paths and the
     files of child processes land there, not in the checkout (nor in another xdist

@@ -3,6 +3,7 @@ without the application's dependencies."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -60,6 +61,32 @@ def test_run_tracked_gives_run_ids(mlflow_uri) -> None:
     assert len(result.run_ids) == 2
     client = MlflowClient(mlflow_uri)
     assert {client.get_run(r).info.status for r in result.run_ids} == {"FINISHED"}
+
+
+def test_run_from_python_shows_qlabs_lines_unless_logging_is_set_up(mlflow_uri, capsys,
+                                                                     monkeypatch) -> None:
+    """A plain script or notebook (no logging set up): qlab.run's INFO lines reach stderr as
+    ``qlab: ...``; a caller's own logging set-up is left alone."""
+    log, root = logging.getLogger("qlab"), logging.getLogger()
+    monkeypatch.setattr(log, "handlers", [])  # as in a fresh interpreter (the autouse
+    monkeypatch.setattr(root, "handlers", [])  # console fixture and pytest's own undone)
+    monkeypatch.setattr(log, "propagate", True)
+    log.setLevel(logging.NOTSET)  # the console fixture restores qlab's level after the test
+    cfg = qlab.compose(["replicas=1", "episodes=3", "experiment_name=api", "resume=auto"])
+    qlab.run(cfg)
+    capsys.readouterr()
+    qlab.run(cfg)
+    assert "qlab: job " in capsys.readouterr().err  # "... already FINISHED ...; skipped"
+    assert log.handlers == [] and root.handlers == []  # nothing left behind
+    monkeypatch.setattr(root, "handlers", [logging.StreamHandler(sys.stdout)])
+    level = root.level
+    root.setLevel(logging.INFO)  # as logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+    try:
+        qlab.run(cfg)
+    finally:
+        root.setLevel(level)
+    out, err = capsys.readouterr()
+    assert "qlab: job " not in err and "already FINISHED" in out  # the caller's handler
 
 
 @pytest.mark.parametrize(("overrides", "line"), [

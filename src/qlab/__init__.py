@@ -26,8 +26,10 @@ def run(cfg: Any) -> Result:
     """Train the job ``cfg`` describes (from :func:`compose`) and record it in MLflow
     (unless ``tracking.enabled=false``); returns its :class:`~qlab.app.result.Result`."""
     from qlab.app.train import run as run_job
+    from qlab.core.errors import python_console
 
-    return run_job(cfg)
+    with python_console():
+        return run_job(cfg)
 
 
 def __getattr__(name: str) -> Any:

@@ -140,6 +140,23 @@ def console(prog: str) -> Callable[[], None]:
 
 
 @contextlib.contextmanager
+def python_console(prog: str = "qlab") -> Iterator[None]:
+    """For a call from Python (``qlab.run`` in a script or notebook): qlab's INFO lines (the
+    job's summary, its run ids, "resuming job ...") reach stderr as from the console scripts —
+    unless the caller set logging up itself (a handler on the ``qlab`` or the root logger, or
+    a level on ``qlab``), which is then left alone."""
+    log = logging.getLogger(LOGGER)
+    if log.handlers or logging.getLogger().handlers or log.level != logging.NOTSET:
+        yield
+        return
+    restore = console(prog)
+    try:
+        yield
+    finally:
+        restore()
+
+
+@contextlib.contextmanager
 def job_log(prog: str) -> Iterator[None]:
     """For the block (a Hydra job): :func:`console` ``prog``'s, and qlab's records also go
     to the root logger's log files, the job log Hydra set up as the job started. (A
