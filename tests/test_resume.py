@@ -27,7 +27,7 @@ from qlab.config import validate
 from qlab.core import driver
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import NumpyStepper
-from qlab.core.history import episodes_to_optimal
+from qlab.core.history import episodes_to_optimal_so_far
 from tests.helpers import (
     WALL_CLOCK,
     assert_same_history,
@@ -164,9 +164,9 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
                 for key, table in ref.train.items() if key not in WALL_CLOCK}
         want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
                      for key, table in ref.evals.items()})
-        if "eval/optimal_fraction" in ref.evals:
-            want["eval/episodes_to_optimal"] = [
-                (c.episodes - 1, episodes_to_optimal(ref)[k])]
+        if "eval/optimal_fraction" in ref.evals:  # a point per evaluation, logged once
+            want["eval/episodes_to_optimal"] = list(zip(
+                ref.eval_steps[k], episodes_to_optimal_so_far(ref)[k], strict=True))
         assert got.keys() == want.keys()
         for key in got:
             steps = [s for s, _ in got[key]]

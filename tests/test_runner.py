@@ -16,7 +16,13 @@ from qlab.core import driver
 from qlab.core.driver import Job
 from qlab.core.envs.griddy import griddy_model
 from qlab.core.evaluation import Evaluator
-from qlab.core.history import EVAL_KEYS, TRAIN_KEYS, History, episodes_to_optimal
+from qlab.core.history import (
+    EVAL_KEYS,
+    TRAIN_KEYS,
+    History,
+    episodes_to_optimal,
+    episodes_to_optimal_so_far,
+)
 from qlab.core.oracle import value_iteration
 
 
@@ -194,6 +200,25 @@ def test_episodes_to_optimal() -> None:
     assert math.isnan(out[3]) and math.isnan(out[4])
     no_eval = History.empty(2, 10, 3, ())
     assert np.isnan(episodes_to_optimal(no_eval)).all()
+
+
+def test_episodes_to_optimal_so_far() -> None:
+    """After each evaluation, episodes_to_optimal of the evaluations up to it; a replica
+    evaluated fewer times keeps its final value; the last column is episodes_to_optimal."""
+    nan = math.nan
+    h = History.empty(4, 10, 3, EVAL_KEYS)  # evaluations after episodes 2, 5, 8, 9
+    h.evals["eval/optimal_fraction"][:] = [
+        [1, 1, 1, 1],
+        [1, 0.5, 1, 1],  # optimal, lost, regained
+        [0, 1, 1, 0.9],  # optimal, lost at the end
+        [0, 1, nan, nan],  # stopped after two evaluations
+    ]
+    h.evals_done[:] = [4, 4, 4, 2]
+    so_far = episodes_to_optimal_so_far(h)
+    np.testing.assert_array_equal(so_far, [[2, 2, 2, 2], [2, nan, 8, 8], [nan, 5, 5, nan],
+                                           [nan, 5, 5, 5]])
+    np.testing.assert_array_equal(episodes_to_optimal(h), [2, 8, nan, 5])
+    assert np.isnan(episodes_to_optimal_so_far(History.empty(2, 10, 3, ()))).all()
 
 
 def test_progress_bar_is_quiet_off_a_terminal(capsys) -> None:

@@ -4,6 +4,8 @@ at the eval steps, config and Q-table artifacts; FAILED / KILLED runs keep their
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from omegaconf import OmegaConf
 import qlab.app.train
 import qlab.core.agents
 from qlab import tracking
-from qlab.core.history import EVAL_KEYS, TRAIN_KEYS
+from qlab.core.history import EVAL_KEYS, TRAIN_KEYS, episodes_to_optimal
 from tests.helpers import capture_agents, metric_history, runs_of
 
 
@@ -67,8 +69,9 @@ def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, exper
             steps, values = steps_and_values(client, run_id, key)
             assert steps == [4, 9, 11], key
             np.testing.assert_allclose(values, hist.evals[key][k], err_msg=key)
+        # a point at every evaluation (tests/test_tracking: episodes_to_optimal_by_hand)
         steps, _ = steps_and_values(client, run_id, "eval/episodes_to_optimal")
-        assert steps == [episodes - 1]
+        assert steps == [4, 9, 11]
 
         names = {a.path for a in client.list_artifacts(run_id)}
         assert {"config.yaml", "q_table.npy"} <= names
@@ -79,6 +82,63 @@ def test_finished_runs_params_metrics_artifacts(compose_cfg, shared_store, exper
         np.testing.assert_array_equal(q, agent.q_values()[k])
         config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", str(dst)))
         assert OmegaConf.to_container(config) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def episodes_to_optimal_by_hand(optimal_fraction: list[tuple[int, float]]
+                                ) -> list[tuple[int, float]]:
+    """From a run's ``eval/optimal_fraction`` points, (step, value): after each evaluation,
+    the step at which the greedy policy's current optimal streak began (NaN when it is not
+    optimal there)."""
+    out, start = [], None
+    for step, value in optimal_fraction:
+        start = (step if start is None else start) if value == 1.0 else None
+        out.append((step, math.nan if start is None else float(start)))
+    return out
+
+
+# Q-learning with a large step size on slippery FrozenLake: the greedy policy turns optimal,
+# loses it and regains it, and ends optimal in one replica of four.
+RELAPSES = ["env=frozenlake", "agent.lr=0.5", "replicas=4", "episodes=380", "eval_every=10"]
+
+
+def test_episodes_to_optimal_is_a_point_at_every_evaluation(compose_cfg, shared_store,
+                                                            experiment) -> None:
+    """eval/episodes_to_optimal has a point at every evaluation: the episodes_to_optimal of
+    the evaluations so far, NaN where the policy is not optimal (the UI draws a gap). Its
+    last point, the run's value (what the UI's table, the report and the sweep summary
+    read), is the final episodes_to_optimal, NaN if the final policy is not optimal. An
+    aggregate run's point is the mean over the replicas that have one there."""
+    per_replica, aggregated = (
+        qlab.app.train.run(compose_cfg([*RELAPSES, f"tracking.uri={shared_store}",
+                                        f"experiment_name={experiment}-{mode}",
+                                        f"tracking.replica_runs={mode}"]))
+        for mode in ("true", "false"))
+    final = episodes_to_optimal(per_replica.history)
+    client = MlflowClient(shared_store)
+    series = []
+    for k, run_id in enumerate(per_replica.run_ids):
+        optimal = metric_history(client, run_id, "eval/optimal_fraction")
+        got = metric_history(client, run_id, "eval/episodes_to_optimal")
+        want = episodes_to_optimal_by_hand(optimal)
+        np.testing.assert_array_equal(got, want, err_msg=f"replica {k}")
+        value = client.get_run(run_id).data.metrics["eval/episodes_to_optimal"]
+        np.testing.assert_array_equal(value, final[k])
+        series.append([v for _, v in want])
+    ok = np.array([[v == 1.0 for _, v in metric_history(client, run_id, "eval/optimal_fraction")]
+                   for run_id in per_replica.run_ids])
+    # the case this test is about: optimal, lost, regained, and the final value either way
+    assert any("101" in "".join("1" if x else "0" for x in row) for row in ok)
+    assert ok[:, -1].any() and not ok[:, -1].all()
+    (run_id,) = aggregated.run_ids
+    steps = [s for s, _ in metric_history(client, per_replica.run_ids[0], "eval/optimal_fraction")]
+    got = metric_history(client, run_id, "eval/episodes_to_optimal")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an evaluation with no optimal replica
+        mean = np.nanmean(np.array(series), axis=0)
+    np.testing.assert_array_equal(got, list(zip(steps, mean, strict=True)))
+    value = client.get_run(run_id).data.metrics["eval/episodes_to_optimal"]
+    assert value == np.nanmean(final)  # the mean over the replicas that ended optimal
+    assert "eval_std/episodes_to_optimal" not in client.get_run(run_id).data.metrics
 
 
 def test_store_from_environment(compose_cfg, shared_store, experiment, monkeypatch) -> None:
@@ -164,6 +224,9 @@ def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experime
                 assert steps == list(range(done[k])), key
         steps, _ = steps_and_values(client, run.info.run_id, "eval/q_error")
         assert steps == [s for s in range(2, done[k], 3)]
+        # computed from the finished History: a stopped job logs none of it (its resume
+        # logs all of it, once)
+        assert "eval/episodes_to_optimal" not in run.data.metrics
         assert "q_table.npy" not in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 

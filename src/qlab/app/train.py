@@ -23,7 +23,7 @@ from qlab.config import QlabConfig, complete
 from qlab.config.batch import batch as config_batch
 from qlab.core import agents, driver
 from qlab.core.errors import QlabError
-from qlab.core.history import History, episodes_to_optimal
+from qlab.core.history import History, episodes_to_optimal_so_far
 
 __all__ = ["run", "summary", "Result", "Terminated", "ReplicaFailure"]
 
@@ -86,8 +86,9 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
                                     checkpoint_every=c.checkpoint_every,
                                     resume=plan.start if plan else None, stop=stop)
             if job.evaluator is not None and "eval/optimal_fraction" in hist.evals:
-                tracker.log_values("eval/episodes_to_optimal", episodes_to_optimal(hist),
-                                   step=c.episodes - 1)
+                # a point per evaluation from the finished History: a stopped job logs none
+                # (its resume logs them all), and its last point is the final value
+                tracker.log_evals("eval/episodes_to_optimal", episodes_to_optimal_so_far(hist))
             tracker.log_files(lambda m, d: batch.write_config(m.start, d))
             tracker.log_files(agent_files(agent, seeds, aggregate,
                                           agents.spec_of(c.agent).tabular))

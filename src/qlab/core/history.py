@@ -71,15 +71,34 @@ def non_finite(train: dict[str, np.ndarray], k: int, e: int, keys: Sequence[str]
 
 def episodes_to_optimal(history: History) -> np.ndarray:
     """(R,) the first evaluated episode after which the greedy policy stays optimal (NaN if
-    never)."""
+    never, or if the last evaluation's policy is not optimal)."""
+    so_far = episodes_to_optimal_so_far(history)
+    if so_far.shape[1] == 0:
+        return np.full(history.replicas, math.nan)
+    return so_far[:, -1]
+
+
+def episodes_to_optimal_so_far(history: History) -> np.ndarray:
+    """(R, n_evals) :func:`episodes_to_optimal` as it stood after each evaluation: at column
+    i, the first evaluated episode after which the greedy policy stayed optimal up to
+    evaluation i (NaN where the policy at evaluation i is not optimal); a replica's columns
+    after its last evaluation hold its final value. A run optimal from episode 120 on reads
+    120 from its evaluation at 120 onwards; one that loses its optimal policy reads NaN
+    until it regains one, then the episode it regained it. The value at column i depends
+    on evaluations up to i only, and the last column is :func:`episodes_to_optimal`."""
+    steps = history.eval_steps
+    out = np.full(steps.shape, math.nan)
     opt = history.evals.get("eval/optimal_fraction")
-    out = np.full(history.replicas, math.nan)
-    if opt is None:
+    if opt is None or steps.shape[1] == 0:
         return out
-    for k in range(history.replicas):
-        ok = opt[k, :history.evals_done[k]] == 1.0
-        if ok.size and ok[-1]:
-            bad = np.flatnonzero(~ok)
-            first = 0 if bad.size == 0 else bad[-1] + 1
-            out[k] = history.eval_steps[k, first]
-    return out
+    cols = np.arange(steps.shape[1])
+    seen = cols < history.evals_done[:, None]
+    ok = seen & (opt == 1.0)
+    # the first column of the optimal streak column i is in: one past the last column <= i
+    # whose policy was not optimal
+    first = np.maximum.accumulate(np.where(ok, -1, cols), axis=1) + 1
+    since = np.take_along_axis(steps, np.minimum(first, cols[-1]), axis=1)
+    out[ok] = since[ok]
+    last = np.maximum(history.evals_done - 1, 0)
+    final = np.where(history.evals_done > 0, out[np.arange(history.replicas), last], math.nan)
+    return np.where(seen, out, final[:, None])

@@ -121,7 +121,7 @@ class Tracker:
         # per run, each metric key's last step in the store (resumed runs: what they hold)
         self._logged = [dict(m) for m in logged] if logged else [{} for _ in self.run_ids]
         self._history = None  # the last history seen (also kept locally if the store goes)
-        self._values: dict[str, tuple[np.ndarray, int]] = {}  # log_values, sent at the end
+        self._evals: dict[str, np.ndarray] = {}  # log_evals, sent at the end
         self._staging: tempfile.TemporaryDirectory | None = None
         self._closed = False
 
@@ -190,10 +190,36 @@ class Tracker:
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
 
-    def log_values(self, key: str, values: np.ndarray, step: int) -> None:
-        """One value per replica (e.g. a summary number) as metric ``key`` at ``step``
-        (an aggregate run: their mean), sent with the runs' last points."""
-        self._values[key] = (np.asarray(values, dtype=np.float64), int(step))
+    def log_evals(self, key: str, table: np.ndarray) -> None:
+        """A metric computed from the finished History, one value per replica and evaluation
+        (R x evaluations, like ``history.evals[...]``; e.g. ``eval/episodes_to_optimal``),
+        sent with the runs' last points: a point at each evaluation of the run (an aggregate
+        run: the mean over its replicas with a value there, no spread; a replica's columns
+        after its last evaluation count as its final value). Its points are sent once: a
+        resumed run gets only the steps it lacks."""
+        self._evals[key] = np.asarray(table, dtype=np.float64)
+
+    def _eval_table_points(self, h, j: int, key: str, table: np.ndarray,
+                           now: int) -> list[Metric]:
+        """Run j's points of a :meth:`log_evals` table: at the steps of its evaluations
+        (an aggregate's pair up by their order, as its ``eval/*`` curves do)."""
+        m = self.groups[j]
+        n = int(h.evals_done[m.start:m.stop].max(initial=0))
+        steps = h.eval_steps[m.start, :n]
+        new = steps > self._logged[j].get(key, -1)
+        if not new.any():
+            return []
+        block = table[m.start:m.stop, :n][:, new]
+        values = block[0] if not self.aggregate else aggregate.mean_and_std(block)[0]
+        self._logged[j][key] = int(steps[new][-1])
+        return [Metric(key, float(v), now, int(e))
+                for e, v in zip(steps[new], values, strict=True)]
+
+    def _final_values(self, h) -> dict[str, tuple[np.ndarray, int]]:
+        """Each :meth:`log_evals` table's final values (R,) at the job's last episode: the
+        per-replica table's column of it (:func:`qlab.tracking.aggregate.replica_table`)."""
+        return {key: (table[:, -1], h.episodes - 1) for key, table in self._evals.items()
+                if table.shape[1]}
 
     # ---- files
 
@@ -213,7 +239,7 @@ class Tracker:
 
     def _close_history(self, final: bool = True) -> None:
         """Each run's last points (episodes thinning skipped, an aggregate's replicas that
-        finished later, :meth:`log_values`), its per-episode table (``episodes.csv``, or an
+        finished later, :meth:`log_evals`), its per-episode table (``episodes.csv``, or an
         aggregate's :data:`~qlab.tracking.aggregate.TABLE`), then one upload of its files.
         Not ``final`` (stopped, resumable): an aggregate run's points only up to the episode
         all its running replicas finished."""
@@ -238,11 +264,8 @@ class Tracker:
                     metrics += self._series(key, self._block(j, table, [last]),
                                             np.array([last]), now)
                     self._logged[j][key] = last
-            for key, (values, step) in self._values.items():
-                if step > self._logged[j].get(key, -1):
-                    v = values[m.start:m.stop]
-                    value = v[0] if not self.aggregate else aggregate.mean_and_std(v[:, None])[0][0]
-                    metrics.append(Metric(key, float(value), now, step))
+            for key, table in self._evals.items():
+                metrics += self._eval_table_points(h, j, key, table, now)
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics, synchronous=True)
         try:  # every run's metrics are in: now their files
@@ -259,7 +282,7 @@ class Tracker:
         d = self._run_dir(j)
         if self.aggregate:
             aggregate.write_table(aggregate.replica_table(
-                h, m, self.seeds[m.start:m.stop], self._values), d / aggregate.TABLE)
+                h, m, self.seeds[m.start:m.stop], self._final_values(h)), d / aggregate.TABLE)
         else:
             k, n = m.start, int(h.done[m.start])
             table = pd.DataFrame({key.removeprefix("train/"): t[k, :n]
@@ -346,7 +369,7 @@ class Tracker:
                 if h is not None:
                     m = self.groups[j]
                     aggregate.write_table(aggregate.replica_table(
-                        h, m, self.seeds[m.start:m.stop], self._values),
+                        h, m, self.seeds[m.start:m.stop], self._final_values(h)),
                         directory / f"{run_id}.parquet")
                 continue
             k = self.groups[j].start
@@ -358,7 +381,7 @@ class Tracker:
                 for key, table in h.train.items():
                     out.writerows((key, step, repr(float(table[k, step])))
                                   for step in range(h.done[k]))
-                for key, table in h.evals.items():
+                for key, table in {**h.evals, **self._evals}.items():
                     out.writerows((key, int(h.eval_steps[k, i]), repr(float(table[k, i])))
                                   for i in range(h.evals_done[k]))
         return directory
@@ -375,7 +398,7 @@ class NullTracker:
 
     def update(self, history) -> None: ...
     def log_files(self, write: Callable[[range, Path], None]) -> None: ...
-    def log_values(self, key: str, values: np.ndarray, step: int) -> None: ...
+    def log_evals(self, key: str, table: np.ndarray) -> None: ...
 
 
 @contextlib.contextmanager
