@@ -141,6 +141,29 @@ def test_episodes_to_optimal_is_a_point_at_every_evaluation(compose_cfg, shared_
     assert "eval_std/episodes_to_optimal" not in client.get_run(run_id).data.metrics
 
 
+def test_an_aggregate_run_of_replicas_ending_apart_ends_on_their_final_values(
+        compose_cfg, shared_store, experiment) -> None:
+    """With a step budget the replicas end after different numbers of evaluations: after
+    its last one a replica counts with its final value, so the aggregate run's last point
+    is the mean of the final values over the replicas that ended optimal (as when it was
+    logged once), not the value of the replicas evaluated longest alone."""
+    result = qlab.app.train.run(compose_cfg([*RELAPSES, "total_steps=3750",
+                                             f"tracking.uri={shared_store}",
+                                             f"experiment_name={experiment}",
+                                             "tracking.replica_runs=false"]))
+    h = result.history
+    final = episodes_to_optimal(h)
+    longest = h.evals_done == h.evals_done.max()
+    assert not longest.all() and np.isnan(final[longest]).all()  # the case at hand
+    assert np.isfinite(final).sum() >= 2
+    client = MlflowClient(shared_store)
+    (run_id,) = result.run_ids
+    steps = [s for s, _ in metric_history(client, run_id, "eval/episodes_to_optimal")]
+    assert steps == h.eval_steps[0, :h.evals_done.max()].tolist()
+    value = client.get_run(run_id).data.metrics["eval/episodes_to_optimal"]
+    assert value == np.nanmean(final)
+
+
 def test_store_from_environment(compose_cfg, shared_store, experiment, monkeypatch) -> None:
     """Without tracking.uri, runs go to $MLFLOW_TRACKING_URI."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
