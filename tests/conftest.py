@@ -38,12 +38,18 @@ SHARED = ("tests/analysis/", "tests/agents/test_dqn.py", "tests/test_play.py",
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the tests using a fixture of ``SPAWNING`` integration, and run the integration
-    tests first (they are the long ones: with several workers, the short ones fill the end).
-    A module's integration tests and its unit tests each stay together, in their order."""
+    tests first, then the ``SHARED`` groups (the long units of work: with several workers, the
+    short tests fill the end). A module's integration tests and its unit tests each stay
+    together, in their order."""
     for item in items:
         if any(name in item.fixturenames for name in SPAWNING):
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        shared = item.nodeid.split("::", 1)[0].startswith(SHARED)
+        return item.get_closest_marker("integration") is None, not shared
+
+    items.sort(key=order)
 
 
 @pytest.hookimpl(optionalhook=True)
