@@ -27,6 +27,7 @@ from qlab.config import validate
 from qlab.core import driver
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import NumpyStepper
+from qlab.core.errors import console
 from qlab.core.history import episodes_to_optimal_so_far
 from tests.helpers import (
     WALL_CLOCK,
@@ -41,6 +42,7 @@ from tests.helpers import (
     runs_of,
     start_qlab_train,
     stop_job,
+    stop_job_at_episode,
 )
 
 # ------------------------------------------------------------------ in-process round trips
@@ -143,7 +145,8 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     """Resume the job (``qlab.app.train.run``, in-process, with ``resume_args`` added); train the
     same config uninterrupted without tracking (on the path ``args`` choose: the fast path
     equals the reference bit for bit, tests/test_fastpath.py); check that the resumed runs'
-    metric histories hold exactly the uninterrupted job's points, once each. Returns the
+    metric histories hold exactly the uninterrupted job's points (its thinned curves past
+    ``tracking.max_points``), once each. Returns the
     resumed runs and the reference agent."""
     client = MlflowClient(uri)
     before = job_runs(client, experiment)
@@ -160,7 +163,9 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     assert all("error" not in r.data.tags for r in resumed)
     for k, run in enumerate(resumed):
         got = run_histories(client, run)
-        want = {key: [(e, v) for e, v in enumerate(table[k])]
+        n = c.episodes  # thinned past tracking.max_points; the last episode always there
+        steps = sorted({*tracking.curve_steps(0, n, c.tracking.max_points).tolist(), n - 1})
+        want = {key: [(e, table[k, e]) for e in steps]
                 for key, table in ref.train.items() if key not in WALL_CLOCK}
         want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
                      for key, table in ref.evals.items()})
@@ -253,6 +258,33 @@ def test_sigterm_writes_checkpoint_and_ends_killed(base, tmp_path, sqlite_store)
         steps = metric_steps(client, r.info.run_id, "train/q_delta")
         assert steps == list(range(header["episodes_done"][k]))
     assert (state["history"]["done"] == header["episodes_done"]).all()
+
+
+# Thinned curves (tracking.max_points=5): every episode below 5, then every 2nd, 4th, 8th
+# (curve_steps) and, once the job is done, its last episode.
+THINNED = ["env=griddy", "~hparams", "episodes=40", "eval_every=10", "checkpoint_every=10",
+           "fast=off", "tracking.max_points=5", "tracking.flush_seconds=1e-9"]
+
+
+def test_stop_past_max_points_then_resume_auto_equals_uninterrupted(tmp_path, sqlite_store,
+                                                                     compose_cfg, capsys) -> None:
+    """A job stopped (SIGTERM, scancel) where its curves are thinned, at an episode off their
+    grid, then resumed: its runs hold exactly the points of an uninterrupted training. (The
+    stopped runs used to get their last episode as an extra point, 22 here, which stayed in
+    the store after the resume: the SLURM test's failure, qlab issue 15.)"""
+    uri = sqlite_store(tmp_path)
+    args = [*THINNED, f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    stop_job_at_episode(compose_cfg, [*args, f"tracking.uri={uri}", "experiment_name=thin"], 23)
+    client = MlflowClient(uri)
+    (run,) = job_runs(client, "thin")
+    assert run.info.status == "KILLED"
+    grid = tracking.curve_steps(0, 23, 5).tolist()  # [0, 1, 2, 3, 4, 6, 8, 12, 16]
+    assert metric_steps(client, run.info.run_id, "train/q_delta") == grid
+    undo = console("qlab-train")  # qlab-train's log lines on stderr ("resuming job ...")
+    try:
+        resume_and_compare(args, uri, "thin", "auto", compose_cfg, capsys)
+    finally:
+        undo()
 
 
 # ------------------------------------------------------------------ bad input
