@@ -98,6 +98,28 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
         np.testing.assert_array_equal(flat_state(env3)[k], v, err_msg=k)
 
 
+def test_listeners_never_see_the_slowest_replica_past_an_unwritten_checkpoint(compose_cfg
+                                                                              ) -> None:
+    """The checkpoint a step reaches is written before that step's flush: a kill between the
+    two leaves no run holding every replica's episodes past its last checkpoint (what resume
+    takes for a removed checkpoint)."""
+    c = validate(compose_cfg(["episodes=60", "replicas=2", "fast=off", "tracking.enabled=false"]))
+    written: list[int] = []
+    seen: list[tuple[int, int]] = []  # (the slowest replica's episodes, checkpoints written)
+
+    class Watch:
+        def update(self, hist) -> None:
+            seen.append((int(hist.done.min()), len(written)))
+
+    driver.train(build(c), fast="off", listeners=[Watch()], flush_seconds=1e-9,
+                 checkpoint=lambda loop, hist: written.append(int(hist.done.min())),
+                 checkpoint_every=10)
+    assert [w // 10 for w in written] == [1, 2, 3, 4, 5]
+    assert len(seen) > 5
+    for done, n in seen:
+        assert done == 60 or done // 10 <= n, (done, n)
+
+
 # ------------------------------------------------------------------ qlab-train, killed and resumed
 
 def job_runs(client: MlflowClient, experiment: str) -> list:

@@ -180,10 +180,13 @@ def _training(root: Path, job_id: str) -> bool:
 
 
 def _episodes_logged(client: MlflowClient, runs: list) -> int:
-    """Episodes the furthest run of a job has recorded (its last ``train/episode_length``
-    step + 1; every episode up to ``tracking.max_points`` is logged)."""
+    """Episodes the slowest run of a job has recorded (its last ``train/episode_length``
+    step + 1). The driver writes a checkpoint when its slowest replica reaches a multiple
+    of ``checkpoint_every``, before the runs are sent those episodes: a job whose every run
+    holds that many had one (the furthest run alone may hold more without: its replica ran
+    ahead of the others)."""
     key = "train/episode_length"
-    return max((max((m.step for m in client.get_metric_history(r.info.run_id, key)),
+    return min((max((m.step for m in client.get_metric_history(r.info.run_id, key)),
                     default=-1) + 1 for r in runs), default=0)
 
 
