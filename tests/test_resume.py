@@ -172,8 +172,13 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     resumed runs and the reference agent."""
     client = MlflowClient(uri)
     before = job_runs(client, experiment)
-    qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
-                                f"resume={target}", *resume_args]))
+    undo = console("qlab-train")  # its log lines on stderr, as qlab-train shows them
+    try:
+        qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}",
+                                        f"experiment_name={experiment}", f"resume={target}",
+                                        *resume_args]))
+    finally:
+        undo()
     assert "qlab-train: resuming job " in capsys.readouterr().err
     c = validate(compose_cfg([*args, "tracking.enabled=false"]))
     job = build(c)
@@ -302,11 +307,41 @@ def test_stop_past_max_points_then_resume_auto_equals_uninterrupted(tmp_path, sq
     assert run.info.status == "KILLED"
     grid = tracking.curve_steps(0, 23, 5).tolist()  # [0, 1, 2, 3, 4, 6, 8, 12, 16]
     assert metric_steps(client, run.info.run_id, "train/q_delta") == grid
-    undo = console("qlab-train")  # qlab-train's log lines on stderr ("resuming job ...")
-    try:
-        resume_and_compare(args, uri, "thin", "auto", compose_cfg, capsys)
-    finally:
-        undo()
+    resume_and_compare(args, uri, "thin", "auto", compose_cfg, capsys)
+
+
+def test_sigterm_while_the_runs_are_made_waits_for_them_then_resume_auto(
+        tmp_path, sqlite_store, compose_cfg, capsys, monkeypatch) -> None:
+    """SIGTERM (scancel) while a job's runs are being created: they are all made, then the
+    job stops at its first clean point with a checkpoint and ends KILLED (it used to stop
+    between two runs: one KILLED run, the other never made, and resume=auto started the job
+    afresh beside it); resume=auto completes it in the same runs."""
+    import os
+
+    from qlab.app.stopping import Terminated
+
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10",
+            f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    create_run = MlflowClient.create_run
+    made: list[str] = []
+
+    def signalled(self, *a, **k):  # the signal comes once the first run is made
+        made.append(create_run(self, *a, **k))
+        if len(made) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return made[-1]
+
+    monkeypatch.setattr(MlflowClient, "create_run", signalled)
+    with pytest.raises(Terminated):
+        qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}", "experiment_name=made"]))
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    client = MlflowClient(uri)
+    runs = job_runs(client, "made")
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    header, _ = checkpoint.read(Path(runs[0].data.tags[resume.CKPT_TAG]))
+    assert header["run_ids"] == [r.info.run_id for r in runs]
+    resume_and_compare(args, uri, "made", "auto", compose_cfg, capsys)
 
 
 # ------------------------------------------------------------------ bad input
