@@ -119,6 +119,42 @@ def test_a_job_whose_fastest_replica_ran_past_the_first_checkpoint_resumes_into_
             (e, v) for e, v in enumerate(ref.train["train/episode_return"][k].tolist())]
 
 
+class Killed(BaseException):
+    """Stands in for kill -9: nothing of the process runs after it (no run is ended)."""
+
+
+def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    """Killed after its first run was made, before the second: resume=auto trains the config
+    as a new job and ends the run left RUNNING (KILLED, saying why)."""
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    create_run = MlflowClient.create_run
+    made: list = []
+
+    def dies_at_second(self, *a, **k):
+        if made:
+            raise Killed
+        made.append(create_run(self, *a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(MlflowClient, "create_run", dies_at_second)
+    with pytest.raises(Killed):
+        qlab.app.train.run(compose_cfg(args))
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    client = MlflowClient(uri)
+    (left,) = runs_of(client, experiment)
+    assert left.info.status == "RUNNING"
+    assert not list((tmp_path / "checkpoints").iterdir())  # its lock went with the process
+    qlab.app.train.run(compose_cfg([*args, "resume=auto"]))
+    runs = {r.info.run_id: r for r in runs_of(client, experiment)}
+    old = runs.pop(left.info.run_id)
+    assert old.info.status == "KILLED"
+    assert old.data.tags["error"].startswith("stopped while its job's runs were being created")
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED"]
+
+
 # ------------------------------------------------------------------ kill -9, for real
 
 ARGS = ["episodes=400", "replicas=2", "checkpoint_every=100", "experiment_name=kill9"]

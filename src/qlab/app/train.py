@@ -74,10 +74,13 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
         # Ctrl-C / SIGTERM wait from before the runs are made until they have ended: the
         # driver acts on one at a clean point (a checkpoint, then the runs end KILLED); one
         # while the runs are made or closed waits for that to finish (a second raises at once)
+        if plan is not None and c.checkpoint_every:
+            plan.acquire()  # before the runs exist: a job being created is not taken for dead
         with stop, stop.deferring(), ctx as tracker:
             ckpt = None
+            if plan is not None:
+                resume.end_abandoned(plan, uri)  # runs of a job killed while they were made
             if plan is not None and c.checkpoint_every:
-                plan.acquire()
                 ckpt = checkpoint.Checkpointer(
                     plan.path, {"job_id": plan.job_id, "run_ids": tracker.run_ids,
                                 "config": checkpoint.identity(resolved),
