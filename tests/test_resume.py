@@ -27,7 +27,6 @@ from qlab.config import validate
 from qlab.core import driver
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import NumpyStepper
-from qlab.core.errors import console
 from qlab.core.history import episodes_to_optimal_so_far
 from tests.helpers import (
     WALL_CLOCK,
@@ -172,13 +171,8 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     resumed runs and the reference agent."""
     client = MlflowClient(uri)
     before = job_runs(client, experiment)
-    undo = console("qlab-train")  # its log lines on stderr, as qlab-train shows them
-    try:
-        qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}",
-                                        f"experiment_name={experiment}", f"resume={target}",
-                                        *resume_args]))
-    finally:
-        undo()
+    qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}", f"experiment_name={experiment}",
+                                f"resume={target}", *resume_args]))
     assert "qlab-train: resuming job " in capsys.readouterr().err
     c = validate(compose_cfg([*args, "tracking.enabled=false"]))
     job = build(c)
