@@ -185,8 +185,8 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     for k, run in enumerate(resumed):
         got = run_histories(client, run)
         n = c.episodes  # thinned past tracking.max_points; the last episode always there
-        steps = sorted({*tracking.curve_steps(0, n, c.tracking.max_points).tolist(), n - 1})
-        want = {key: [(e, table[k, e]) for e in steps]
+        thinned = sorted({*tracking.curve_steps(0, n, c.tracking.max_points).tolist(), n - 1})
+        want = {key: [(e, table[k, e]) for e in thinned]
                 for key, table in ref.train.items() if key not in WALL_CLOCK}
         want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
                      for key, table in ref.evals.items()})
