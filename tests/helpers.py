@@ -254,6 +254,40 @@ def run_histories(client: MlflowClient, run, skip: Iterable[str] = WALL_CLOCK
 
 # ------------------------------------------------------------------ comparing trainings
 
+def first_difference(expected: dict, got: dict, where: str = "") -> str | None:
+    """Where two nested dicts of metric histories (... -> key -> sorted (step, value) pairs,
+    e.g. seed -> :func:`run_histories`) first differ, in one line: the path, the key, the
+    first step only one holds or whose values differ, and both values (None: equal; NaN
+    equals NaN)."""
+    for name in sorted(set(expected) | set(got), key=str):
+        at = f"{where}{name}"
+        if name not in got or name not in expected:
+            return f"{at}: only in the {'expected' if name in expected else 'result'}"
+        a, b = expected[name], got[name]
+        if isinstance(a, dict) and isinstance(b, dict):
+            if (why := first_difference(a, b, f"{at} / ")) is not None:
+                return why
+        else:
+            pa, pb = dict(a), dict(b)
+            differ = [s for s in set(pa) | set(pb) if s not in pa or s not in pb
+                      or not _same_value(pa[s], pb[s])]
+            if differ:
+                step = min(differ)
+                return (f"{at}: step {step}: expected {pa.get(step, 'no point')}, got "
+                        f"{pb.get(step, 'no point')} ({len(a)} points expected, {len(b)} got)")
+            if len(a) != len(b):  # the same steps, one held twice
+                steps_a, steps_b = [s for s, _ in a], [s for s, _ in b]
+                step = min(s for s in pa if steps_a.count(s) != steps_b.count(s))
+                return (f"{at}: step {step}: {steps_b.count(step)} points, expected "
+                        f"{steps_a.count(step)}")
+    return None
+
+
+def _same_value(x, y) -> bool:
+    """Equal, NaN equal to NaN (a metric's gaps, e.g. eval/episodes_to_optimal)."""
+    return x == y or (isinstance(x, float) and isinstance(y, float) and x != x and y != y)
+
+
 def assert_same_history(a: History, b: History, rows_a=slice(None), rows_b=slice(None)) -> None:
     """Every table (wall-clock ones aside) of replicas ``rows_a`` of ``a`` equals ``b``'s."""
     assert a.train.keys() == b.train.keys() and a.evals.keys() == b.evals.keys()
@@ -305,6 +339,30 @@ def stop_job(compose_cfg, args: Sequence[str], at: int = 5) -> None:
                    lambda self: Terminated("test") if next(calls) == at else None)
         with pytest.raises(Terminated):
             qlab.app.train.run(compose_cfg(list(args)))
+
+
+def stop_job_at_episode(compose_cfg, args: Sequence[str], episode: int) -> None:
+    """Train ``args`` (tracked, one replica, ``tracking.flush_seconds`` tiny so every lock-step
+    is flushed) in-process and stop it as SIGTERM would once it has finished ``episode``
+    episodes: it writes a checkpoint there and ends KILLED."""
+    import qlab.app.train
+    from qlab import tracking
+    from qlab.app.stopping import GracefulStop, Terminated
+
+    done = [0]
+    update = tracking.Tracker.update
+
+    def watch(self, history) -> None:
+        done[0] = int(history.done.min())
+        update(self, history)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracking.Tracker, "update", watch)
+        mp.setattr(GracefulStop, "__call__",
+                   lambda self: Terminated("test") if done[0] >= episode else None)
+        with pytest.raises(Terminated):
+            qlab.app.train.run(compose_cfg(list(args)))
+    assert done[0] == episode, f"stopped at episode {done[0]}, not {episode}"
 
 
 class Crash(Exception):

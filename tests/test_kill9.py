@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 import qlab.app.train
+from qlab.app.build import build
 from qlab.core import driver
 from qlab.tracking import store
 from tests.helpers import (
@@ -83,6 +85,74 @@ def test_a_job_stopped_before_its_first_checkpoint_resumes_into_its_runs(
                for r in after)
     with pytest.raises(Exception, match="has finished"):
         qlab.app.train.run(compose_cfg([*args, f"resume={after[0].info.run_id}"]))
+
+
+def test_a_job_whose_fastest_replica_ran_past_the_first_checkpoint_resumes_into_its_runs(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    """Killed before its first checkpoint while one replica had run past ``checkpoint_every``
+    episodes (checkpoints wait for the slowest): no checkpoint was removed, so resume=auto
+    trains it again into its own runs, not as a new job beside them."""
+    from qlab.config import validate
+
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    train = driver.train
+    monkeypatch.setattr(driver, "train", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt()))  # the runs end KILLED before any episode or checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        qlab.app.train.run(compose_cfg(args))
+    monkeypatch.setattr(driver, "train", train)
+    c = validate(compose_cfg([*args, "tracking.enabled=false"]))
+    ref = driver.train(build(c), fast=c.fast)
+    client = MlflowClient(uri)
+    before = runs_of(client, experiment)
+    ahead = before[0].info.run_id  # replica 0 sent 15 episodes, replica 1 none
+    client.log_batch(ahead, metrics=[Metric(key, float(table[0, e]), 0, e)
+                                     for key, table in ref.train.items() for e in range(15)])
+    qlab.app.train.run(compose_cfg([*args, "resume=auto"]))
+    after = runs_of(client, experiment)
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
+    assert {r.info.status for r in after} == {"FINISHED"}
+    for k, run in enumerate(sorted(after, key=lambda r: int(r.data.tags["seed"]))):
+        assert metric_history(client, run.info.run_id, "train/episode_return") == [
+            (e, v) for e, v in enumerate(ref.train["train/episode_return"][k].tolist())]
+
+
+class Killed(BaseException):
+    """Stands in for kill -9: nothing of the process runs after it (no run is ended)."""
+
+
+def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    """Killed after its first run was made, before the second: resume=auto trains the config
+    as a new job and ends the run left RUNNING (KILLED, saying why)."""
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    create_run = MlflowClient.create_run
+    made: list = []
+
+    def dies_at_second(self, *a, **k):
+        if made:
+            raise Killed
+        made.append(create_run(self, *a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(MlflowClient, "create_run", dies_at_second)
+    with pytest.raises(Killed):
+        qlab.app.train.run(compose_cfg(args))
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    client = MlflowClient(uri)
+    (left,) = runs_of(client, experiment)
+    assert left.info.status == "RUNNING"
+    assert not list((tmp_path / "checkpoints").iterdir())  # its lock went with the process
+    qlab.app.train.run(compose_cfg([*args, "resume=auto"]))
+    runs = {r.info.run_id: r for r in runs_of(client, experiment)}
+    old = runs.pop(left.info.run_id)
+    assert old.info.status == "KILLED"
+    assert old.data.tags["error"].startswith("stopped while its job's runs were being created")
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED"]
 
 
 # ------------------------------------------------------------------ kill -9, for real

@@ -41,6 +41,7 @@ from tests.helpers import (
     runs_of,
     start_qlab_train,
     stop_job,
+    stop_job_at_episode,
 )
 
 # ------------------------------------------------------------------ in-process round trips
@@ -96,6 +97,28 @@ def test_stop_at_checkpoint_then_resume_equals_uninterrupted(name, compose_cfg, 
         np.testing.assert_array_equal(flat_state(env3)[k], v, err_msg=k)
 
 
+def test_listeners_never_see_the_slowest_replica_past_an_unwritten_checkpoint(compose_cfg
+                                                                              ) -> None:
+    """The checkpoint a step reaches is written before that step's flush: a kill between the
+    two leaves no run holding every replica's episodes past its last checkpoint (what resume
+    takes for a removed checkpoint)."""
+    c = validate(compose_cfg(["episodes=60", "replicas=2", "fast=off", "tracking.enabled=false"]))
+    written: list[int] = []
+    seen: list[tuple[int, int]] = []  # (the slowest replica's episodes, checkpoints written)
+
+    class Watch:
+        def update(self, hist) -> None:
+            seen.append((int(hist.done.min()), len(written)))
+
+    driver.train(build(c), fast="off", listeners=[Watch()], flush_seconds=1e-9,
+                 checkpoint=lambda loop, hist: written.append(int(hist.done.min())),
+                 checkpoint_every=10)
+    assert [w // 10 for w in written] == [1, 2, 3, 4, 5]
+    assert len(seen) > 5
+    for done, n in seen:
+        assert done == 60 or done // 10 <= n, (done, n)
+
+
 # ------------------------------------------------------------------ qlab-train, killed and resumed
 
 def job_runs(client: MlflowClient, experiment: str) -> list:
@@ -143,7 +166,8 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     """Resume the job (``qlab.app.train.run``, in-process, with ``resume_args`` added); train the
     same config uninterrupted without tracking (on the path ``args`` choose: the fast path
     equals the reference bit for bit, tests/test_fastpath.py); check that the resumed runs'
-    metric histories hold exactly the uninterrupted job's points, once each. Returns the
+    metric histories hold exactly the uninterrupted job's points (its thinned curves past
+    ``tracking.max_points``), once each. Returns the
     resumed runs and the reference agent."""
     client = MlflowClient(uri)
     before = job_runs(client, experiment)
@@ -160,7 +184,9 @@ def resume_and_compare(args: list[str], uri: str, experiment: str, target: str, 
     assert all("error" not in r.data.tags for r in resumed)
     for k, run in enumerate(resumed):
         got = run_histories(client, run)
-        want = {key: [(e, v) for e, v in enumerate(table[k])]
+        n = c.episodes  # thinned past tracking.max_points; the last episode always there
+        thinned = sorted({*tracking.curve_steps(0, n, c.tracking.max_points).tolist(), n - 1})
+        want = {key: [(e, table[k, e]) for e in thinned]
                 for key, table in ref.train.items() if key not in WALL_CLOCK}
         want.update({key: list(zip(ref.eval_steps[k], table[k], strict=True))
                      for key, table in ref.evals.items()})
@@ -253,6 +279,63 @@ def test_sigterm_writes_checkpoint_and_ends_killed(base, tmp_path, sqlite_store)
         steps = metric_steps(client, r.info.run_id, "train/q_delta")
         assert steps == list(range(header["episodes_done"][k]))
     assert (state["history"]["done"] == header["episodes_done"]).all()
+
+
+# Thinned curves (tracking.max_points=5): every episode below 5, then every 2nd, 4th, 8th
+# (curve_steps) and, once the job is done, its last episode.
+THINNED = ["env=griddy", "~hparams", "episodes=40", "eval_every=10", "checkpoint_every=10",
+           "fast=off", "tracking.max_points=5", "tracking.flush_seconds=1e-9"]
+
+
+def test_stop_past_max_points_then_resume_auto_equals_uninterrupted(tmp_path, sqlite_store,
+                                                                     compose_cfg, capsys) -> None:
+    """A job stopped (SIGTERM, scancel) where its curves are thinned, at an episode off their
+    grid, then resumed: its runs hold exactly the points of an uninterrupted training. (The
+    stopped runs used to get their last episode as an extra point, 22 here, which stayed in
+    the store after the resume: the SLURM test's failure, qlab issue 15.)"""
+    uri = sqlite_store(tmp_path)
+    args = [*THINNED, f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    stop_job_at_episode(compose_cfg, [*args, f"tracking.uri={uri}", "experiment_name=thin"], 23)
+    client = MlflowClient(uri)
+    (run,) = job_runs(client, "thin")
+    assert run.info.status == "KILLED"
+    grid = tracking.curve_steps(0, 23, 5).tolist()  # [0, 1, 2, 3, 4, 6, 8, 12, 16]
+    assert metric_steps(client, run.info.run_id, "train/q_delta") == grid
+    resume_and_compare(args, uri, "thin", "auto", compose_cfg, capsys)
+
+
+def test_sigterm_while_the_runs_are_made_waits_for_them_then_resume_auto(
+        tmp_path, sqlite_store, compose_cfg, capsys, monkeypatch) -> None:
+    """SIGTERM (scancel) while a job's runs are being created: they are all made, then the
+    job stops at its first clean point with a checkpoint and ends KILLED (it used to stop
+    between two runs: one KILLED run, the other never made, and resume=auto started the job
+    afresh beside it); resume=auto completes it in the same runs."""
+    import os
+
+    from qlab.app.stopping import Terminated
+
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10",
+            f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    create_run = MlflowClient.create_run
+    made: list[str] = []
+
+    def signalled(self, *a, **k):  # the signal comes once the first run is made
+        made.append(create_run(self, *a, **k))
+        if len(made) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return made[-1]
+
+    monkeypatch.setattr(MlflowClient, "create_run", signalled)
+    with pytest.raises(Terminated):
+        qlab.app.train.run(compose_cfg([*args, f"tracking.uri={uri}", "experiment_name=made"]))
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    client = MlflowClient(uri)
+    runs = job_runs(client, "made")
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    header, _ = checkpoint.read(Path(runs[0].data.tags[resume.CKPT_TAG]))
+    assert header["run_ids"] == [r.info.run_id for r in runs]
+    resume_and_compare(args, uri, "made", "auto", compose_cfg, capsys)
 
 
 # ------------------------------------------------------------------ bad input

@@ -241,8 +241,9 @@ def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experime
         # Every episode finished before the failure is there, once; nothing after it.
         for key in TRAIN_KEYS:
             steps, _ = steps_and_values(client, run.info.run_id, key)
-            if key == tracking.THROUGHPUT_KEY:  # log-spaced, and the last episode
-                assert steps == sorted({*tracking.curve_steps(0, done[k], 10), done[k] - 1})
+            if key == tracking.THROUGHPUT_KEY:  # log-spaced; a stopped run gets no extra
+                # last episode off that grid (its resume continues the curve: qlab issue 15)
+                assert steps == tracking.curve_steps(0, done[k], 10).tolist()
             else:
                 assert steps == list(range(done[k])), key
         steps, _ = steps_and_values(client, run.info.run_id, "eval/q_error")

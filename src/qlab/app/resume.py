@@ -13,7 +13,10 @@ carry ``qlab.config_hash`` (:func:`qlab.app.checkpoint.config_hash`) and ``qlab.
 
 A job stopped before its first checkpoint (kill -9 in its first seconds) is resumed from the
 start into its own runs (their points so far are the same and are not sent again): no run of
-it stays RUNNING. One stopped while its runs were being created is started afresh.
+it stays RUNNING. One stopped while its runs were being created is started afresh by
+``resume=auto``, which ends the runs it had left RUNNING (KILLED, with why) once the new
+job's runs exist. A job holds its lock from before its runs are created, so one being
+created by a live process is never taken for one stopped.
 
 Every check happens before anything is written: bad input leaves the store as it was.
 """
@@ -110,6 +113,8 @@ class Plan:
     state: dict | None = None  # the checkpoint's state, until restore() puts it in place
     tags: dict[str, str] = field(default_factory=dict)
     restart: bool = False  # resumed before its first checkpoint: trained again from the start
+    abandoned: list[str] = field(default_factory=list)  # RUNNING runs of jobs stopped while
+    # their runs were being created (resume=auto): ended by :func:`end_abandoned`
 
     @property
     def path(self) -> Path:
@@ -121,8 +126,16 @@ class Plan:
             self.lock = JobLock(self.directory)
 
     def release(self) -> None:
+        """Release the lock; a job directory without a checkpoint goes with it (a job
+        stopped before its first one takes a new lock to train again)."""
         if self.lock is not None:
             self.lock.release()
+            if not self.path.exists():
+                (self.directory / LOCK_NAME).unlink(missing_ok=True)
+                try:
+                    self.directory.rmdir()
+                except OSError:
+                    pass
 
     def finished(self) -> None:
         """Training completed and the runs are FINISHED: the checkpoint has no more use."""
@@ -180,10 +193,13 @@ def _training(root: Path, job_id: str) -> bool:
 
 
 def _episodes_logged(client: MlflowClient, runs: list) -> int:
-    """Episodes the furthest run of a job has recorded (its last ``train/episode_length``
-    step + 1; every episode up to ``tracking.max_points`` is logged)."""
+    """Episodes the slowest run of a job has recorded (its last ``train/episode_length``
+    step + 1). The driver writes a checkpoint when its slowest replica reaches a multiple
+    of ``checkpoint_every``, before the runs are sent those episodes: a job whose every run
+    holds that many had one (the furthest run alone may hold more without: its replica ran
+    ahead of the others)."""
     key = "train/episode_length"
-    return max((max((m.step for m in client.get_metric_history(r.info.run_id, key)),
+    return min((max((m.step for m in client.get_metric_history(r.info.run_id, key)),
                     default=-1) + 1 for r in runs), default=0)
 
 
@@ -255,6 +271,9 @@ def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
                     return _resume(client, spec, job_id, runs, resolved, params, h, replicas)
                 except ResumeError:  # its checkpoint is gone: that job cannot continue
                     continue
+        fresh.abandoned = [r.info.run_id for job_id, runs in jobs.items()
+                           if not _whole(runs, replicas) and not _training(root, job_id)
+                           for r in runs if r.info.status == "RUNNING"]
         return _tagged(fresh, h)
     if spec == "last":
         jobs = _jobs(client, exp_id, f"tags.`{JOB_TAG}` != ''") if exp_id else {}
@@ -335,6 +354,22 @@ def _resume(client: MlflowClient, spec: str, job_id: str, runs: list, resolved: 
         lock.release()
         raise
     return Plan(job_id, path.parent, run_ids, lock=lock, state=state)
+
+
+def end_abandoned(p: Plan, uri: str) -> None:
+    """End (KILLED, with why) the runs :func:`plan` found left RUNNING by jobs stopped while
+    their runs were being created: this job trains their config again, in runs of its own."""
+    if not p.abandoned:
+        return
+    client = store.client_for(uri)
+    why = (f"stopped while its job's runs were being created; trained again as job "
+           f"{p.job_id} (resume=auto)")
+    for run_id in p.abandoned:
+        client.set_tag(run_id, "error", why)
+        client.set_terminated(run_id, "KILLED")
+    log.info("ended %d run(s) left RUNNING by a job stopped while its runs were being "
+             "created", len(p.abandoned))
+    p.abandoned = []
 
 
 def restore(p: Plan, env, agent, evaluator, episodes: int, eval_every: int) -> None:

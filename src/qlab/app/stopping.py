@@ -1,7 +1,8 @@
 """Stopping on a signal at a clean point: Ctrl-C (SIGINT) and SIGTERM (what SLURM sends at
-its time limit) while the driver trains become a *pending* stop, which the driver acts on at
-its next lock-step boundary — where every replica's state is whole — by writing a checkpoint
-and raising. Outside :meth:`GracefulStop.deferring`, or on a second signal, they raise at once.
+its time limit) while a job's runs are made, trained and closed become a *pending* stop,
+which the driver acts on at its next lock-step boundary — where every replica's state is
+whole — by writing a checkpoint and raising. Outside :meth:`GracefulStop.deferring`, or on a
+second signal, they raise at once.
 """
 
 from __future__ import annotations

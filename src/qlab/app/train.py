@@ -71,20 +71,25 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
                                      groups=groups, aggregate=aggregate, seeds=seeds,
                                      artifacts=c.tracking.artifacts)
         stop = GracefulStop()
-        with stop, ctx as tracker:
+        # Ctrl-C / SIGTERM wait from before the runs are made until they have ended: the
+        # driver acts on one at a clean point (a checkpoint, then the runs end KILLED); one
+        # while the runs are made or closed waits for that to finish (a second raises at once)
+        if plan is not None and c.checkpoint_every:
+            plan.acquire()  # before the runs exist: a job being created is not taken for dead
+        with stop, stop.deferring(), ctx as tracker:
             ckpt = None
+            if plan is not None:
+                resume.end_abandoned(plan, uri)  # runs of a job killed while they were made
             if plan is not None and c.checkpoint_every:
-                plan.acquire()
                 ckpt = checkpoint.Checkpointer(
                     plan.path, {"job_id": plan.job_id, "run_ids": tracker.run_ids,
                                 "config": checkpoint.identity(resolved),
                                 "config_hash": checkpoint.config_hash(resolved)},
                     env, agent, job.evaluator)
-            with stop.deferring():  # Ctrl-C / SIGTERM: checkpoint at a clean point, then KILLED
-                hist = driver.train(job, fast=c.fast, listeners=[tracker, bar],
-                                    flush_seconds=c.tracking.flush_seconds, checkpoint=ckpt,
-                                    checkpoint_every=c.checkpoint_every,
-                                    resume=plan.start if plan else None, stop=stop)
+            hist = driver.train(job, fast=c.fast, listeners=[tracker, bar],
+                                flush_seconds=c.tracking.flush_seconds, checkpoint=ckpt,
+                                checkpoint_every=c.checkpoint_every,
+                                resume=plan.start if plan else None, stop=stop)
             if job.evaluator is not None and "eval/optimal_fraction" in hist.evals:
                 # a point per evaluation from the finished History: a stopped job logs none
                 # (its resume logs them all), and its last point is the final value
@@ -94,7 +99,7 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
                                           agents.spec_of(c.agent).tabular))
         if plan is not None:
             plan.finished()  # training is complete: its checkpoint has no more use
-        if stop.pending is not None:  # a signal during the last flush: the job is done; stop
+        if stop.pending is not None:  # a signal while the runs were closed: the job is done
             raise stop.pending
     finally:
         if bar is not None:

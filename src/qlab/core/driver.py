@@ -138,17 +138,20 @@ def train(job: Job, *, fast: str = "auto", listeners: Sequence[Listener] = (),
     try:
         while stepper.active().any():
             finished = stepper.advance((mark + 1) * every if every else None, seconds)
-            now = time.monotonic()
-            if now - last_flush >= flush_seconds:
-                last_flush = now
-                for listener in listeners:
-                    listener.update(hist)
+            # the checkpoint before the flush: listeners never see the slowest active
+            # replica past a checkpoint not yet written (a kill between the two would leave
+            # runs holding episodes no checkpoint has; resume plans on that)
             if every and finished and (active := stepper.active()).any():
                 m = int(stepper.episodes_done()[active].min()) // every
                 if m > mark:
                     mark = m
                     stepper.sync()
                     checkpoint(loop, hist)
+            now = time.monotonic()
+            if now - last_flush >= flush_seconds:
+                last_flush = now
+                for listener in listeners:
+                    listener.update(hist)
             if stop is not None and (exc := stop()) is not None:
                 if checkpoint is not None:
                     stepper.sync()

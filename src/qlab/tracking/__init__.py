@@ -241,8 +241,10 @@ class Tracker:
         """Each run's last points (episodes thinning skipped, an aggregate's replicas that
         finished later, :meth:`log_evals`), its per-episode table (``episodes.csv``, or an
         aggregate's :data:`~qlab.tracking.aggregate.TABLE`), then one upload of its files.
-        Not ``final`` (stopped, resumable): an aggregate run's points only up to the episode
-        all its running replicas finished."""
+        Not ``final`` (stopped, resumable): only points a finished run has too — an aggregate
+        run's up to the episode all its running replicas finished, and no last episode off
+        the thinning grid (:func:`curve_steps`): a resume continues the curve and cannot
+        take a point back, so it would stay in the finished run as an extra one."""
         h = self._history
         if h is None or self._closed:
             return
@@ -259,8 +261,8 @@ class Tracker:
             metrics = self._points(h, j, int(done.max(initial=0)),
                                    int(evals_done.max(initial=0)), now)
             last = int(done.max(initial=0)) - 1
-            for key, table in h.train.items():  # every curve ends at the last episode
-                if last > self._logged[j].get(key, -1):
+            for key, table in h.train.items():  # a finished run's curves end at its last episode
+                if final and last > self._logged[j].get(key, -1):
                     metrics += self._series(key, self._block(j, table, [last]),
                                             np.array([last]), now)
                     self._logged[j][key] = last
