@@ -207,6 +207,14 @@ def test_refills_buffer_growth_and_chunking_keep_results(monkeypatch) -> None:
         assert (fast.train["train/sps"] > 0).all()
 
 
+def test_more_than_256_replicas_agree() -> None:
+    """Above 256 replicas ReplicaUniforms draws smaller blocks than the compiled path's, so the
+    stream state the kernels hand back buffers more numbers per replica than the reference's
+    own block: it must still load (it once failed for every job of R > 256 on the fast path)."""
+    seeds = list(range(300))
+    both(grid(4, 4, seeds), q_agent(seeds), schedule("exponential", 300), 6, 3)
+
+
 @pytest.mark.parametrize("overrides", [
     ["env=frozenlake", "episodes=150"],  # slippery: stochastic outcomes
     ["env=taxi", "agent.update=episode", "episodes=40", "eval_every=15"],

@@ -41,9 +41,9 @@ from qlab.core.driver import Job, Progress, Unsupported
 from qlab.core.envs.vector import TabularVecEnv
 from qlab.core.exploration import KINDS
 from qlab.core.history import TRAIN_KEYS
-from qlab.core.rng import generator_from_state
+from qlab.core.rng import BLOCK_MAX, generator_from_state
 
-UNIFORM_BLOCK = 4096  # numbers drawn per replica at a time, as ReplicaUniforms
+UNIFORM_BLOCK = BLOCK_MAX  # numbers drawn per replica at a time, at most as ReplicaUniforms
 EPISODE_CAPACITY = 256  # initial episode buffer (steps), doubled when full
 FIRST_LIMIT = 16  # episodes per replica in the first chunk
 

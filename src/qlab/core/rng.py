@@ -43,6 +43,12 @@ def generator_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bit)
 
 
+# The most numbers per replica drawn at a time: ReplicaUniforms' block for up to 256
+# replicas, and always the compiled path's (qlab.core.compiled.Streams), so a saved stream
+# state — from either — buffers at most this many per replica.
+BLOCK_MAX = 4096
+
+
 class ReplicaUniforms:
     """Uniform [0, 1) numbers, drawn in blocks per replica so hot loops never call R generators."""
 
@@ -53,7 +59,7 @@ class ReplicaUniforms:
         # Numbers per replica per refill: 4096, fewer for thousands of replicas (the buffer
         # stays near 8 MB). The numbers handed out do not depend on it: each generator's
         # draws follow one another whatever their grouping into blocks.
-        self._block = block if block is not None else min(4096, max(256, 2**20 // len(seeds)))
+        self._block = block if block is not None else min(BLOCK_MAX, max(256, 2**20 // len(seeds)))
         self._buf = np.empty((len(self._gens), 0))
         self._pos = 0
 
@@ -80,11 +86,11 @@ class ReplicaUniforms:
     def load_state(self, state: dict) -> None:
         """Continue from :meth:`state`: the same numbers follow as after the call that took it."""
         gens, buf = state["gens"], np.asarray(state["buf"])
-        R = len(self._gens)
+        R, most = len(self._gens), max(self._block, BLOCK_MAX)  # a compiled path's state too
         if (not isinstance(gens, list) or len(gens) != R or buf.ndim != 2
-                or buf.shape[0] != R or buf.shape[1] > self._block):
+                or buf.shape[0] != R or buf.shape[1] > most):
             raise ValueError(f"random streams of {len(gens)} replica(s), buffer {buf.shape}: "
-                             f"expected {R} replica(s), buffer ({R}, <= {self._block})")
+                             f"expected {R} replica(s), buffer ({R}, <= {most})")
         if buf.size and buf.dtype.kind != "f":
             raise ValueError(f"random stream buffer has dtype {buf.dtype}, expected float64")
         buf = buf.astype(np.float64)
