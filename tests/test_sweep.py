@@ -51,12 +51,16 @@ def assert_headline(uri: str, seeds: range = SEEDS) -> None:
 
 
 # The other launchers, and the server, run the same sweep with 2 seeds instead of 5: the
-# same 3 jobs, fewer runs to record.
+# same 3 jobs, fewer runs to record. In `make test` (6-minute budget) the joblib launcher is
+# covered by test_reproducibility's joblib sweep and submitit by the SLURM cluster test
+# (`make test-cluster`); their headline sweeps here are in `make test-slow`.
 @pytest.mark.integration
 @pytest.mark.parametrize("launcher, seeds", [
     ([], SEEDS),
-    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "replicas=2"], range(2)),
-    (["hydra/launcher=submitit_local", "replicas=2"], range(2)),
+    pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "replicas=2"], range(2),
+                 marks=pytest.mark.slow),
+    pytest.param(["hydra/launcher=submitit_local", "replicas=2"], range(2),
+                 marks=pytest.mark.slow),
 ], ids=["basic", "joblib", "submitit_local"])
 def test_headline_sweep(tmp_path: Path, launcher: list[str], seeds: range) -> None:
     """From no store at all: the sweep creates it before its jobs start (DESIGN trap 2)."""
@@ -112,7 +116,7 @@ def test_failing_job_marks_its_runs_and_the_parent_failed(tmp_path, monkeypatch,
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("agent", ["tabular_q", "tabular_mc"])
+@pytest.mark.parametrize("agent", ["tabular_q", pytest.param("tabular_mc", marks=pytest.mark.slow)])
 def test_seed_sweep_spellings_agree(tmp_path: Path, agent: str, sqlite_store) -> None:
     client_args = [f"agent={agent}", "episodes=30", "eval_every=10"]
     uri_a, uri_b = sqlite_store(tmp_path, "a.db"), sqlite_store(tmp_path, "b.db")
