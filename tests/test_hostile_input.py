@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 import qlab.app.train
 import qlab.cli
 from qlab.core.history import TRAIN_KEYS
-from qlab.tracking import store
+from qlab.tracking import metric_writer, store
 from tests.helpers import (
     assert_no_runs,
     clean_env,
@@ -144,22 +144,20 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
     the test's own cwd)."""
     uri = sqlite_store(tmp_path)
     calls = {"n": 0}
-    real = MlflowClient.log_batch
+    real = metric_writer.write
 
-    def dying(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
-        if metrics:
-            calls["n"] += 1
-            if calls["n"] > 6:
-                raise MlflowException("API request failed: Connection refused")
-        return real(self, run_id, metrics=metrics, params=params, tags=tags,
-                    synchronous=synchronous)
+    def dying(client, run_id, series):
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise MlflowException("API request failed: Connection refused")
+        return real(client, run_id, series)
 
     def gone(self, *args, **kwargs):
         if calls["n"] > 6:
             raise MlflowException("API request failed: Connection refused")
         raise AssertionError("not expected before the failure")
 
-    monkeypatch.setattr(MlflowClient, "log_batch", dying)
+    monkeypatch.setattr(metric_writer, "write", dying)
     monkeypatch.setattr(MlflowClient, "set_tag", gone)
     cfg = compose_cfg(["replicas=2", "episodes=40", f"tracking.uri={uri}",
                        f"experiment_name={experiment}", "tracking.flush_seconds=1e-9"])

@@ -1,19 +1,19 @@
 """MLflow tracking: one run per replica (or one aggregate run per sweep point, see
 :mod:`qlab.tracking.aggregate`), params from the resolved config, metrics buffered and
-written with ``log_batch``, each run's files in one upload at the end, and a terminal status
-on every exit.
+written in one transaction per run and flush (:mod:`qlab.tracking.metric_writer`: in bulk
+into an SQL store, else ``log_batch``), each run's files in one upload at the end, and a
+terminal status on every exit.
 
-What goes to MLflow's metric store, and why not everything: MLflow's sqlite store ingests
-only ~5-13k points/s through ``log_batch`` (its ORM builds an object per point), so a job of
-64 replicas x 5000 episodes x 5 curves (1.6M points) would spend minutes writing what its
-training did in seconds; and the UI's charts fetch at most 320 sampled points per line
-anyway. So the per-episode curves (``train/*``) are logged for every episode up to
-``max_points``, then thinned by doubling strides (every 2nd episode up to 2 x max_points,
-every 4th up to 4 x, ...), always with each replica's last episode (``train/sps``, a noisy
-wall-clock figure, as if ``max_points`` were :data:`THROUGHPUT_POINTS`); ``eval/*`` points
-are all logged. The complete per-episode table of every replica is kept beside them as the run
-artifact ``episodes.csv`` (an aggregate run: ``replicas.parquet``), written when the run
-ends, whatever its status.
+What goes to MLflow's metric store, and why not everything: a job of 64 replicas x 5000
+episodes x 5 curves (1.6M points) would make every later read of the store (the UI, reports)
+slow, and the UI's charts fetch at most 320 sampled points per line anyway. So the
+per-episode curves (``train/*``) are logged for every episode up to ``max_points``, then
+thinned by doubling strides (every 2nd episode up to 2 x max_points, every 4th up to 4 x,
+...), always with each replica's last episode (``train/sps``, a noisy wall-clock figure, as
+if ``max_points`` were :data:`THROUGHPUT_POINTS`); ``eval/*`` points are all logged. The
+complete per-episode table of every replica is kept beside them as the run artifact
+``episodes.csv`` (an aggregate run: ``replicas.parquet``), written when the run ends,
+whatever its status.
 
 It knows nothing of agents: it is handed a :class:`~qlab.core.history.History` and arrays
 to save.
@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from qlab.config import flatten
 from qlab.core.secrets import mask
-from qlab.tracking import aggregate, provenance, store
+from qlab.tracking import aggregate, metric_writer, provenance, store
+from qlab.tracking.metric_writer import Series
 from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -131,25 +132,22 @@ class Tracker:
         m = self.groups[j]
         return table[m.start:m.stop, cols]
 
-    def _series(self, key: str, block: np.ndarray, steps: np.ndarray, now: int) -> list[Metric]:
+    def _series(self, key: str, block: np.ndarray, steps: np.ndarray, now: int) -> list[Series]:
         """The points of ``key`` at ``steps`` from its values (members x steps): the one
         replica's, or the mean with its spread for an aggregate run."""
         if not self.aggregate:
-            return [Metric(key, float(v), now, int(e)) for e, v in zip(steps, block[0],
-                                                                        strict=True)]
+            return [Series(key, steps, block[0], now)]
         mean, std = aggregate.mean_and_std(block)
-        spread = aggregate.spread_key(key)
-        out = [Metric(key, float(v), now, int(e)) for e, v in zip(steps, mean, strict=True)]
-        out += [Metric(spread, float(v), now, int(e)) for e, v in zip(steps, std, strict=True)]
+        out = [Series(key, steps, mean, now), Series(aggregate.spread_key(key), steps, std, now)]
         if key == "eval/optimal_fraction":
-            out += [Metric(aggregate.OPTIMAL_SHARE, float(v), now, int(e))
-                    for e, v in zip(steps, aggregate.optimal_share(block), strict=True)]
+            out.append(Series(aggregate.OPTIMAL_SHARE, steps, aggregate.optimal_share(block),
+                              now))
         return out
 
-    def _points(self, history, j: int, hi: int, ehi: int, now: int) -> list[Metric]:
+    def _points(self, history, j: int, hi: int, ehi: int, now: int) -> list[Series]:
         """Run j's points from its episodes [sent, hi) and evaluations [sent, ehi)."""
         lo, elo, old = self._train_sent[j], self._eval_sent[j], self._logged[j]
-        metrics: list[Metric] = []
+        metrics: list[Series] = []
         for key, table in history.train.items():
             steps = self._curve_steps(key, max(lo, old.get(key, -1) + 1), hi)
             if steps.size:
@@ -178,7 +176,7 @@ class Tracker:
         return curve_steps(lo, hi, points)
 
     def update(self, history) -> None:
-        """Write the metric points recorded since the last call (one log_batch per run; an
+        """Write the metric points recorded since the last call (one write per run; an
         aggregate run takes the episodes every one of its replicas has finished)."""
         self.failed.update(history.failed)
         self._history = history
@@ -187,8 +185,7 @@ class Tracker:
             m = self.groups[j]
             metrics = self._points(history, j, int(history.done[m.start:m.stop].min()),
                                    int(history.evals_done[m.start:m.stop].min()), now)
-            if metrics:
-                self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+            metric_writer.write(self.client, run_id, metrics)
 
     def log_evals(self, key: str, table: np.ndarray) -> None:
         """A metric computed from the finished History, one value per replica and evaluation
@@ -200,7 +197,7 @@ class Tracker:
         self._evals[key] = np.asarray(table, dtype=np.float64)
 
     def _eval_table_points(self, h, j: int, key: str, table: np.ndarray,
-                           now: int) -> list[Metric]:
+                           now: int) -> list[Series]:
         """Run j's points of a :meth:`log_evals` table: at the steps of its evaluations
         (an aggregate's pair up by their order, as its ``eval/*`` curves do)."""
         m = self.groups[j]
@@ -212,8 +209,7 @@ class Tracker:
         block = table[m.start:m.stop, :n][:, new]
         values = block[0] if not self.aggregate else aggregate.mean_and_std(block)[0]
         self._logged[j][key] = int(steps[new][-1])
-        return [Metric(key, float(v), now, int(e))
-                for e, v in zip(steps[new], values, strict=True)]
+        return [Series(key, steps[new], values, now)]
 
     def _final_values(self, h) -> dict[str, tuple[np.ndarray, int]]:
         """Each :meth:`log_evals` table's final values (R,) at the job's last episode: the
@@ -268,8 +264,7 @@ class Tracker:
                     self._logged[j][key] = last
             for key, table in self._evals.items():
                 metrics += self._eval_table_points(h, j, key, table, now)
-            if metrics:
-                self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+            metric_writer.write(self.client, run_id, metrics)
         try:  # every run's metrics are in: now their files
             for j, run_id in enumerate(self.run_ids):
                 self._upload_files(h, j, run_id)
