@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 import qlab.app.train
 import qlab.cli
 from qlab.core.history import TRAIN_KEYS
-from qlab.tracking import metric_writer, store
+from qlab.tracking import metric_points, store
 from tests.helpers import (
     assert_no_runs,
     clean_env,
@@ -144,7 +144,7 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
     the test's own cwd)."""
     uri = sqlite_store(tmp_path)
     calls = {"n": 0}
-    real = metric_writer.write
+    real = metric_points.write
 
     def dying(client, run_id, series):
         calls["n"] += 1
@@ -157,7 +157,7 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
             raise MlflowException("API request failed: Connection refused")
         raise AssertionError("not expected before the failure")
 
-    monkeypatch.setattr(metric_writer, "write", dying)
+    monkeypatch.setattr(metric_points, "write", dying)
     monkeypatch.setattr(MlflowClient, "set_tag", gone)
     cfg = compose_cfg(["replicas=2", "episodes=40", f"tracking.uri={uri}",
                        f"experiment_name={experiment}", "tracking.flush_seconds=1e-9"])

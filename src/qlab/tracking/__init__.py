@@ -1,6 +1,6 @@
 """MLflow tracking: one run per replica (or one aggregate run per sweep point, see
 :mod:`qlab.tracking.aggregate`), params from the resolved config, metrics buffered and
-written in one transaction per run and flush (:mod:`qlab.tracking.metric_writer`: in bulk
+written in one transaction per run and flush (:mod:`qlab.tracking.metric_points`: in bulk
 into an SQL store, else ``log_batch``), each run's files in one upload at the end, and a
 terminal status on every exit.
 
@@ -39,8 +39,8 @@ from mlflow.tracking import MlflowClient
 
 from qlab.config import flatten
 from qlab.core.secrets import mask
-from qlab.tracking import aggregate, metric_writer, provenance, store
-from qlab.tracking.metric_writer import Series
+from qlab.tracking import aggregate, metric_points, provenance, store
+from qlab.tracking.metric_points import Series
 from qlab.tracking.store import StoreError
 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -185,7 +185,7 @@ class Tracker:
             m = self.groups[j]
             metrics = self._points(history, j, int(history.done[m.start:m.stop].min()),
                                    int(history.evals_done[m.start:m.stop].min()), now)
-            metric_writer.write(self.client, run_id, metrics)
+            metric_points.write(self.client, run_id, metrics)
 
     def log_evals(self, key: str, table: np.ndarray) -> None:
         """A metric computed from the finished History, one value per replica and evaluation
@@ -264,7 +264,7 @@ class Tracker:
                     self._logged[j][key] = last
             for key, table in self._evals.items():
                 metrics += self._eval_table_points(h, j, key, table, now)
-            metric_writer.write(self.client, run_id, metrics)
+            metric_points.write(self.client, run_id, metrics)
         try:  # every run's metrics are in: now their files
             for j, run_id in enumerate(self.run_ids):
                 self._upload_files(h, j, run_id)

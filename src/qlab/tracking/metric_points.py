@@ -9,7 +9,7 @@ does the writing) the points go in bulk instead: one multi-row insert into MLflo
 written keys updated as ``log_batch`` would (the latest point by step, then timestamp, then
 value), in one transaction on the store's own session, after the same check that the run is
 still active. The rows are those ``log_batch`` writes (NaN stored as 0 with ``is_nan``,
-infinities as the largest float); ``tests/tracking/test_metric_writer.py`` checks both paths
+infinities as the largest float); ``tests/tracking/test_metric_points.py`` checks both paths
 leave identical tables. Any other store, a point already in the store (a duplicate key of
 MLflow's table) or an MLflow whose store lacks what this relies on: ``log_batch``.
 """

@@ -1,4 +1,4 @@
-"""qlab.tracking.metric_writer: points written in bulk into an SQL store leave exactly the
+"""qlab.tracking.metric_points: points written in bulk into an SQL store leave exactly the
 rows MLflow's own ``log_batch`` leaves (``metrics`` and ``latest_metrics``), refuse a
 deleted run as it does, and a point the run already holds falls back to it."""
 
@@ -12,8 +12,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from qlab.tracking import metric_writer
-from qlab.tracking.metric_writer import Series
+from qlab.tracking import metric_points
+from qlab.tracking.metric_points import Series
 
 NAN, INF = float("nan"), float("inf")
 # Two flushes of a run: NaN and infinities, ties on step broken by value, a key whose second
@@ -57,7 +57,7 @@ def test_bulk_rows_equal_log_batch_rows(store, monkeypatch) -> None:
     bulk, batch = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
     for flush in FLUSHES:
         for s in flush:
-            client.log_batch(batch, metrics=metric_writer.as_metrics([s]))
+            client.log_batch(batch, metrics=metric_points.as_metrics([s]))
     real = MlflowClient.log_batch
 
     def not_for_bulk(self, run_id, *args, **kwargs):
@@ -66,7 +66,7 @@ def test_bulk_rows_equal_log_batch_rows(store, monkeypatch) -> None:
 
     monkeypatch.setattr(MlflowClient, "log_batch", not_for_bulk)
     for flush in FLUSHES:
-        metric_writer.write(client, bulk, flush)
+        metric_points.write(client, bulk, flush)
     metrics, latest = _rows(db, bulk)
     assert (metrics, latest) == _rows(db, batch)
     assert len(metrics) == 22 and dict((r[0], r[1:]) for r in latest) == {
@@ -87,9 +87,9 @@ def test_a_point_the_run_holds_goes_through_log_batch(store) -> None:
     it) leaves each point once, as ``log_batch`` does."""
     client, db, exp = store
     run = client.create_run(exp).info.run_id
-    metric_writer.write(client, run, FLUSHES[0])
+    metric_points.write(client, run, FLUSHES[0])
     once = _rows(db, run)
-    metric_writer.write(client, run, FLUSHES[0])
+    metric_points.write(client, run, FLUSHES[0])
     assert _rows(db, run) == once
 
 
@@ -98,5 +98,5 @@ def test_a_deleted_run_is_refused_and_left_unwritten(store) -> None:
     run = client.create_run(exp).info.run_id
     client.delete_run(run)
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
-        metric_writer.write(client, run, FLUSHES[0])
+        metric_points.write(client, run, FLUSHES[0])
     assert _rows(db, run) == ([], [])
