@@ -100,3 +100,20 @@ def test_a_deleted_run_is_refused_and_left_unwritten(store) -> None:
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
         metric_points.write(client, run, FLUSHES[0])
     assert _rows(db, run) == ([], [])
+
+
+def test_histories_read_back_what_get_metric_history_gives(store) -> None:
+    """One query for several runs and keys gives every point MLflow's client gives for each
+    run and key (NaN as NaN, infinities as stored), and nothing of other runs or keys."""
+    client, db, exp = store
+    runs = [client.create_run(exp).info.run_id for _ in range(3)]
+    for k, run in enumerate(runs):
+        for flush in FLUSHES:
+            metric_points.write(client, run, [s._replace(values=s.values + k) for s in flush])
+    keys = ["train/a", "eval/c", "train/new"]
+    got = metric_points.histories(client, runs[:2], keys)
+    expected = [(run, key, m.step, repr(m.value), m.timestamp) for run in runs[:2]
+                for key in keys for m in client.get_metric_history(run, key)]
+    assert sorted(zip(got["run_id"], got["key"], got["step"], map(repr, got["value"]),
+                      got["timestamp"], strict=True)) == sorted(expected)
+    assert len(expected) == 2 * (9 + 3 + 1)

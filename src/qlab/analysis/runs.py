@@ -11,9 +11,10 @@ returns a :class:`Sweep` holding
 - ``history``: every logged point, long format with columns ``run_id``, ``key``, ``step``,
   ``value`` (one row per run, key and step; a step logged twice keeps its latest value).
 
-Runs come from ``search_runs`` in pages of 1000; histories from one ``get_metric_history``
-per (run, metric), issued from a small thread pool (on a tracking server these calls are
-round trips, and even on sqlite the pool halves the wall time).
+Runs come from ``search_runs`` in pages of 1000; histories, from an SQL store, from one
+query over its metrics table (:func:`qlab.tracking.metric_points.histories`), else from one
+``get_metric_history`` per (run, metric), issued from a small thread pool (on a tracking
+server these calls are round trips).
 
 An aggregate run (one run for a sweep point's replicas, ``tracking.replica_runs``) is
 expanded into one row per replica, read from its ``replicas.parquet`` artifact: ``run_id``
@@ -44,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qlab import tracking
 from qlab.core.errors import QlabError
-from qlab.tracking import aggregate
+from qlab.tracking import aggregate, metric_points
 
 PAGE = 1000  # runs per search_runs page
 PARENT_TAG = "mlflow.parentRunId"
@@ -237,16 +238,10 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
                                  kind="stable").reset_index(drop=True)
 
 
-def history_frame(client: MlflowClient, runs: pd.DataFrame, keys: Iterable[str] | None = None,
-                  workers: int = 8) -> pd.DataFrame:
-    """Every logged point of the runs' metrics (all, or those in ``keys``), long format."""
-    wanted = None if keys is None else set(keys)
-    cols = [c for c in runs.columns if c.startswith("metrics.")
-            and (wanted is None or c[len("metrics."):] in wanted)]
-    logged = runs[cols].notna().to_numpy() if cols else np.zeros((len(runs), 0), bool)
-    jobs = [(run_id, cols[j][len("metrics."):])
-            for i, run_id in enumerate(runs["run_id"]) for j in np.flatnonzero(logged[i])]
-
+def _fetch_histories(client: MlflowClient, jobs: list[tuple[str, str]],
+                     workers: int) -> pd.DataFrame:
+    """The points of each (run id, key) of ``jobs`` by ``get_metric_history``, ``workers``
+    calls at a time."""
     def fetch(job: tuple[str, str]) -> tuple[str, str, list]:
         run_id, key = job
         return run_id, key, client.get_metric_history(run_id, key)
@@ -263,10 +258,25 @@ def history_frame(client: MlflowClient, runs: pd.DataFrame, keys: Iterable[str] 
         steps += [m.step for m in points]
         values += [m.value for m in points]
         stamps += [m.timestamp for m in points]
-    h = pd.DataFrame({"run_id": run_ids, "key": keys_,
-                      "step": np.asarray(steps, dtype=np.int64),
-                      "value": np.asarray(values, dtype=np.float64),
-                      "timestamp": np.asarray(stamps, dtype=np.int64)})
+    return pd.DataFrame({"run_id": run_ids, "key": keys_,
+                         "step": np.asarray(steps, dtype=np.int64),
+                         "value": np.asarray(values, dtype=np.float64),
+                         "timestamp": np.asarray(stamps, dtype=np.int64)})
+
+
+def history_frame(client: MlflowClient, runs: pd.DataFrame, keys: Iterable[str] | None = None,
+                  workers: int = 8) -> pd.DataFrame:
+    """Every logged point of the runs' metrics (all, or those in ``keys``), long format."""
+    wanted = None if keys is None else set(keys)
+    cols = [c for c in runs.columns if c.startswith("metrics.")
+            and (wanted is None or c[len("metrics."):] in wanted)]
+    logged = runs[cols].notna().to_numpy() if cols else np.zeros((len(runs), 0), bool)
+    jobs = [(run_id, cols[j][len("metrics."):])
+            for i, run_id in enumerate(runs["run_id"]) for j in np.flatnonzero(logged[i])]
+    h = metric_points.histories(client, list(runs["run_id"]),
+                                [c[len("metrics."):] for c in cols]) if jobs else None
+    if h is None:  # not an SQL store: one get_metric_history per run and key
+        h = _fetch_histories(client, jobs, workers)
     h = (h.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
           .drop_duplicates(["run_id", "key", "step"], keep="last")
           .drop(columns="timestamp").reset_index(drop=True))

@@ -1,4 +1,5 @@
-"""Writing a run's metric points: series of (step, value) per key, in one transaction.
+"""Runs' metric points in bulk: a run's new points written in one transaction, many runs'
+histories read back in one query.
 
 MLflow's ``log_batch`` builds one ORM object per point and then compares each with the run's
 latest value of its key: ~5-13k points/s on a sqlite store, most of a tracked job's time
@@ -9,9 +10,13 @@ does the writing) the points go in bulk instead: one multi-row insert into MLflo
 written keys updated as ``log_batch`` would (the latest point by step, then timestamp, then
 value), in one transaction on the store's own session, after the same check that the run is
 still active. The rows are those ``log_batch`` writes (NaN stored as 0 with ``is_nan``,
-infinities as the largest float); ``tests/tracking/test_metric_points.py`` checks both paths
-leave identical tables. Any other store, a point already in the store (a duplicate key of
-MLflow's table) or an MLflow whose store lacks what this relies on: ``log_batch``.
+infinities as the largest float); ``tests/test_metric_points.py`` checks both paths leave
+identical tables. Any other store, a point already in the store (a duplicate key of MLflow's
+table) or an MLflow whose store lacks what this relies on: ``log_batch``.
+
+Reading back (:func:`histories`, for reports and a sweep's summary) is likewise one query
+over the ``metrics`` table for all the runs and keys, where MLflow's client asks once per run
+and key (``get_metric_history``); it gives the values that call gives.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 LARGEST = 1.7976931348623157e308  # what MLflow's SQL store writes for +-inf
+RUNS_PER_QUERY = 500  # run ids bound in one query (databases limit bound parameters)
 
 
 class Series(NamedTuple):
@@ -54,6 +61,34 @@ def write(client: MlflowClient, run_id: str, series: Sequence[Series]) -> None:
                 raise
             # a point the run already holds (a duplicate key): log_batch skips it
     client.log_batch(run_id, metrics=as_metrics(series), synchronous=True)
+
+
+def histories(client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str]
+              ) -> pd.DataFrame | None:
+    """Every point the runs hold of the metric ``keys``: columns run_id, key, step, value,
+    timestamp (a NaN value as NaN), in no particular order; None when the store is not SQL
+    (ask ``get_metric_history``)."""
+    sql = _sql_store(client)
+    if sql is None:
+        return None
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+    from sqlalchemy import select
+
+    t = SqlMetric.__table__
+    columns = (t.c.run_uuid, t.c.key, t.c.step, t.c.value, t.c.timestamp, t.c.is_nan)
+    parts = []
+    with sql.ManagedSessionMaker() as session:
+        for i in range(0, len(run_ids), RUNS_PER_QUERY):  # bounded bound parameters
+            query = select(*columns).where(t.c.run_uuid.in_(run_ids[i:i + RUNS_PER_QUERY]),
+                                           t.c.key.in_(list(keys)))
+            parts.append(pd.DataFrame(session.execute(query).all(),
+                                      columns=["run_id", "key", "step", "value", "timestamp",
+                                               "is_nan"]))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["run_id", "key", "step", "value", "timestamp", "is_nan"])
+    frame = frame.astype({"step": np.int64, "value": np.float64, "timestamp": np.int64})
+    frame.loc[frame.pop("is_nan").astype(bool).to_numpy(), "value"] = np.nan
+    return frame
 
 
 def as_metrics(series: Sequence[Series]) -> list[Metric]:
@@ -124,4 +159,4 @@ def _insert(sql, run_id: str, series: Sequence[Series]) -> None:
                 m.step, m.timestamp, m.value, m.is_nan = step, timestamp, value, is_nan
 
 
-__all__ = ["Series", "as_metrics", "write"]
+__all__ = ["Series", "as_metrics", "histories", "write"]
