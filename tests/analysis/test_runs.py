@@ -102,3 +102,31 @@ def test_an_experiment_without_runs(small_sweep) -> None:
         client.create_experiment("empty")
     with pytest.raises(AnalysisError, match="experiment 'empty' has no runs"):
         load_sweep("empty", uri=small_sweep.uri)
+
+
+def test_a_history_ending_in_nan_is_loaded_from_sql_and_from_other_stores(
+        tmp_path, sqlite_store, monkeypatch) -> None:
+    """A curve whose last value is NaN (``eval/episodes_to_optimal`` of a run that never
+    solved) shows as NaN among the runs' final metrics, like a curve never logged; both the
+    one-query path (SQL stores) and the per-(run, key) path (servers) still load it."""
+    from mlflow.entities import Metric
+
+    from qlab.tracking import metric_points
+
+    uri = sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("nan-end")
+    solved, never = (client.create_run(exp).info.run_id for _ in range(2))
+    client.log_batch(solved, metrics=[Metric("eval/x", v, 0, e) for e, v in [(0, 1.0), (1, 2.0)]])
+    client.log_batch(never, metrics=[Metric("eval/x", v, 0, e)
+                                     for e, v in [(0, 5.0), (1, float("nan"))]])
+    client.log_batch(never, metrics=[Metric("train/y", 3.0, 0, 0)])
+    loaded = {}
+    for path in ("sql", "per run and key"):
+        if path != "sql":
+            monkeypatch.setattr(metric_points, "histories", lambda *args: None)
+        h = load_sweep("nan-end", uri=uri).history
+        loaded[path] = sorted((r, k, s, repr(v)) for r, k, s, v in h.itertuples(index=False))
+    assert loaded["sql"] == loaded["per run and key"] == sorted([
+        (solved, "eval/x", 0, "1.0"), (solved, "eval/x", 1, "2.0"),
+        (never, "eval/x", 0, "5.0"), (never, "eval/x", 1, "nan"), (never, "train/y", 0, "3.0")])

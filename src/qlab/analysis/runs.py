@@ -270,13 +270,12 @@ def history_frame(client: MlflowClient, runs: pd.DataFrame, keys: Iterable[str] 
     wanted = None if keys is None else set(keys)
     cols = [c for c in runs.columns if c.startswith("metrics.")
             and (wanted is None or c[len("metrics."):] in wanted)]
-    logged = runs[cols].notna().to_numpy() if cols else np.zeros((len(runs), 0), bool)
-    jobs = [(run_id, cols[j][len("metrics."):])
-            for i, run_id in enumerate(runs["run_id"]) for j in np.flatnonzero(logged[i])]
-    h = metric_points.histories(client, list(runs["run_id"]),
-                                [c[len("metrics."):] for c in cols]) if jobs else None
-    if h is None:  # not an SQL store: one get_metric_history per run and key
-        h = _fetch_histories(client, jobs, workers)
+    keys = [c[len("metrics."):] for c in cols]
+    run_ids = list(runs["run_id"])
+    h = metric_points.histories(client, run_ids, keys) if keys and run_ids else None
+    if h is None:  # not an SQL store: one get_metric_history per run and key (a key whose
+        # last value is NaN shows as NaN in ``runs`` too, so every key is asked for)
+        h = _fetch_histories(client, [(r, k) for r in run_ids for k in keys], workers)
     h = (h.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
           .drop_duplicates(["run_id", "key", "step"], keep="last")
           .drop(columns="timestamp").reset_index(drop=True))
