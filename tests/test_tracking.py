@@ -19,6 +19,7 @@ import qlab.app.train
 import qlab.core.agents
 from qlab import tracking
 from qlab.core.history import EVAL_KEYS, TRAIN_KEYS, episodes_to_optimal
+from qlab.tracking import aggregate
 from tests.helpers import capture_agents, metric_history, runs_of
 
 
@@ -142,7 +143,7 @@ def test_episodes_to_optimal_is_a_point_at_every_evaluation(compose_cfg, shared_
 
 
 def test_an_aggregate_run_of_replicas_ending_apart_ends_on_their_final_values(
-        compose_cfg, shared_store, experiment) -> None:
+        compose_cfg, shared_store, experiment, tmp_path: Path) -> None:
     """With a step budget the replicas end after different numbers of evaluations: after
     its last one a replica counts with its final value, so the aggregate run's last point
     is the mean of the final values over the replicas that ended optimal (as when it was
@@ -162,6 +163,16 @@ def test_an_aggregate_run_of_replicas_ending_apart_ends_on_their_final_values(
     assert steps == h.eval_steps[0, :h.evals_done.max()].tolist()
     value = client.get_run(run_id).data.metrics["eval/episodes_to_optimal"]
     assert value == np.nanmean(final)
+    # the per-replica table holds each replica's final value at its own last episode, also
+    # for the replicas the budget stopped before the last episode
+    table = aggregate.read_table(client.download_artifacts(run_id, aggregate.TABLE,
+                                                           str(tmp_path)))
+    assert (h.done < h.episodes).any()
+    for k in range(h.replicas):
+        column = table.loc[table["replica"] == k, "eval/episodes_to_optimal"].to_numpy()
+        assert column.size == h.done[k]
+        np.testing.assert_array_equal(column[-1], final[k], err_msg=f"replica {k}")
+        assert np.isnan(column[:-1]).all()
 
 
 def test_store_from_environment(compose_cfg, shared_store, experiment, monkeypatch) -> None:
@@ -306,6 +317,20 @@ def test_thinned_curves_keep_last_episode_and_full_table(compose_cfg, shared_sto
         for key in TRAIN_KEYS:  # every episode, bit-exact through the CSV
             np.testing.assert_array_equal(table[key.removeprefix("train/")].to_numpy(),
                                           hist.train[key][k], err_msg=key)
+
+
+@pytest.mark.parametrize("max_points", ["1000", "null"])
+def test_throughput_is_log_spaced_whatever_max_points(compose_cfg, shared_store, experiment,
+                                                      max_points) -> None:
+    """``train/sps`` (wall-clock, noisy) gets a log-spaced curve as if ``max_points`` were 10,
+    even where every other curve keeps every episode (``max_points`` 1000 or null)."""
+    cfg = compose_cfg(["episodes=45", f"tracking.uri={shared_store}",
+                       f"experiment_name={experiment}", f"tracking.max_points={max_points}"])
+    (run_id,) = qlab.app.train.run(cfg).run_ids
+    client = MlflowClient(shared_store)
+    assert steps_and_values(client, run_id, tracking.THROUGHPUT_KEY)[0] == [
+        *range(10), 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44]
+    assert steps_and_values(client, run_id, "train/episode_length")[0] == list(range(45))
 
 
 def test_max_points_must_be_positive(compose_cfg) -> None:

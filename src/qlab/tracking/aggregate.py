@@ -60,7 +60,9 @@ def replica_table(history, members: range, seeds: np.ndarray,
     """The point's per-replica per-episode table (see the module docstring) as an Arrow
     table. ``history`` is the job's :class:`~qlab.core.history.History`, ``members`` the
     point's replica indices, ``seeds`` their seeds; ``extra[key] = (values (R,), step)``:
-    one value per replica of the job at one episode (e.g. ``eval/episodes_to_optimal``).
+    one value per replica of the job at one episode (e.g. the final
+    ``eval/episodes_to_optimal`` at the last episode), at its own last episode for a replica
+    stopped before it.
     When every replica finished the same episodes the metric columns are views of the
     History's rows, not copies."""
     lo, hi = members.start, members.stop
@@ -100,9 +102,9 @@ def replica_table(history, members: range, seeds: np.ndarray,
         columns[key] = col
     for key, (values, step) in (extra or {}).items():
         col = np.full(rows, np.nan)
-        for k in range(lo, hi):
-            where, keep = at_rows(k, np.array([step]))
-            col[where] = np.asarray(values)[k:k + 1][keep]
+        last = np.minimum(step, done - 1)  # a replica stopped before ``step``: its last episode
+        has = done > 0
+        col[offsets[:-1][has] + last[has]] = np.asarray(values)[lo:hi][has]
         columns[key] = col
     return pa.table({k: pa.array(v) for k, v in columns.items()})
 
