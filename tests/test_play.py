@@ -101,3 +101,27 @@ def test_errors_are_one_line(trained, capsys) -> None:
     assert play.main([parent, "--uri", uri]) == 1  # a sweep's parent has no agent
     err = capsys.readouterr().err.strip()
     assert err.startswith("qlab-play: error: run ") and "\n" not in err
+
+
+def test_masked_edges_are_replayed_and_shown_with_legal_actions_only() -> None:
+    """A run trained with ``env.mask_edges`` is replayed in an env that masks the edges, and
+    its board shows V and the greedy arrow over each cell's legal actions (an illegal
+    entry's never-learned value is not V, its move is not the arrow)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"id": "qlab/Griddy-v0", "height": 3, "width": 4,
+                            "random_goal": False, "max_steps": 50, "mask_edges": True})
+    env = play.make_env(cfg, None)
+    inner = env.unwrapped
+    env.reset(seed=0)
+    legal = inner.model.action_mask
+    assert inner.model.legal is not None and not legal.all()
+    q = np.where(legal, np.arange(12 * 4).reshape(12, 4) / 100.0, 9.0)
+    v, a = play.grid_view(inner, q)
+    goal = inner.goal_cell
+    for cell in range(12):
+        if cell == goal:
+            continue
+        r, c = divmod(cell, 4)
+        assert legal[cell, a[r, c]], cell
+        assert v[r, c] == q[cell][legal[cell]].max()

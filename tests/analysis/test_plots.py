@@ -107,3 +107,19 @@ def test_a_diverged_q_still_renders(tmp_path, assert_png) -> None:
     q = np.full((16, 4), np.nan)
     fig = plots.value_figure([("diverged", q, 0.95)], model, plots.grid_layout(griddy()))
     assert_png(plots.save(fig, tmp_path / "value_heatmap.png"), min_side=200)
+
+
+def test_value_figure_with_masked_edges_reads_legal_actions_only(tmp_path, assert_png) -> None:
+    """``env.mask_edges``: moves off the grid are illegal, their Q entries never learned (here
+    larger than any legal value). V, the greedy arrows and max |Q − Q*| are over the legal
+    actions, as the training's evaluation takes them: Q* with such entries is all optimal."""
+    model = griddy_model(4, 4, mask_edges=True)
+    legal = model.action_mask
+    assert not legal.all()
+    q = value_iteration(model, 0.9).q.copy()
+    q[~legal] = 100.0
+    fig = plots.value_figure([("learned", q, 0.9)], model, plots.grid_layout(griddy()))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any("learned" in t and "optimal 15/15" in t and "max|Q−Q*| 0" in t for t in titles)
+    assert max(im.norm.vmax for ax in fig.axes for im in ax.images) < 100.0
+    assert_png(plots.save(fig, tmp_path / "masked.png"))

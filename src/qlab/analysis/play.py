@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from qlab.core.errors import QlabError, exit_status, one_line
+from qlab.core.oracle import legal_argmax, legal_max
 
 PROG = "qlab-play"
 GIF_MIN_SIDE = 256  # frames are scaled up (nearest) to at least this many pixels
@@ -48,10 +49,12 @@ def make_env(env_cfg: Any, render_mode: str | None) -> Any:
     env_id = str(env_cfg.id)
     max_steps = env_cfg.get("max_steps") if hasattr(env_cfg, "get") else None
     if env_id == "qlab/Griddy-v0":
+        mask_edges = env_cfg.get("mask_edges", False) if hasattr(env_cfg, "get") else False
         return gymnasium.make(env_id, height=int(env_cfg.height), width=int(env_cfg.width),
                               random_goal=bool(env_cfg.random_goal),
                               max_steps=None if max_steps is None else int(max_steps),
-                              render_mode=render_mode, disable_env_checker=True)
+                              mask_edges=bool(mask_edges), render_mode=render_mode,
+                              disable_env_checker=True)
     extra = _kwargs(env_cfg.get("kwargs") if hasattr(env_cfg, "get") else None)
     if max_steps is not None:
         extra["max_episode_steps"] = int(max_steps)
@@ -76,7 +79,13 @@ def load_policy(client: Any, run_id: str, directory: Path
 
     if path.suffix == ".npy" or table is not None:
         q = q_on_states(path, cfg.env)
-        return cfg, lambda obs, info: int(np.argmax(q[state_of(obs, info)])), q
+
+        def greedy(obs: Any, info: dict) -> int:  # over the legal actions, if the env says
+            row = q[state_of(obs, info)]
+            legal = info.get("action_mask")
+            return int(np.argmax(row) if legal is None else legal_argmax(row, legal != 0))
+
+        return cfg, greedy, q
     # A Q-network on an env without a state table (CartPole): act on the observation.
     import torch
 
@@ -113,14 +122,16 @@ def _action_name(env: Any, a: int) -> str:
 def grid_view(inner: Any, q: np.ndarray | None, values: bool = True
               ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(values, greedy actions) of the grid world's cells for its current goal, each
-    (height, width); None where unknown. The goal, a terminal cell, has neither (NaN, -1)."""
+    (height, width), over each cell's legal actions; None where unknown. The goal, a
+    terminal cell, has neither (NaN, -1)."""
     if q is None or not values:
         return None, None
     n = inner.n_cells
     g = inner.goal_cell
-    rows = q[g * n:(g + 1) * n] if inner.random_goal else q[:n]
-    v = rows.max(axis=1).astype(float)
-    a = rows.argmax(axis=1)
+    cells = slice(g * n, (g + 1) * n) if inner.random_goal else slice(0, n)
+    rows, legal = q[cells], inner.model.action_mask[cells]
+    v = legal_max(rows, legal).astype(float)
+    a = legal_argmax(rows, legal)
     v[g], a[g] = np.nan, -1
     return v.reshape(inner.height, inner.width), a.reshape(inner.height, inner.width)
 

@@ -22,7 +22,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from qlab.core.envs.model import TabularModel
-from qlab.core.oracle import value_iteration
+from qlab.core.oracle import legal_argmax, legal_max, value_iteration
 
 DPI = 110
 
@@ -118,14 +118,15 @@ def q_star(model: TabularModel, gamma: float) -> np.ndarray:
     return value_iteration(model, float(gamma)).q
 
 
-def _value_axes(ax, q: np.ndarray, layout: GridLayout, acting: np.ndarray,
+def _value_axes(ax, q: np.ndarray, layout: GridLayout, acting: np.ndarray, legal: np.ndarray,
                 optimal: np.ndarray | None, norm: Normalize, title: str, all_optimal: bool,
                 goal: int | None = None) -> Any:
-    """One heatmap: V = max_a Q on the cells, arrows for the greedy action (every optimal
-    action when ``all_optimal``); with ``optimal`` (S, A) a wrong greedy arrow is red."""
+    """One heatmap: V = max_a Q over the legal actions (``legal`` (S, A)) on the cells,
+    arrows for the greedy legal action (every optimal action when ``all_optimal``); with
+    ``optimal`` (S, A) a wrong greedy arrow is red."""
     H, W = layout.height, layout.width
     states = layout.states(goal)
-    v = q[states].max(axis=1).reshape(H, W)
+    v = legal_max(q[states], legal[states]).reshape(H, W)
     act = acting[states].reshape(H, W)
     cmap = colormaps["YlGn"].with_extremes(bad="#e4e4e4")
     im = ax.imshow(np.ma.masked_array(v, ~act), cmap=cmap, norm=norm, interpolation="nearest")
@@ -144,7 +145,7 @@ def _value_axes(ax, q: np.ndarray, layout: GridLayout, acting: np.ndarray,
         if all_optimal and optimal is not None:
             actions = np.flatnonzero(optimal[s])
         else:
-            actions = [int(np.argmax(q[s]))]
+            actions = [int(legal_argmax(q[s], legal[s]))]
         for a in actions:
             ok = optimal is None or bool(optimal[s, a])
             arrows[ok].append((c, r, *layout.moves[a][::-1]))
@@ -182,8 +183,11 @@ def value_figure(items: Sequence[tuple[str, np.ndarray, float]], model: TabularM
     the share of optimal greedy actions over the states where the agent acts. Grey cells:
     no action is ever taken there (goal, holes, cliff). The Q* panel shows every optimal
     action. ``rows``: a row label per item (e.g. its agent) — each row's panels then share
-    a line, with Q* (per distinct discount) in the first column."""
+    a line, with Q* (per distinct discount) in the first column. With per-state legal actions
+    (``model.legal``) V, the greedy action and max |Q − Q*| are over the legal ones, as the
+    training's evaluation takes them."""
     acting = model.acting_states
+    legal = model.action_mask
     gammas = list(dict.fromkeys(float(g) for _, _, g in items))
     sols = {g: value_iteration(model, g) for g in gammas}
 
@@ -193,8 +197,8 @@ def value_figure(items: Sequence[tuple[str, np.ndarray, float]], model: TabularM
 
     def learned(title: str, q: np.ndarray, g: float) -> tuple[str, np.ndarray, np.ndarray, bool]:
         sol = sols[float(g)]
-        ok = sol.is_optimal(q.argmax(axis=1))[acting]
-        err = float(np.abs(q - sol.q)[acting].max())
+        ok = sol.is_optimal(legal_argmax(q, legal))[acting]
+        err = float(np.abs(q - sol.q)[acting][legal[acting]].max())
         return (f"{title}\nmax|Q−Q*| {err:.3g}, optimal {int(ok.sum())}/{ok.size}", q,
                 sol.optimal, False)
 
@@ -215,7 +219,7 @@ def value_figure(items: Sequence[tuple[str, np.ndarray, float]], model: TabularM
     nrows = len(grid)
     panels = [p for row in grid for p in row if p is not None]
     st = layout.states(goal)
-    vals = np.concatenate([p[1][st].max(axis=1)[acting[st]] for p in panels])
+    vals = np.concatenate([legal_max(p[1][st], legal[st])[acting[st]] for p in panels])
     vals = vals[np.isfinite(vals)]  # a diverged replica's NaN/inf values are not shaded
     lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
     norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
@@ -236,7 +240,7 @@ def value_figure(items: Sequence[tuple[str, np.ndarray, float]], model: TabularM
             left = margin + j * (pw + gap)
             bottom = fh - top - (i + 1) * (title_h + ph) - i * 0.1
             ax = fig.add_axes((left / fw, bottom / fh, pw / fw, ph / fh))
-            im = _value_axes(ax, p[1], layout, acting, p[2], norm, p[0], p[3], goal)
+            im = _value_axes(ax, p[1], layout, acting, legal, p[2], norm, p[0], p[3], goal)
     cax = fig.add_axes(((fw - cbar_w + 0.15) / fw, 0.5 - 0.3 * min(1.0, 3.0 / fh),
                         0.12 / fw, 0.6 * min(1.0, 3.0 / fh)))
     fig.colorbar(im, cax=cax, label="V(s) = max_a Q(s, a)")
