@@ -63,10 +63,11 @@ def test_run_tracked_gives_run_ids(mlflow_uri) -> None:
     assert {client.get_run(r).info.status for r in result.run_ids} == {"FINISHED"}
 
 
-def test_run_from_python_shows_qlabs_lines_unless_logging_is_set_up(mlflow_uri, capsys,
-                                                                     monkeypatch) -> None:
+def test_run_from_python_shows_qlabs_lines_unless_logging_is_set_up(
+        mlflow_uri, sqlite_store, tmp_path, capsys, monkeypatch) -> None:
     """A plain script or notebook (no logging set up): qlab.run's INFO lines reach stderr as
     ``qlab: ...``; a caller's own logging set-up is left alone."""
+    assert sqlite_store(tmp_path) == mlflow_uri  # made already: MLflow's migrations take seconds
     log, root = logging.getLogger("qlab"), logging.getLogger()
     monkeypatch.setattr(log, "handlers", [])  # as in a fresh interpreter (the autouse
     monkeypatch.setattr(root, "handlers", [])  # console fixture and pytest's own undone)

@@ -9,8 +9,10 @@ is left out of every comparison.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from qlab.core import driver
 from qlab.core.compiled import CompiledStepper
 from qlab.core.driver import NumpyStepper
 from qlab.core.history import episodes_to_optimal_so_far
+from qlab.tracking.store import sqlite_path
 from tests.helpers import (
     WALL_CLOCK,
     assert_same_history,
@@ -371,13 +374,15 @@ def store(tmp_path_factory, compose_cfg, sqlite_store) -> dict:
             "bytes": path_a.read_bytes(), "path_b": path_b, "root": root}
 
 
-def snapshot(uri: str) -> list:
-    """Every run's status, end time, tags and number of points per metric."""
-    client = MlflowClient(uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    return sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.tags.items()),
-                   {k: len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics})
-                  for r in client.search_runs(exps))
+SNAPSHOT_TABLES = ("experiments", "runs", "tags", "params", "metrics", "latest_metrics")
+
+
+def snapshot(uri: str) -> dict[str, list]:
+    """Every row of the sqlite store's experiments, runs (status, end time, ...), their tags,
+    params and metric points, read in one query per table."""
+    with contextlib.closing(sqlite3.connect(sqlite_path(uri))) as con:
+        return {table: sorted(con.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+                for table in SNAPSHOT_TABLES}
 
 
 class Evil:

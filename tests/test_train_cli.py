@@ -137,3 +137,36 @@ def test_good_command_line_trains_and_tracks(results) -> None:
     # Artifacts live beside the store, not in the project.
     assert (workdir / "mlruns").is_dir()
 
+
+
+@pytest.mark.parametrize(("args", "composed"), [
+    (["hydra.searchpath=[file://{tmp}]", "agent=dqn", "env=griddy8", "~hparams"], 1),
+    (["agent.lr=-1"], 1),
+    (["hydra.run.dir=elsewhere", "agent.lr=-1"], 2),  # a hydra.* key: the job composed again
+    (["seed=0,1", "agent.lr=-1"], 3),  # a sweep: the sweeper's config, then each job's
+])
+def test_preflight_composes_a_one_job_command_line_once(args, composed, monkeypatch,
+                                                        tmp_path: Path) -> None:
+    """The check composes a command line of one job once (with Hydra's own config, which it
+    checks too) and validates that config as the job's: the same config the job composes."""
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from qlab.config import CONF_DIR
+    from qlab.sweeps import preflight
+
+    args = [*(a.format(tmp=tmp_path) for a in args), "tracking.enabled=false"]
+    calls: list[list[str]] = []
+    real = preflight.compose
+    monkeypatch.setattr(preflight, "compose",
+                        lambda **kw: calls.append(kw["overrides"]) or real(**kw))
+    errors = preflight.check(args)
+    assert len(calls) == composed, calls
+    assert errors == ([] if "agent=dqn" in args else ["agent.lr=-1.0: must be > 0"])
+    if composed == 1:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            job = preflight.job_overrides(args)
+            assert len(job) == 1
+            _, _, cfg = preflight._sweeper(args)
+            assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(real(config_name="config",
+                                                                     overrides=job[0]))

@@ -46,26 +46,52 @@ def register(config_dirs: Sequence[str | Path] = ()) -> None:
     for d in map(Path, [*config_dirs, *env_dirs]):
         if d not in _user_dirs:
             _user_dirs.append(d)
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=QlabConfig)
-    cs.store(group="env", name="base_env", node=EnvConfig)
-    cs.store(group="exploration", name="base_exploration", node=ExplorationConfig)
+    _store(None, "base_config", QlabConfig)
+    _store("env", "base_env", EnvConfig)
+    _store("exploration", "base_exploration", ExplorationConfig)
     for directory in (CONF_DIR, *map(Path, [*config_dirs, *env_dirs])):
         for path in sorted((directory / "agent").glob("*.yaml")):
             module = _yaml_key(path, "module")
             if module:
                 import_module(f"agent.module ({path.name})", module)
     for spec in agents.registry.AGENTS:
-        cs.store(group="agent", name=f"base_{spec.name}", node=spec.config)
+        _store("agent", f"base_{spec.name}", spec.config)
+
+
+# What register() put in the ConfigStore: (the store, (group, name) -> schema). Storing a
+# schema again builds it anew (milliseconds each; every composition registers): skipped
+# while the same schema is stored there already.
+_stored: tuple[ConfigStore | None, dict[tuple[str | None, str], type]] = (None, {})
+
+
+def _store(group: str | None, name: str, node: type) -> None:
+    global _stored
+    cs = ConfigStore.instance()
+    if _stored[0] is not cs:
+        _stored = (cs, {})
+    if _stored[1].get((group, name)) is not node:
+        cs.store(group=group, name=name, node=node)
+        _stored[1][(group, name)] = node
+
+
+_yaml_keys: dict[tuple[Path, str], tuple[tuple[int, int], str | None]] = {}  # by file version
 
 
 def _yaml_key(path: Path, key: str) -> str | None:
-    """A top-level string value of a YAML config file (None if absent or not a string)."""
+    """A top-level string value of a YAML config file (None if absent or not a string); read
+    again only once the file changed (its mtime or size)."""
     try:
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = _yaml_keys.get((path, key))
+        if cached is not None and cached[0] == version:
+            return cached[1]
         value = OmegaConf.load(path).get(key)
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable YAML config ({exc})") from None
-    return value if isinstance(value, str) else None
+    value = value if isinstance(value, str) else None
+    _yaml_keys[(path, key)] = (version, value)
+    return value
 
 
 def search_dirs(overrides: Sequence[str]) -> list[Path]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import (
     OmegaConfBaseException,
 )
@@ -53,20 +54,33 @@ def group_choice(job: Sequence[str]) -> str | None:
     return None
 
 
-def _sweeper(overrides: Sequence[str]) -> tuple[list[str], list[str] | None]:
+def _sweeper(overrides: Sequence[str]
+             ) -> tuple[list[str], list[str] | None, DictConfig | None]:
     """(The sweeps a config itself declares — ``hydra.sweeper.params`` of a named experiment —
     for keys the command line does not set, as overrides: the command line wins, as in Hydra's
-    basic sweeper; the keys the sweeper fuses: None unless ``hydra/sweeper=fused``)."""
+    basic sweeper; the keys the sweeper fuses: None unless ``hydra/sweeper=fused``; the job's
+    own config if the command line is one job as it stands — no sweep, no ``hydra.*`` override
+    but the search path, first — else None)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     given = {o.get_key_element().lstrip("+~") for o in parsed}
     cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
     _check_targets(cfg.hydra)
-    params = cfg.hydra.sweeper.get("params") or {}
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
+              if k not in given]
     keys = None
     if cfg.hydra.sweeper.get("_target_", "").endswith(".FusedSweeper"):
         keys = list(cfg.hydra.sweeper.get("fuse") or [])
-    return [f"{k}={v}" for k, v in params.items() if k not in given], keys
+    names = [o.get_key_element().lstrip("+~") for o in parsed]
+    hydra = [name.startswith("hydra") for name in names]  # what job_overrides() leaves out
+    one_job = (len(fixed) == len(parsed) and not params and keys is None
+               and all(name == "hydra.searchpath" for name in names if name.startswith("hydra"))
+               and hydra == sorted(hydra, reverse=True))  # the search path first, as in a job
+    if not one_job:
+        return params, keys, None
+    with open_dict(cfg):  # what compose() returns for the job (it composes the same way)
+        del cfg["hydra"]
+    return params, keys, cfg
 
 
 # What Hydra may instantiate from its own config: its plugins and qlab's callbacks. A
@@ -101,7 +115,7 @@ def check(overrides: Sequence[str]) -> list[str]:
     errors: list[str] = []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            params, fuse_keys = _sweeper(overrides)
+            params, fuse_keys, composed = _sweeper(overrides)
             jobs = job_overrides([*overrides, *params])
             if fuse_keys is not None:
                 jobs = fused.fuse(jobs, fuse_keys)
@@ -116,7 +130,9 @@ def check(overrides: Sequence[str]) -> list[str]:
                     errors.append(wrong)
                 continue
             try:
-                c = batch(compose(config_name="config", overrides=job)).config
+                if composed is None or len(jobs) != 1:
+                    composed = compose(config_name="config", overrides=job)
+                c = batch(composed).config
             except (HydraException, OmegaConfBaseException, ConfigError) as exc:
                 line = explain(exc)
                 if line not in errors:
