@@ -6,7 +6,6 @@ from __future__ import annotations
 import stat
 
 import pytest
-from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
 import qlab.tracking.server as server
 from tests.helpers import one_error_line
@@ -23,6 +22,9 @@ def test_a_whitespace_only_password_is_refused(monkeypatch, capsys) -> None:
 
 
 def test_a_changed_password_takes_effect_and_the_database_is_private(tmp_path) -> None:
+    # here, not at the top: MLflow's server modules take most of a second to import
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
     uri = f"sqlite:///{tmp_path / 'mlflow-auth.db'}"
     assert server.prepare_auth_db(uri, "admin", OLD) is None  # a new database, no user yet
     mode = stat.S_IMODE((tmp_path / "mlflow-auth.db").stat().st_mode)
