@@ -54,7 +54,7 @@ def test_batched_forward_equals_each_replicas_own_network():
     net = BatchedMLP([5, 16, 8, 3])
     rows = [net.init(torch.Generator().manual_seed(s)) for s in range(4)]
     flat = torch.stack(rows)
-    x = torch.randn(4, 7, 5)
+    x = torch.randn(4, 7, 5, generator=torch.Generator().manual_seed(0))
     out = net.forward(net.views(flat), x)
     assert out.shape == (4, 7, 3)
     for k in range(4):
@@ -154,7 +154,8 @@ def test_each_replica_keeps_its_own_lr_and_adam_step_count():
                          obs_table[rng.integers(0, 12, 3)], rng.random(3) < 0.3,
                          np.ones(3, dtype=bool))
     with torch.no_grad():
-        agent.params += 0.1 * torch.randn(agent.params.shape)  # online != target
+        agent.params += 0.1 * torch.randn(  # online != target (a fixed draw)
+            agent.params.shape, generator=torch.Generator().manual_seed(0))
     refs = []
     for k in range(3):
         net, tgt = mlp([5, 8, 3]), mlp([5, 8, 3])

@@ -112,7 +112,8 @@ def test_nstep_target_bootstraps_with_gamma_to_the_horizon():
                 target_update=1000, max_grad_norm=1e9)
     feed(agent)
     with torch.no_grad():
-        agent.params += 0.1 * torch.randn(agent.params.shape)  # online != target
+        agent.params += 0.1 * torch.randn(  # online != target (a fixed draw)
+            agent.params.shape, generator=torch.Generator().manual_seed(0))
     before, target = agent.params.clone(), agent.target.clone()
     replay = agent.buffer._rand.state()
     agent._train(np.array([True, True]))
@@ -231,7 +232,8 @@ def test_a_dueling_nstep_burst_equals_plain_torch_steps(double):
                 gradient_steps=G, target_update=1000, double=double, dueling=True, n_step=3,
                 max_grad_norm=0.5)
     with torch.no_grad():
-        agent.params += 0.1 * torch.randn(agent.params.shape)
+        agent.params += 0.1 * torch.randn(agent.params.shape,
+                                          generator=torch.Generator().manual_seed(0))
     before, target = agent.params.clone(), agent.target.clone()
     feed(agent, [e[:9] for e in EPISODES])
     replay = agent.buffer._rand.state()
