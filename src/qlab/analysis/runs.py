@@ -270,12 +270,12 @@ def history_frame(client: MlflowClient, runs: pd.DataFrame, keys: Iterable[str] 
     wanted = None if keys is None else set(keys)
     cols = [c for c in runs.columns if c.startswith("metrics.")
             and (wanted is None or c[len("metrics."):] in wanted)]
-    keys = [c[len("metrics."):] for c in cols]
+    names = [c[len("metrics."):] for c in cols]
     run_ids = list(runs["run_id"])
-    h = metric_points.histories(client, run_ids, keys) if keys and run_ids else None
+    h = metric_points.histories(client, run_ids, names) if names and run_ids else None
     if h is None:  # not an SQL store: one get_metric_history per run and key (a key whose
         # last value is NaN shows as NaN in ``runs`` too, so every key is asked for)
-        h = _fetch_histories(client, [(r, k) for r in run_ids for k in keys], workers)
+        h = _fetch_histories(client, [(r, k) for r in run_ids for k in names], workers)
     h = (h.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
           .drop_duplicates(["run_id", "key", "step"], keep="last")
           .drop(columns="timestamp").reset_index(drop=True))
