@@ -146,11 +146,11 @@ def test_store_gone_mid_run_keeps_metrics_locally(compose_cfg, monkeypatch, tmp_
     calls = {"n": 0}
     real = metric_points.write
 
-    def dying(client, run_id, series):
+    def dying(client, points):
         calls["n"] += 1
         if calls["n"] > 6:
             raise MlflowException("API request failed: Connection refused")
-        return real(client, run_id, series)
+        return real(client, points)
 
     def gone(self, *args, **kwargs):
         if calls["n"] > 6:

@@ -66,7 +66,7 @@ def test_bulk_rows_equal_log_batch_rows(store, monkeypatch) -> None:
 
     monkeypatch.setattr(MlflowClient, "log_batch", not_for_bulk)
     for flush in FLUSHES:
-        metric_points.write(client, bulk, flush)
+        metric_points.write(client, {bulk: flush})
     metrics, latest = _rows(db, bulk)
     assert (metrics, latest) == _rows(db, batch)
     assert len(metrics) == 22 and dict((r[0], r[1:]) for r in latest) == {
@@ -87,9 +87,9 @@ def test_a_point_the_run_holds_goes_through_log_batch(store) -> None:
     it) leaves each point once, as ``log_batch`` does."""
     client, db, exp = store
     run = client.create_run(exp).info.run_id
-    metric_points.write(client, run, FLUSHES[0])
+    metric_points.write(client, {run: FLUSHES[0]})
     once = _rows(db, run)
-    metric_points.write(client, run, FLUSHES[0])
+    metric_points.write(client, {run: FLUSHES[0]})
     assert _rows(db, run) == once
 
 
@@ -98,8 +98,53 @@ def test_a_deleted_run_is_refused_and_left_unwritten(store) -> None:
     run = client.create_run(exp).info.run_id
     client.delete_run(run)
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
-        metric_points.write(client, run, FLUSHES[0])
+        metric_points.write(client, {run: FLUSHES[0]})
     assert _rows(db, run) == ([], [])
+
+
+def _shifted(flush: list[Series], k: int) -> list[Series]:
+    return [s._replace(values=s.values + k) for s in flush]
+
+
+def test_several_runs_go_in_one_transaction_with_log_batch_rows(store, monkeypatch) -> None:
+    """A write of several runs is one insert (one transaction) and leaves each run the rows
+    its own ``log_batch`` calls would, whatever keys the runs share."""
+    client, db, exp = store
+    bulk = [client.create_run(exp).info.run_id for _ in range(3)]
+    batch = [client.create_run(exp).info.run_id for _ in range(3)]
+    for k, run in enumerate(batch):
+        for flush in FLUSHES:
+            for s in _shifted(flush, k)[k:]:  # run k lacks the first k keys
+                client.log_batch(run, metrics=metric_points.as_metrics([s]))
+    inserts = []
+    real = metric_points._insert
+    monkeypatch.setattr(metric_points, "_insert",
+                        lambda sql, points: inserts.append(sorted(points)) or real(sql, points))
+    for flush in FLUSHES:
+        metric_points.write(client, {run: _shifted(flush, k)[k:] for k, run in enumerate(bulk)})
+    assert inserts == [sorted(bulk)] * 2
+    for b, m in zip(bulk, batch, strict=True):
+        assert _rows(db, b) == _rows(db, m) and _rows(db, b)[0]
+
+
+def test_a_refused_run_among_several_stops_the_write_there(store) -> None:
+    """As ``log_batch`` calls in order: the runs before the deleted one are written, it is
+    refused, and nothing is written after it."""
+    client, db, exp = store
+    runs = [client.create_run(exp).info.run_id for _ in range(3)]
+    client.delete_run(runs[1])
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        metric_points.write(client, {run: FLUSHES[0] for run in runs})
+    assert len(_rows(db, runs[0])[0]) == 12
+    assert _rows(db, runs[1]) == _rows(db, runs[2]) == ([], [])
+
+
+def test_a_point_one_of_several_runs_holds_is_written_once(store) -> None:
+    client, db, exp = store
+    runs = [client.create_run(exp).info.run_id for _ in range(2)]
+    metric_points.write(client, {runs[0]: FLUSHES[0]})
+    metric_points.write(client, {run: FLUSHES[0] for run in runs})
+    assert _rows(db, runs[0]) == _rows(db, runs[1]) and len(_rows(db, runs[0])[0]) == 12
 
 
 def test_histories_read_back_what_get_metric_history_gives(store) -> None:
@@ -109,7 +154,7 @@ def test_histories_read_back_what_get_metric_history_gives(store) -> None:
     runs = [client.create_run(exp).info.run_id for _ in range(3)]
     for k, run in enumerate(runs):
         for flush in FLUSHES:
-            metric_points.write(client, run, [s._replace(values=s.values + k) for s in flush])
+            metric_points.write(client, {run: _shifted(flush, k)})
     keys = ["train/a", "eval/c", "train/new"]
     got = metric_points.histories(client, runs[:2], keys)
     expected = [(run, key, m.step, repr(m.value), m.timestamp) for run in runs[:2]

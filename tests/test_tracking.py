@@ -265,6 +265,49 @@ def test_interrupted_runs_keep_their_metrics(compose_cfg, shared_store, experime
         assert "q_table.npy" not in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+def test_a_failed_metric_write_is_sent_again_when_the_runs_end(
+        compose_cfg, shared_store, experiment, monkeypatch) -> None:
+    """One write fails mid-run (say the database was locked too long): the job stops FAILED
+    with a one-line StoreError, and the points of that write go with the next write, so
+    every episode finished is in the store once, with no gap."""
+    from mlflow.exceptions import MlflowException
+
+    from qlab.tracking import metric_points
+    from qlab.tracking.store import StoreError
+
+    calls = {"failed": 0, "after": 0}
+    real = metric_points.write
+
+    def once_failing(client, points):
+        if calls["failed"]:
+            calls["after"] += 1
+        elif any(s.key == "train/episode_return" and s.steps[-1] >= 5
+                 for series in points.values() for s in series):
+            calls["failed"] += 1
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(client, points)
+
+    monkeypatch.setattr(metric_points, "write", once_failing)
+    cfg = compose_cfg(["replicas=2", "episodes=400", "eval_every=3", "fast=off",
+                       f"tracking.uri={shared_store}", f"experiment_name={experiment}",
+                       "tracking.flush_seconds=1e-9"])
+    with pytest.raises(StoreError, match="database is locked; the runs ended FAILED"):
+        qlab.app.train.run(cfg)
+    client = MlflowClient(shared_store)
+    runs = runs_of(shared_store, experiment)
+    # the training loop's last update sends the failed write's points again
+    assert len(runs) == 2 and calls == {"failed": 1, "after": 2}  # and the closing write
+    held = []
+    for run in runs:
+        assert run.info.status == "FAILED"
+        steps, _ = steps_and_values(client, run.info.run_id, "train/episode_return")
+        assert steps == list(range(len(steps)))
+        held.append(len(steps))
+        steps, _ = steps_and_values(client, run.info.run_id, "eval/q_error")
+        assert steps == list(range(2, 3 * len(steps), 3))
+    assert max(held) >= 6  # episode 5, of the failed write, is in
+
+
 def test_flatten() -> None:
     nested = {"agent": {"lr": 0.1, "hidden": [64, 64]}, "seed": 3, "env": {"kwargs": {}},
               "tracking": {"uri": None}}

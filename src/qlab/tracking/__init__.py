@@ -176,16 +176,32 @@ class Tracker:
         return curve_steps(lo, hi, points)
 
     def update(self, history) -> None:
-        """Write the metric points recorded since the last call (one write per run; an
-        aggregate run takes the episodes every one of its replicas has finished)."""
+        """Write the metric points recorded since the last call (every run's in one write;
+        an aggregate run takes the episodes every one of its replicas has finished)."""
         self.failed.update(history.failed)
         self._history = history
         now = int(time.time() * 1000)
-        for j, run_id in enumerate(self.run_ids):
-            m = self.groups[j]
-            metrics = self._points(history, j, int(history.done[m.start:m.stop].min()),
-                                   int(history.evals_done[m.start:m.stop].min()), now)
-            metric_points.write(self.client, run_id, metrics)
+        with self._sending():
+            points = {}
+            for j, run_id in enumerate(self.run_ids):
+                m = self.groups[j]
+                points[run_id] = self._points(history, j,
+                                              int(history.done[m.start:m.stop].min()),
+                                              int(history.evals_done[m.start:m.stop].min()), now)
+            metric_points.write(self.client, points)
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """Points are marked sent as they are gathered; if writing them fails, they are
+        unmarked, so the next attempt (the runs' closing write) sends them again (the points
+        a run already holds then go once: see :func:`metric_points.write`)."""
+        saved = (self._train_sent.copy(), self._eval_sent.copy(),
+                 [dict(m) for m in self._logged])
+        try:
+            yield
+        except BaseException:
+            self._train_sent, self._eval_sent, self._logged = saved
+            raise
 
     def log_evals(self, key: str, table: np.ndarray) -> None:
         """A metric computed from the finished History, one value per replica and evaluation
@@ -233,6 +249,28 @@ class Tracker:
         for j in range(len(self.run_ids)):
             write(self.groups[j], self._run_dir(j))
 
+    def _last_points(self, h, j: int, final: bool, now: int) -> list[Series]:
+        """Run j's points not yet sent when it ends (see :meth:`_close_history`)."""
+        m = self.groups[j]
+        done, evals_done = h.done[m.start:m.stop], h.evals_done[m.start:m.stop]
+        if not final:  # a resumable stop: only what every replica finished (a mean of
+            # fewer replicas would stay in the store after the resume)
+            going = np.array([k not in self.failed for k in m])
+            if going.any():
+                done, evals_done = done[going].min(keepdims=True), evals_done[going].min(
+                    keepdims=True)
+        metrics = self._points(h, j, int(done.max(initial=0)), int(evals_done.max(initial=0)),
+                               now)
+        last = int(done.max(initial=0)) - 1
+        for key, table in h.train.items():  # a finished run's curves end at its last episode
+            if final and last > self._logged[j].get(key, -1):
+                metrics += self._series(key, self._block(j, table, [last]), np.array([last]),
+                                        now)
+                self._logged[j][key] = last
+        for key, table in self._evals.items():
+            metrics += self._eval_table_points(h, j, key, table, now)
+        return metrics
+
     def _close_history(self, final: bool = True) -> None:
         """Each run's last points (episodes thinning skipped, an aggregate's replicas that
         finished later, :meth:`log_evals`), its per-episode table (``episodes.csv``, or an
@@ -245,26 +283,9 @@ class Tracker:
         if h is None or self._closed:
             return
         now = int(time.time() * 1000)
-        for j, run_id in enumerate(self.run_ids):
-            m = self.groups[j]
-            done, evals_done = h.done[m.start:m.stop], h.evals_done[m.start:m.stop]
-            if not final:  # a resumable stop: only what every replica finished (a mean of
-                # fewer replicas would stay in the store after the resume)
-                going = np.array([k not in self.failed for k in m])
-                if going.any():
-                    done, evals_done = done[going].min(keepdims=True), evals_done[going].min(
-                        keepdims=True)
-            metrics = self._points(h, j, int(done.max(initial=0)),
-                                   int(evals_done.max(initial=0)), now)
-            last = int(done.max(initial=0)) - 1
-            for key, table in h.train.items():  # a finished run's curves end at its last episode
-                if final and last > self._logged[j].get(key, -1):
-                    metrics += self._series(key, self._block(j, table, [last]),
-                                            np.array([last]), now)
-                    self._logged[j][key] = last
-            for key, table in self._evals.items():
-                metrics += self._eval_table_points(h, j, key, table, now)
-            metric_points.write(self.client, run_id, metrics)
+        with self._sending():
+            metric_points.write(self.client, {run_id: self._last_points(h, j, final, now)
+                                              for j, run_id in enumerate(self.run_ids)})
         try:  # every run's metrics are in: now their files
             for j, run_id in enumerate(self.run_ids):
                 self._upload_files(h, j, run_id)

@@ -1,5 +1,5 @@
-"""Runs' metric points in bulk: a run's new points written in one transaction, many runs'
-histories read back in one query.
+"""Runs' metric points in bulk: the new points of all of a job's runs written in one
+transaction, many runs' histories read back in one query.
 
 MLflow's ``log_batch`` builds one ORM object per point and then compares each with the run's
 latest value of its key: ~5-13k points/s on a sqlite store, most of a tracked job's time
@@ -8,8 +8,10 @@ latest value of its key: ~5-13k points/s on a sqlite store, most of a tracked jo
 does the writing) the points go in bulk instead: one multi-row insert into MLflow's own
 ``metrics`` table (its SQLAlchemy model, so its schema) and the ``latest_metrics`` rows of the
 written keys updated as ``log_batch`` would (the latest point by step, then timestamp, then
-value), in one transaction on the store's own session, after the same check that the run is
-still active. The rows are those ``log_batch`` writes (NaN stored as 0 with ``is_nan``,
+value), for all the runs of a write in one transaction on the store's own session, after the
+same check that each run is still active (one commit per flush of a job, not one per run).
+If that transaction fails, the runs are written one at a time, as ``log_batch`` calls in
+order would be. The rows are those ``log_batch`` writes (NaN stored as 0 with ``is_nan``,
 infinities as the largest float); ``tests/test_metric_points.py`` checks both paths leave
 identical tables. Any other store, a point already in the store (a duplicate key of MLflow's
 table) or an MLflow whose store lacks what this relies on: ``log_batch``.
@@ -22,7 +24,7 @@ and key (``get_metric_history``); it gives the values that call gives.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -44,17 +46,32 @@ class Series(NamedTuple):
     timestamp: int
 
 
-def write(client: MlflowClient, run_id: str, series: Sequence[Series]) -> None:
-    """Write ``series`` to run ``run_id`` (in bulk into an SQL store, else ``log_batch``)."""
-    series = [s for s in series if len(s.steps)]
-    if not series:
+def write(client: MlflowClient, points: Mapping[str, Sequence[Series]]) -> None:
+    """Write each run's ``points`` (run id -> its series): into an SQL store every run's in
+    one transaction, else one ``log_batch`` per run. If the transaction fails (a run no
+    longer active, a point a run already holds), the runs are written one at a time in
+    order, as ``log_batch`` calls would be: those before a refused run are written."""
+    points = {run: kept for run, series in points.items()
+              if (kept := [s for s in series if len(s.steps)])}
+    if not points:
         return
     sql = _sql_store(client)
+    if sql is not None and len(points) > 1:
+        try:
+            _insert(sql, points)
+            return
+        except MlflowException:
+            pass  # find the run it was, and write the others: one at a time
+    for run_id, series in points.items():
+        _write_run(client, sql, run_id, series)
+
+
+def _write_run(client: MlflowClient, sql, run_id: str, series: Sequence[Series]) -> None:
     if sql is not None:
         from sqlalchemy.exc import IntegrityError
 
         try:
-            _insert(sql, run_id, series)
+            _insert(sql, {run_id: series})
             return
         except MlflowException as exc:  # the store's session turns database errors into these
             if not isinstance(exc.__cause__, IntegrityError):
@@ -128,30 +145,39 @@ def _stored(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.where(is_nan, 0.0, values), -LARGEST, LARGEST), is_nan
 
 
-def _insert(sql, run_id: str, series: Sequence[Series]) -> None:
+def _insert(sql, points: Mapping[str, Sequence[Series]]) -> None:
+    """Every run's points in one transaction: the runs checked active, the points inserted,
+    each run's latest value of each written key updated (rows locked in run, key order)."""
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
     from sqlalchemy import insert
 
     rows, latest = [], {}
-    for s in series:
-        steps = np.asarray(s.steps, dtype=np.int64)
-        values, is_nan = _stored(s.values)
-        rows += [{"key": s.key, "value": v, "timestamp": s.timestamp, "step": e,
-                  "is_nan": n, "run_uuid": run_id}
-                 for e, v, n in zip(steps.tolist(), values.tolist(), is_nan.tolist(),
-                                    strict=True)]
-        i = np.lexsort((values, steps))[-1]  # the latest: by step, then value (one timestamp)
-        point = (int(steps[i]), s.timestamp, float(values[i]), bool(is_nan[i]))
-        if s.key not in latest or point[:3] > latest[s.key][:3]:
-            latest[s.key] = point
+    for run_id, series in points.items():
+        for s in series:
+            steps = np.asarray(s.steps, dtype=np.int64)
+            values, is_nan = _stored(s.values)
+            rows += [{"key": s.key, "value": v, "timestamp": s.timestamp, "step": e,
+                      "is_nan": n, "run_uuid": run_id}
+                     for e, v, n in zip(steps.tolist(), values.tolist(), is_nan.tolist(),
+                                        strict=True)]
+            i = np.lexsort((values, steps))[-1]  # the latest: by step, then value (one time)
+            point = (int(steps[i]), s.timestamp, float(values[i]), bool(is_nan[i]))
+            if (run_id, s.key) not in latest or point[:3] > latest[run_id, s.key][:3]:
+                latest[run_id, s.key] = point
+    runs = sorted(points)
+    keys = sorted({key for _, key in latest})
     with _write_session(sql) as session:
-        sql._check_run_is_active(sql._get_run(run_uuid=run_id, session=session))
+        for run_id in points:
+            sql._check_run_is_active(sql._get_run(run_uuid=run_id, session=session))
         session.execute(insert(SqlMetric.__table__), rows)
-        old = {m.key: m for m in session.query(SqlLatestMetric).filter(
-            SqlLatestMetric.run_uuid == run_id, SqlLatestMetric.key.in_(sorted(latest)))
-            .order_by(SqlLatestMetric.key).with_for_update()}
-        for key, (step, timestamp, value, is_nan) in latest.items():
-            m = old.get(key)
+        old = {}
+        for i in range(0, len(runs), RUNS_PER_QUERY):  # bounded bound parameters
+            old.update({(m.run_uuid, m.key): m for m in session.query(SqlLatestMetric).filter(
+                SqlLatestMetric.run_uuid.in_(runs[i:i + RUNS_PER_QUERY]),
+                SqlLatestMetric.key.in_(keys))
+                .order_by(SqlLatestMetric.run_uuid, SqlLatestMetric.key).with_for_update()})
+        for (run_id, key), (step, timestamp, value, is_nan) in latest.items():
+            m = old.get((run_id, key))
             if m is None:
                 session.add(SqlLatestMetric(run_uuid=run_id, key=key, value=value,
                                             timestamp=timestamp, step=step, is_nan=is_nan))
