@@ -21,7 +21,8 @@ For each job (``env=griddy8 episodes=300``, tabular_q with its tuned settings, r
 With ``commands`` the section also times the whole ``qlab-train`` command in a fresh process
 (interpreter, imports, Hydra, training, tracking) tracked against untracked, for the issue's
 end-to-end targets: replicas=64 within 4x, replicas=4096 aggregate within 1.5x; with
-``sweep`` the headline sweep (``+experiment=epsilon_decay``) tracked within 1.3x.
+``sweep`` the headline sweep (``+experiment=epsilon_decay``) tracked within 1.3x
+(``sweep_repeats`` pairs: a sweep's ratio spreads by +-0.1 from pair to pair here).
 """
 
 from __future__ import annotations
@@ -136,16 +137,22 @@ def command_seconds(args: Sequence[str], uri: str, cwd: str) -> float:
 
 
 def command_rows(uri: str, cwd: str, label: str, args: Sequence[str], repeats: int,
-                 target: float, say) -> list[Row]:
-    """The whole command tracked against untracked: median seconds and their ratio."""
+                 target: float, say, sweep_dir: str | None = None) -> list[Row]:
+    """The whole command tracked against untracked: median seconds and their ratio. The pairs
+    alternate which one runs first (off-on, on-off, ...), so a drift in the machine's speed
+    does not favour one side; a sweep (``sweep_dir``) gets a fresh sweep directory per run."""
     off, on = [], []
     for rep in range(repeats):
-        say(f"tracking: qlab-train {' '.join(args)}, off / on, repeat {rep + 1}")
-        off.append(command_seconds([*args, "tracking.enabled=false"], uri, cwd))
-        on.append(command_seconds(args, uri, cwd))
+        say(f"tracking: qlab-train {' '.join(args)}, off / on, pair {rep + 1} of {repeats}")
+        for tracked in ((False, True) if rep % 2 == 0 else (True, False)):
+            extra = [f"hydra.sweep.dir={sweep_dir}/{rep}-{'on' if tracked else 'off'}"
+                     ] if sweep_dir else []
+            seconds = command_seconds([*args, *extra, *([] if tracked else
+                                                         ["tracking.enabled=false"])], uri, cwd)
+            (on if tracked else off).append(seconds)
     ratio = [b / a for a, b in zip(off, on, strict=True)]
     what = f"qlab-train {' '.join(args)}"
-    note = f"{repeats} pair(s), fresh process each"
+    note = f"{repeats} pair(s), fresh process each, alternating which runs first"
     row = Row(SECTION, f"tracked / untracked, {label}", "qlab-train command", median(ratio), "x",
               ratio, note=f"{what}; off {median(off):.3g} s, on {median(on):.3g} s; {note}")
     check_target(row, "<=", target, on="value")
@@ -153,7 +160,8 @@ def command_rows(uri: str, cwd: str, label: str, args: Sequence[str], repeats: i
 
 
 def measure(replicas: Sequence[int] = (1, 16, 64), aggregate: int = 4096, repeats: int = 3,
-            commands: bool = True, sweep: bool = True, progress=None) -> list[Row]:
+            commands: bool = True, sweep: bool = True, sweep_repeats: int = 5,
+            progress=None) -> list[Row]:
     say = progress or (lambda msg: None)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="qlab-bench-") as tmp:
@@ -179,7 +187,6 @@ def measure(replicas: Sequence[int] = (1, 16, 64), aggregate: int = 4096, repeat
                                      n, COMMAND_TARGETS["aggregate"], say)
         if sweep:
             rows += command_rows(uri, tmp, "the headline sweep",
-                                 ["+experiment=epsilon_decay", "experiment_name=bench-sweep",
-                                  f"hydra.sweep.dir={tmp}/multirun"], min(repeats, 2),
-                                 SWEEP_TARGET, say)
+                                 ["+experiment=epsilon_decay", "experiment_name=bench-sweep"],
+                                 sweep_repeats, SWEEP_TARGET, say, sweep_dir=f"{tmp}/multirun")
     return rows
