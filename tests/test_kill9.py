@@ -123,13 +123,8 @@ class Killed(BaseException):
     """Stands in for kill -9: nothing of the process runs after it (no run is ended)."""
 
 
-def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
-        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
-    """Killed after its first run was made, before the second: resume=auto trains the config
-    as a new job and ends the run left RUNNING (KILLED, saying why)."""
-    uri = sqlite_store(tmp_path)
-    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
-            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+def _killed_while_made(monkeypatch, compose_cfg, args: list[str]) -> None:
+    """Run ``args`` and die (as by kill -9) after its first run is made, before the second."""
     create_run = MlflowClient.create_run
     made: list = []
 
@@ -143,6 +138,16 @@ def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
     with pytest.raises(Killed):
         qlab.app.train.run(compose_cfg(args))
     monkeypatch.setattr(MlflowClient, "create_run", create_run)
+
+
+def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    """Killed after its first run was made, before the second: resume=auto trains the config
+    as a new job and ends the run left RUNNING (KILLED, saying why)."""
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    _killed_while_made(monkeypatch, compose_cfg, args)
     client = MlflowClient(uri)
     (left,) = runs_of(client, experiment)
     assert left.info.status == "RUNNING"
@@ -152,6 +157,54 @@ def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
     old = runs.pop(left.info.run_id)
     assert old.info.status == "KILLED"
     assert old.data.tags["error"].startswith("stopped while its job's runs were being created")
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED"]
+
+
+def test_a_run_left_running_is_ended_when_a_later_job_finished_its_config(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    """Killed while its runs were made; the same config then trained to the end without
+    resume (a new job); resume=auto skips the config and ends the run left RUNNING."""
+    uri = sqlite_store(tmp_path)
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
+    _killed_while_made(monkeypatch, compose_cfg, args)
+    client = MlflowClient(uri)
+    (left,) = runs_of(client, experiment)
+    qlab.app.train.run(compose_cfg(args))  # no resume: a job of its own, FINISHED
+    assert {r.info.run_id: r.info.status for r in runs_of(client, experiment)}[
+        left.info.run_id] == "RUNNING"
+    result = qlab.app.train.run(compose_cfg([*args, "resume=auto"]))
+    assert result.history is None  # skipped: nothing trained
+    runs = {r.info.run_id: r for r in runs_of(client, experiment)}
+    assert len(runs) == 3
+    old = runs.pop(left.info.run_id)
+    assert old.info.status == "KILLED"
+    assert old.data.tags["error"].startswith("stopped while its job's runs were being created; "
+                                             "job ") and "to the end" in old.data.tags["error"]
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED"]
+
+
+def test_runs_being_made_under_another_checkpoint_dir_are_left_alone(
+        tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
+    """A job whose runs are being made by a live process (its lock held) under checkpoint_dir
+    A is not taken for abandoned by resume=auto with checkpoint_dir B: the lock is looked for
+    where the job's runs say its checkpoint is."""
+    from qlab.app.resume import CKPT_TAG, JobLock
+
+    uri = sqlite_store(tmp_path)
+    common = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+              f"experiment_name={experiment}"]
+    _killed_while_made(monkeypatch, compose_cfg, [*common, f"checkpoint_dir={tmp_path / 'a'}"])
+    client = MlflowClient(uri)
+    (left,) = runs_of(client, experiment)
+    lock = JobLock(Path(left.data.tags[CKPT_TAG]).parent)  # as the live process holds it
+    try:
+        qlab.app.train.run(compose_cfg([*common, f"checkpoint_dir={tmp_path / 'b'}",
+                                        "resume=auto"]))
+    finally:
+        lock.release()
+    runs = {r.info.run_id: r for r in runs_of(client, experiment)}
+    assert runs.pop(left.info.run_id).info.status == "RUNNING"
     assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED"]
 
 

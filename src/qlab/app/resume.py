@@ -180,9 +180,12 @@ def _whole(runs: list, replicas: int | None) -> bool:
     return (replicas is None or len(runs) == replicas) and all(r.data.params for r in runs)
 
 
-def _training(root: Path, job_id: str) -> bool:
-    """Whether a live process holds the job's lock (it is training it now)."""
-    path = root / job_id / LOCK_NAME
+def _training(root: Path, job_id: str, runs: list) -> bool:
+    """Whether a live process holds the job's lock (it is training it now). The lock is
+    beside the checkpoint path its runs were tagged with (whatever ``checkpoint_dir`` this
+    command has), else under ``root``."""
+    tagged = next((r.data.tags[CKPT_TAG] for r in runs if r.data.tags.get(CKPT_TAG)), None)
+    path = (Path(tagged).parent if tagged else root / job_id) / LOCK_NAME
     if not path.exists():
         return False
     try:
@@ -259,22 +262,11 @@ def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
         raise ResumeError(f"resume={spec}: needs tracking (tracking.enabled=true)")
     if spec == "auto":
         jobs = _jobs(client, exp_id, f"tags.`{HASH_TAG}` = '{h}'") if exp_id else {}
-        for job_id, runs in jobs.items():
-            if all(r.info.status == "FINISHED" for r in runs):
-                return Plan(job_id, root / job_id, [r.info.run_id for r in runs], skip=True)
-        for job_id, runs in jobs.items():
-            if _has_checkpoint(runs):
-                return _resume(client, spec, job_id, runs, resolved, params, h)
-        for job_id, runs in jobs.items():  # stopped before its first checkpoint
-            if _whole(runs, replicas) and not _training(root, job_id):
-                try:
-                    return _resume(client, spec, job_id, runs, resolved, params, h, replicas)
-                except ResumeError:  # its checkpoint is gone: that job cannot continue
-                    continue
-        fresh.abandoned = [r.info.run_id for job_id, runs in jobs.items()
-                           if not _whole(runs, replicas) and not _training(root, job_id)
-                           for r in runs if r.info.status == "RUNNING"]
-        return _tagged(fresh, h)
+        chosen = _auto(client, jobs, fresh, root, resolved, params, h, replicas)
+        chosen.abandoned = [r.info.run_id for job_id, runs in jobs.items()
+                            if not _whole(runs, replicas) and not _training(root, job_id, runs)
+                            for r in runs if r.info.status == "RUNNING"]
+        return chosen
     if spec == "last":
         jobs = _jobs(client, exp_id, f"tags.`{JOB_TAG}` != ''") if exp_id else {}
         for job_id, runs in jobs.items():
@@ -300,6 +292,26 @@ def plan(client: MlflowClient | None, exp_id: str | None, spec: str | None,
                           "with checkpoints)")
     return _resume(client, spec, job_id, _job_runs(client, exp_id, job_id), resolved, params, h,
                    replicas)
+
+
+def _auto(client: MlflowClient, jobs: dict[str, list], fresh: Plan, root: Path,
+          resolved: dict[str, Any], params: dict[str, str], h: str,
+          replicas: int | None) -> Plan:
+    """``resume=auto`` among the jobs of the same config hash: skip one FINISHED, resume one
+    with a checkpoint (or whole, stopped before its first), else the ``fresh`` plan."""
+    for job_id, runs in jobs.items():
+        if all(r.info.status == "FINISHED" for r in runs):
+            return Plan(job_id, root / job_id, [r.info.run_id for r in runs], skip=True)
+    for job_id, runs in jobs.items():
+        if _has_checkpoint(runs):
+            return _resume(client, "auto", job_id, runs, resolved, params, h)
+    for job_id, runs in jobs.items():  # stopped before its first checkpoint
+        if _whole(runs, replicas) and not _training(root, job_id, runs):
+            try:
+                return _resume(client, "auto", job_id, runs, resolved, params, h, replicas)
+            except ResumeError:  # its checkpoint is gone: that job cannot continue
+                continue
+    return _tagged(fresh, h)
 
 
 def _tagged(p: Plan, h: str) -> Plan:
@@ -363,7 +375,9 @@ def end_abandoned(p: Plan, uri: str) -> None:
         return
     client = store.client_for(uri)
     why = (f"stopped while its job's runs were being created; trained again as job "
-           f"{p.job_id} (resume=auto)")
+           f"{p.job_id} (resume=auto)" if not p.skip else
+           f"stopped while its job's runs were being created; job {p.job_id} trained the same "
+           "config to the end (resume=auto)")
     for run_id in p.abandoned:
         client.set_tag(run_id, "error", why)
         client.set_terminated(run_id, "KILLED")

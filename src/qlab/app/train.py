@@ -51,6 +51,7 @@ def run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Result:
             plan = resume.plan_job(uri, c.experiment_name, c.resume, resolved, batch.params(0),
                                    root, len(seeds))
             if plan.skip:
+                resume.end_abandoned(plan, uri)  # runs of an earlier attempt killed while made
                 resume.announce(plan)
                 return Result(c, None, None, plan.run_ids)
             resume.restore(plan, env, agent, job.evaluator, c.episodes, c.eval_every)
