@@ -104,6 +104,31 @@ def test_the_per_replica_table_reads_back_bit_exact(both, tmp_path) -> None:
         np.testing.assert_array_equal(tables, q[rows.start:rows.stop])
 
 
+def test_a_table_of_replicas_stopped_apart_puts_each_evaluation_at_its_episode() -> None:
+    """Replicas that finished different episodes and evaluations (one stopped before its
+    first, slots past a replica's evaluations holding junk): each evaluation value is on
+    the row of the episode it followed, and only there."""
+    from types import SimpleNamespace
+
+    done = np.array([6, 3, 0, 5])
+    evals_done = np.array([3, 1, 0, 2])
+    eval_steps = np.array([[1, 3, 5], [1, 99, -7], [42, 42, 42], [1, 3, 12]])
+    rng = np.random.default_rng(0)
+    h = SimpleNamespace(done=done, evals_done=evals_done, eval_steps=eval_steps,
+                        train={"train/x": rng.random((4, 6))},
+                        evals={"eval/a": rng.random((4, 3)), "eval/b": rng.random((4, 3))})
+    table = aggregate.replica_table(h, range(1, 4), np.array([8, 9, 10])).to_pandas()
+    assert list(zip(table["replica"], table["episode"], strict=True)) == [
+        (1, 0), (1, 1), (1, 2), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]
+    assert list(table["seed"]) == [8] * 3 + [10] * 5
+    for key, t in h.evals.items():
+        expected = np.full(8, np.nan)
+        expected[[1, 4, 6]] = t[1, 0], t[3, 0], t[3, 1]
+        np.testing.assert_array_equal(table[key], expected)
+    np.testing.assert_array_equal(table["train/x"], np.r_[h.train["train/x"][1, :3],
+                                                          h.train["train/x"][3, :5]])
+
+
 @pytest.mark.slow  # two full reports (figures, bootstrap): seconds of CPU beyond the budget
 def test_report_of_an_aggregate_sweep_matches_the_per_replica_one(both, tmp_path) -> None:
     """qlab-report expands each aggregate run into its replicas: the same scores, groups and

@@ -146,9 +146,16 @@ def test_tracking_section_smoke() -> None:
         cost = by(rows, f"tracking's cost, griddy8 x 300 episodes, {label}")
         floor = cost["MLflow's floor (direct client calls)"]
         assert floor.value > 0 and len(floor.samples) == 1
-        assert math.isfinite(cost["qlab added (on - off)"].value)
+        assert math.isfinite(cost["on - off"].value)
+        added = cost["qlab added (tracking calls)"].value
+        (on,) = [r for r in rows if r.who == "tracking on (sqlite)" and label in r.metric]
+        assert 0 < added < on.value  # the tracking calls are a part of the tracked job
+        table = cost.get("of which the per-replica table (built, parquet written)")
+        assert (table is not None) == ("aggregate" in label)
+        assert table is None or 0 < table.value < added
         (ratio,) = [r for r in rows if r.metric == f"qlab added / MLflow's floor, {label}"]
         assert ratio.target == "<= 1.25 x" and ratio.met is not None
+        assert ratio.value == pytest.approx(added / floor.value)
 
 
 @pytest.mark.integration  # a sweep as a process
