@@ -140,17 +140,27 @@ def _killed_while_made(monkeypatch, compose_cfg, args: list[str]) -> None:
     monkeypatch.setattr(MlflowClient, "create_run", create_run)
 
 
+def _one_run_left(uri: str, experiment: str, checkpoint_dir: Path, monkeypatch,
+                  compose_cfg) -> tuple[list[str], MlflowClient, object]:
+    """A 2-replica job killed after its first run was made: its args (without the
+    checkpoint_dir), the store's client and the run it left RUNNING."""
+    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
+            f"experiment_name={experiment}"]
+    _killed_while_made(monkeypatch, compose_cfg, [*args, f"checkpoint_dir={checkpoint_dir}"])
+    client = MlflowClient(uri)
+    (left,) = runs_of(client, experiment)
+    assert left.info.status == "RUNNING"
+    return args, client, left
+
+
 def test_a_job_killed_while_its_runs_were_made_leaves_no_run_running(
         tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
     """Killed after its first run was made, before the second: resume=auto trains the config
     as a new job and ends the run left RUNNING (KILLED, saying why)."""
-    uri = sqlite_store(tmp_path)
-    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
-            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
-    _killed_while_made(monkeypatch, compose_cfg, args)
-    client = MlflowClient(uri)
-    (left,) = runs_of(client, experiment)
-    assert left.info.status == "RUNNING"
+    ckpt = tmp_path / "checkpoints"
+    args, client, left = _one_run_left(sqlite_store(tmp_path), experiment, ckpt, monkeypatch,
+                                       compose_cfg)
+    args.append(f"checkpoint_dir={ckpt}")
     assert not list((tmp_path / "checkpoints").iterdir())  # its lock went with the process
     qlab.app.train.run(compose_cfg([*args, "resume=auto"]))
     runs = {r.info.run_id: r for r in runs_of(client, experiment)}
@@ -164,12 +174,10 @@ def test_a_run_left_running_is_ended_when_a_later_job_finished_its_config(
         tmp_path, sqlite_store, compose_cfg, monkeypatch, experiment) -> None:
     """Killed while its runs were made; the same config then trained to the end without
     resume (a new job); resume=auto skips the config and ends the run left RUNNING."""
-    uri = sqlite_store(tmp_path)
-    args = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
-            f"experiment_name={experiment}", f"checkpoint_dir={tmp_path / 'checkpoints'}"]
-    _killed_while_made(monkeypatch, compose_cfg, args)
-    client = MlflowClient(uri)
-    (left,) = runs_of(client, experiment)
+    ckpt = tmp_path / "checkpoints"
+    args, client, left = _one_run_left(sqlite_store(tmp_path), experiment, ckpt, monkeypatch,
+                                       compose_cfg)
+    args.append(f"checkpoint_dir={ckpt}")
     qlab.app.train.run(compose_cfg(args))  # no resume: a job of its own, FINISHED
     assert {r.info.run_id: r.info.status for r in runs_of(client, experiment)}[
         left.info.run_id] == "RUNNING"
@@ -191,12 +199,8 @@ def test_runs_being_made_under_another_checkpoint_dir_are_left_alone(
     where the job's runs say its checkpoint is."""
     from qlab.app.resume import CKPT_TAG, JobLock
 
-    uri = sqlite_store(tmp_path)
-    common = ["episodes=30", "replicas=2", "checkpoint_every=10", f"tracking.uri={uri}",
-              f"experiment_name={experiment}"]
-    _killed_while_made(monkeypatch, compose_cfg, [*common, f"checkpoint_dir={tmp_path / 'a'}"])
-    client = MlflowClient(uri)
-    (left,) = runs_of(client, experiment)
+    common, client, left = _one_run_left(sqlite_store(tmp_path), experiment, tmp_path / "a",
+                                         monkeypatch, compose_cfg)
     lock = JobLock(Path(left.data.tags[CKPT_TAG]).parent)  # as the live process holds it
     try:
         qlab.app.train.run(compose_cfg([*common, f"checkpoint_dir={tmp_path / 'b'}",
